@@ -1,0 +1,47 @@
+"""Packaging for sb_prune, a SpeechBrain plugin that prunes speech models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="sb_prune",
+    version="0.1.0",
+    description=(
+        "Structured pruning, low rank and dynamic depth for SpeechBrain "
+        "Transformer and Conformer models"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["sb_prune", "sb_prune.*"]),
+    install_requires=[
+        "torch>=2.7",
+        "torchaudio",
+        "speechbrain>=1.1",
+        "hyperpyyaml",
+        "sentencepiece",
+        "numpy",
+        "scipy",
+        "soundfile",
+        "espeakng-loader",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "federated": ["flwr>=1.20"],
+        "bench": ["nnconvexity"],
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "flwr>=1.20",
+            "nnconvexity",
+        ],
+    },
+    entry_points={"console_scripts": ["sb-prune=sb_prune.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
