@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: data generated on the fly, nothing downloaded."""
+
+import pytest
+
+#: Arguments of ``synthesize_corpus`` behind the ``tiny_corpus`` fixture.
+TINY_CORPUS = dict(
+    train_speakers=4,
+    dev_speakers=2,
+    test_speakers=2,
+    utterances_per_speaker=10,
+    seed=20240,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_config():
+    """The ``synthesize_corpus`` keyword arguments of ``tiny_corpus``."""
+    return dict(TINY_CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small synthetic LibriSpeech corpus, made once per test session.
+
+    4 train speakers, 2 dev and 2 test speakers, 10 utterances each (80
+    utterances, about 3 minutes of 16 kHz audio; about a second to make).
+    Returns the ``LibriSpeech`` folder (a ``pathlib.Path``) holding
+    ``train-clean-100``, ``dev-clean``, ``test-clean`` and
+    ``utterances.csv`` (read it with ``sb_prune.data.read_labels``).
+    Treat it as read-only: other tests share it.
+    """
+    from sb_prune.data import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    return type(out)(synthesize_corpus(out, progress=False, **TINY_CORPUS))
