@@ -1,7 +1,24 @@
 """sb_prune: make SpeechBrain Transformer and Conformer models smaller.
 
+The public names are imported lazily, so that light commands (such as
+``sb-prune synth``) do not pay for importing torch and SpeechBrain.
+
 Authors
  * sb_prune developers
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "PruningBrain": "sb_prune.brain",
+    "convert": "sb_prune.conversion",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'sb_prune' has no attribute {name!r}")

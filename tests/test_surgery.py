@@ -1,0 +1,126 @@
+"""Exactness of conversion, adaptive-dropout masking and physical pruning."""
+
+import copy
+
+import pytest
+import torch
+from helpers import encode, random_batch, tiny_conformer
+
+from sb_prune import convert
+from sb_prune.nn import AdaptiveDropout, PrunableRelPosMHA
+from sb_prune.structure import describe, restore
+from sb_prune.surgery import adaptive_dropout_plan, apply_plan
+
+POINTS = ["ffn", "query", "value", "conv"]
+
+
+def _scramble_retention(model, seed=0, low=-3.0, high=3.0):
+    """Give every unit a random logit so some fall below the threshold."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adl in model.modules():
+            if isinstance(adl, AdaptiveDropout):
+                noise = torch.rand(adl.n_units, generator=gen)
+                adl.logits.copy_(low + (high - low) * noise)
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_conversion_keeps_outputs():
+    model = tiny_conformer()
+    x, lens = random_batch()
+    expected = encode(model, x, lens)
+    convert(model, adaptive_dropout={"points": POINTS, "init_retention": 0.9})
+    assert isinstance(model.encoder.layers[0].mha_layer, PrunableRelPosMHA)
+    assert torch.allclose(encode(model, x, lens), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("points", [[p] for p in POINTS] + [POINTS])
+def test_pruned_equals_masked(points):
+    model = tiny_conformer(layers=3)
+    convert(model, adaptive_dropout={"points": points})
+    _scramble_retention(model)
+    x, lens = random_batch()
+    masked = encode(model, x, lens)
+    before = _n_params(model)
+    plan = adaptive_dropout_plan(model)
+    assert plan, "the scrambled retentions must drop some units"
+    apply_plan(model, plan)
+    assert _n_params(model) < before
+    pruned = encode(model, x, lens)
+    assert (pruned - masked).abs().max() <= 1e-5
+    # Nothing is left to prune: the plan is now empty.
+    assert adaptive_dropout_plan(model) == {}
+
+
+def test_ragged_heads_and_removed_heads():
+    model = tiny_conformer(layers=1)
+    convert(model, adaptive_dropout={"points": ["query", "value"]})
+    mha = model.encoder.layers[0].mha_layer
+    with torch.no_grad():
+        mha.query_dropout.logits.copy_(torch.linspace(-3, 3, 16))
+        # Head 0 loses all its values (so the head goes), head 2 loses one.
+        logits = torch.full((16,), 3.0)
+        logits[:4] = -3.0
+        logits[9] = -3.0
+        mha.value_dropout.logits.copy_(logits)
+    x, lens = random_batch()
+    masked = encode(model, x, lens)
+    apply_plan(model, adaptive_dropout_plan(model))
+    assert mha.num_heads == 3
+    assert mha.v_dims == [4, 3, 4]
+    assert len(set(mha.qk_dims)) > 1
+    assert (encode(model, x, lens) - masked).abs().max() <= 1e-5
+
+
+def test_structure_record_rebuilds_a_pruned_model():
+    options = {"adaptive_dropout": {"points": POINTS}}
+    model = convert(tiny_conformer(layers=2), **options)
+    _scramble_retention(model)
+    apply_plan(model, adaptive_dropout_plan(model))
+    record = describe(model)
+    state = copy.deepcopy(model.state_dict())
+
+    fresh = convert(tiny_conformer(layers=2, seed=5), **options)
+    with pytest.raises(RuntimeError):
+        fresh.load_state_dict(state)
+    assert restore(fresh, record)
+    fresh.load_state_dict(state)
+    x, lens = random_batch()
+    assert torch.equal(encode(fresh, x, lens), encode(model, x, lens))
+    assert describe(fresh) == record
+    assert not restore(fresh, record)
+
+
+def test_structure_record_can_grow_back():
+    options = {"adaptive_dropout": {"points": POINTS}}
+    dense = convert(tiny_conformer(layers=2), **options)
+    record = describe(dense)
+    state = copy.deepcopy(dense.state_dict())
+    pruned = copy.deepcopy(dense)
+    _scramble_retention(pruned)
+    apply_plan(pruned, adaptive_dropout_plan(pruned))
+    restore(pruned, record)
+    pruned.load_state_dict(state)
+    x, lens = random_batch()
+    assert torch.equal(encode(pruned, x, lens), encode(dense, x, lens))
+
+
+def test_layer_plan_and_record():
+    model = tiny_conformer(layers=3)
+    x, lens = random_batch()
+    apply_plan(model, {"encoder": {"layers": [0, 2]}})
+    assert len(model.encoder.layers) == 2
+    fresh = tiny_conformer(layers=3, seed=3)
+    restore(fresh, describe(model))
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(encode(fresh, x, lens), encode(model, x, lens))
+
+
+def test_record_mismatch_names_the_module():
+    model = convert(tiny_conformer(), adaptive_dropout={"points": ["query"]})
+    record = describe(model)
+    with pytest.raises(ValueError, match="sb_prune.convert"):
+        restore(tiny_conformer(), record)
