@@ -7,9 +7,10 @@ Make a recipe prune-aware with one line, the base class of its Brain::
 and list the hooks in the hparams file under ``prune_hooks``. The Brain
 
 * runs the hooks at fixed points of training (see :mod:`sb_prune.hooks`):
-  before each batch, after each optimizer step, at the end of each training
-  epoch (before validation, so the checkpoint saved after validation holds
-  the pruned model and its validation score), and at the end of ``fit``;
+  before each batch, before and after each optimizer step, at the end of
+  each training epoch (before validation, so the checkpoint saved after
+  validation holds the pruned model and its validation score), and at the
+  end of ``fit``;
 * after any structural change, re-wraps DDP modules and rebuilds the
   optimizer, keeping the state of the surviving parameters (sliced like the
   parameters);
@@ -323,6 +324,8 @@ class PruningBrain(sb.Brain):
             return super().fit_batch(batch)
 
     def optimizers_step(self):
-        """Step the optimizers, then run the hooks' ``on_optimizer_step``."""
+        """Step the optimizers between the hooks' gradient and step events."""
+        for hook in self.prune_hooks:
+            hook.on_gradients(self)
         super().optimizers_step()
         self._run_hooks("on_optimizer_step")

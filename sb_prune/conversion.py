@@ -30,6 +30,7 @@ _ADAPTIVE_DROPOUT_OPTIONS = (
     "threshold",
     "min_units",
     "hard",
+    "logit_scale",
 )
 
 
@@ -143,7 +144,7 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
         Application points, a subset of ``ffn, query, value, conv``.
     **options
         ``init_retention``, ``temperature``, ``threshold``, ``min_units``,
-        ``hard``: see :class:`~sb_prune.nn.AdaptiveDropout`.
+        ``hard``, ``logit_scale``: see :class:`~sb_prune.nn.AdaptiveDropout`.
 
     Returns
     -------

@@ -32,6 +32,13 @@ class PruningHook:
     def on_batch_start(self, brain):
         """Called before each training batch."""
 
+    def on_gradients(self, brain):
+        """Called before each optimizer step, gradients still in ``.grad``.
+
+        They are multiplied by ``brain.scaler.get_scale()`` (1.0 unless
+        fp16 training on a GPU); divide by it before using them.
+        """
+
     def on_optimizer_step(self, brain):
         """Called after each optimizer step; returns True if it pruned."""
         return False

@@ -21,7 +21,7 @@ def _scramble_retention(model, seed=0, low=-3.0, high=3.0):
         for adl in model.modules():
             if isinstance(adl, AdaptiveDropout):
                 noise = torch.rand(adl.n_units, generator=gen)
-                adl.logits.copy_(low + (high - low) * noise)
+                adl.set_logits(low + (high - low) * noise)
 
 
 def _n_params(model):
@@ -60,12 +60,12 @@ def test_ragged_heads_and_removed_heads():
     convert(model, adaptive_dropout={"points": ["query", "value"]})
     mha = model.encoder.layers[0].mha_layer
     with torch.no_grad():
-        mha.query_dropout.logits.copy_(torch.linspace(-3, 3, 16))
+        mha.query_dropout.set_logits(torch.linspace(-3, 3, 16))
         # Head 0 loses all its values (so the head goes), head 2 loses one.
         logits = torch.full((16,), 3.0)
         logits[:4] = -3.0
         logits[9] = -3.0
-        mha.value_dropout.logits.copy_(logits)
+        mha.value_dropout.set_logits(logits)
     x, lens = random_batch()
     masked = encode(model, x, lens)
     apply_plan(model, adaptive_dropout_plan(model))

@@ -52,6 +52,11 @@ class AdaptiveDropout(nn.Module):
         The number of units evaluation (and pruning) always keeps, >= 1.
     hard : bool
         If True, training uses straight-through hard 0/1 masks.
+    logit_scale : float
+        The logits are stored divided by this factor, which multiplies
+        their learning rate: with Adam a parameter moves about ``lr`` per
+        step, too slowly for logits that must travel several units while
+        the recipe's learning rate suits the weights.
     gathers_input : bool
         If True the input keeps all ``n_units`` positions even after
         pruning (it is a residual-width tensor); the layer stores the
@@ -77,11 +82,14 @@ class AdaptiveDropout(nn.Module):
         threshold=0.5,
         min_units=1,
         hard=False,
+        logit_scale=10.0,
         gathers_input=False,
     ):
         super().__init__()
         _check_open_unit("init_retention", init_retention)
         _check_open_unit("threshold", threshold)
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 1 <= min_units <= n_units:
@@ -95,8 +103,11 @@ class AdaptiveDropout(nn.Module):
         self.min_units = min_units
         self.hard = hard
         self.initial_units = n_units
+        self.logit_scale = logit_scale
         logit = math.log(init_retention / (1.0 - init_retention))
-        self.logits = nn.Parameter(torch.full((n_units,), logit))
+        self.scaled_logits = nn.Parameter(
+            torch.full((n_units,), logit / logit_scale)
+        )
         if gathers_input:
             self.register_buffer("index", torch.arange(n_units))
         else:
@@ -108,7 +119,23 @@ class AdaptiveDropout(nn.Module):
     @property
     def n_units(self):
         """The number of units the layer currently has."""
-        return self.logits.numel()
+        return self.scaled_logits.numel()
+
+    @property
+    def logits(self):
+        """The retention logits ``beta`` (``retention = sigmoid(beta)``)."""
+        return self.scaled_logits * self.logit_scale
+
+    def set_logits(self, logits):
+        """Overwrite the retention logits.
+
+        Arguments
+        ---------
+        logits : torch.Tensor
+            New values of ``beta``, shape ``[n_units]``.
+        """
+        with torch.no_grad():
+            self.scaled_logits.copy_(logits / self.logit_scale)
 
     def retention(self):
         """Return the retention probability of every unit.
@@ -132,8 +159,7 @@ class AdaptiveDropout(nn.Module):
         Example
         -------
         >>> adl = AdaptiveDropout(3, min_units=2)
-        >>> with torch.no_grad():
-        ...     _ = adl.logits.copy_(torch.tensor([-5.0, -1.0, 4.0]))
+        >>> adl.set_logits(torch.tensor([-5.0, -1.0, 4.0]))
         >>> adl.keep_mask()
         tensor([False,  True,  True])
         """
@@ -157,10 +183,11 @@ class AdaptiveDropout(nn.Module):
 
     def _mask(self):
         if not self.training:
-            return self.keep_mask().to(self.logits.dtype)
-        uniform = torch.rand_like(self.logits).clamp_(1e-6, 1.0 - 1e-6)
+            return self.keep_mask().to(self.scaled_logits.dtype)
+        logits = self.logits
+        uniform = torch.rand_like(logits).clamp_(1e-6, 1.0 - 1e-6)
         noise = torch.log(uniform) - torch.log1p(-uniform)
-        mask = torch.sigmoid((self.logits + noise) / self.temperature)
+        mask = torch.sigmoid((logits + noise) / self.temperature)
         if self.hard:
             mask = (mask > 0.5).to(mask.dtype) + mask - mask.detach()
         return mask
@@ -196,7 +223,7 @@ class AdaptiveDropout(nn.Module):
         keep : torch.LongTensor
             Sorted indices of the units to keep.
         """
-        select_(self, "logits", keep, 0)
+        select_(self, "scaled_logits", keep, 0)
         if self.index is not None:
             select_(self, "index", keep, 0)
         self.min_units = min(self.min_units, keep.numel())
@@ -214,7 +241,7 @@ class AdaptiveDropout(nn.Module):
             ``{"units": n}`` as returned by :meth:`get_structure`.
         """
         units = spec["units"]
-        resize_(self, "logits", (units,))
+        resize_(self, "scaled_logits", (units,))
         if self.index is not None:
             resize_(self, "index", (units,))
         self.min_units = min(self.min_units, units)

@@ -1,0 +1,115 @@
+"""PruningBrain: pruning during training, checkpoints, resume and DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from toy_brain import fit, make_brain, state
+
+from sb_prune.nn import AdaptiveDropout
+
+HERE = Path(__file__).parent
+
+
+def _n_params(brain):
+    return sum(p.numel() for p in brain.modules.parameters())
+
+
+def test_training_prunes_and_the_optimizer_follows(tmp_path):
+    brain = make_brain(tmp_path, epochs=3)
+    dense = _n_params(brain)
+    fit(brain)
+    assert _n_params(brain) < dense
+    assert brain.losses[-1] < brain.losses[0]
+    # The optimizer holds exactly the surviving parameters.
+    in_optimizer = {
+        p for g in brain.optimizer.param_groups for p in g["params"]
+    }
+    assert in_optimizer == set(brain.modules.parameters())
+    for param, param_state in brain.optimizer.state.items():
+        assert param_state["exp_avg"].shape == param.shape
+    # The history records fewer units after each pruning step.
+    units = [entry["units"] for entry in brain.prune_hooks[0].history]
+    assert units == sorted(units, reverse=True) and units[-1] < units[0]
+
+
+def _mean_retention_after_one_epoch(save_dir, weight):
+    brain = make_brain(save_dir, epochs=1, weight=weight)
+    brain.prune_hooks[0].prune_every_epoch = False
+    fit(brain)
+    modules = brain.modules.modules()
+    layers = [m for m in modules if isinstance(m, AdaptiveDropout)]
+    return torch.cat([m.retention().detach() for m in layers]).mean()
+
+
+def test_regularizer_lowers_retention(tmp_path):
+    without = _mean_retention_after_one_epoch(tmp_path / "a", weight=0.0)
+    with_regularizer = _mean_retention_after_one_epoch(tmp_path / "b", 0.01)
+    assert with_regularizer < without - 0.05
+
+
+def test_resume_restores_structure_and_parameters(tmp_path):
+    first = make_brain(tmp_path, epochs=3)
+    fit(first)
+    record, params = state(first)
+    dense_record, _ = state(make_brain(tmp_path / "other", epochs=3))
+    assert record != dense_record
+
+    # A fresh, dense Brain recovers the pruned checkpoint before training.
+    resumed = make_brain(tmp_path, epochs=3)
+    resumed.checkpointer.recover_if_possible()
+    new_record, new_params = state(resumed)
+    assert new_record == record
+    assert new_params.keys() == params.keys()
+    for key, value in params.items():
+        assert torch.equal(new_params[key], value), key
+
+    # Interrupted after epoch 3 of 4: the rerun continues with epoch 4 only.
+    resumed = make_brain(tmp_path, epochs=4)
+    fit(resumed)
+    assert len(resumed.losses) == 1
+
+
+def test_checkpoint_average_keeps_one_structure(tmp_path):
+    brain = make_brain(tmp_path, epochs=3)
+    fit(brain)
+    checkpoints = brain.checkpointer.find_checkpoints()
+    same = [c for c in checkpoints if brain.has_current_structure(c)]
+    assert 1 <= len(same) < len(checkpoints)
+
+
+def test_hook_without_adaptive_dropout_is_an_error(tmp_path):
+    brain = make_brain(tmp_path, epochs=1, points=None)
+    with pytest.raises(ValueError, match="no AdaptiveDropout"):
+        fit(brain)
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="needs torch.distributed"
+)
+def test_ddp_two_processes_prune_identically(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(HERE / "toy_brain.py"),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
+    )
+    record0, params0 = torch.load(tmp_path / "rank0.pt")
+    record1, params1 = torch.load(tmp_path / "rank1.pt")
+    assert record0 == record1
+    assert record0 != state(make_brain(tmp_path / "dense", epochs=1))[0]
+    for key in params0:
+        assert torch.equal(params0[key], params1[key]), key
