@@ -21,7 +21,17 @@ def _add_synth(subparsers):
     parser.set_defaults(func=main)
 
 
-SUBCOMMANDS = [_add_synth]
+def _add_demo(subparsers):
+    from sb_prune.demo import add_arguments, main
+
+    parser = subparsers.add_parser(
+        "demo", help="run the recipes on the synthetic corpus, print a table"
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+SUBCOMMANDS = [_add_synth, _add_demo]
 
 
 def build_parser():
