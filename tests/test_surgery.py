@@ -124,3 +124,27 @@ def test_record_mismatch_names_the_module():
     record = describe(model)
     with pytest.raises(ValueError, match="sb_prune.convert"):
         restore(tiny_conformer(), record)
+
+
+def test_strip_adaptive_dropout_keeps_outputs():
+    from sb_prune.deploy import strip_adaptive_dropout
+
+    model = convert(
+        tiny_conformer(layers=2), adaptive_dropout={"points": POINTS}
+    )
+    _scramble_retention(model)
+    x, lens = random_batch()
+    masked = encode(model, x, lens)
+    strip_adaptive_dropout(model)
+    assert not any(isinstance(m, AdaptiveDropout) for m in model.modules())
+    assert (encode(model, x, lens) - masked).abs().max() <= 1e-5
+    # The stripped structure can be rebuilt like any other.
+    fresh = strip_adaptive_dropout(
+        convert(
+            tiny_conformer(layers=2, seed=3),
+            adaptive_dropout={"points": POINTS},
+        )
+    )
+    restore(fresh, describe(model))
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(encode(fresh, x, lens), encode(model, x, lens))

@@ -251,3 +251,39 @@ class AdaptiveDropout(nn.Module):
             f"n_units={self.n_units}, dim={self.dim}, "
             f"temperature={self.temperature}, threshold={self.threshold}"
         )
+
+
+class UnitSelect(nn.Module):
+    """Select units along an axis.
+
+    What an input-gathering AdaptiveDropout leaves behind for inference.
+
+    Arguments
+    ---------
+    index : torch.LongTensor
+        The positions to keep.
+    dim : int
+        The axis.
+
+    Example
+    -------
+    >>> UnitSelect(torch.tensor([2, 0]), dim=-1)(torch.tensor([[1, 2, 3]]))
+    tensor([[3, 1]])
+    """
+
+    def __init__(self, index, dim=-1):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("index", index.clone())
+
+    def forward(self, x):
+        """Return the kept units of ``x``."""
+        return x.index_select(self.dim, self.index)
+
+    def get_structure(self):
+        """Return the number of kept units."""
+        return {"units": self.index.numel()}
+
+    def set_structure(self, spec):
+        """Resize to ``spec["units"]`` units (placeholder values)."""
+        resize_(self, "index", (spec["units"],))
