@@ -126,8 +126,31 @@ def write_recipe_summary(brain, results):
         "encoder_params": count_parameters(encoder_of(modules)),
         **results,
     }
-    layers = conformer_layers(modules)
-    if any(adaptive_dropout_points(layer) for layer in layers):
+    ratios = keep_ratios(modules)
+    if ratios:
         plot_retention(modules, os.path.join(folder, "retention.png"))
         summary["retention_plot"] = "retention.png"
+        summary["keep_ratios"] = ratios
     return summary
+
+
+def keep_ratios(model):
+    """Return the fraction of units adaptive dropout kept, per point.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A model converted with adaptive dropout.
+
+    Returns
+    -------
+    dict
+        ``point -> [fraction kept in layer 0, layer 1, ...]`` (empty for a
+        model without adaptive dropout).
+    """
+    ratios = {}
+    for layer in conformer_layers(model):
+        for point, adl in adaptive_dropout_points(layer).items():
+            kept = round(adl.n_units / adl.initial_units, 4)
+            ratios.setdefault(point, []).append(kept)
+    return ratios

@@ -33,3 +33,26 @@ def tiny_corpus(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_corpus")
     return type(out)(synthesize_corpus(out, progress=False, **TINY_CORPUS))
+
+
+@pytest.fixture(scope="session")
+def tiny_adaptive_run(tiny_corpus, tmp_path_factory):
+    """A finished tiny run of the adaptive-dropout ASR recipe (pruned).
+
+    Returns its output folder (``results.json``, ``save/`` with the
+    checkpoints, ``hyperparams.yaml``...). Treat it as read-only.
+    """
+    from recipe_runs import finished_run
+
+    out = tmp_path_factory.mktemp("tiny_adaptive_run")
+    finished_run(
+        "conformer_ctc_adaptive_dropout.yaml",
+        tiny_corpus,
+        out,
+        number_of_epochs=3,
+        adl_init_retention=0.8,
+        adl_logit_scale=50.0,
+        adl_regularization_weight=0.01,
+        adl_ramp_epochs=1,
+    )
+    return out

@@ -1,55 +1,8 @@
 """The ASR recipe end to end on the tiny synthetic corpus."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import yaml
-from hyperpyyaml import load_hyperpyyaml
-
-RECIPE = Path(__file__).parents[1] / "recipes" / "LibriSpeech" / "ASR"
-
-
-def tiny_args(data_folder, output_folder, **extra):
-    """Command-line overrides of the recipe's tiny test configuration."""
-    with open(RECIPE / "hparams" / "tiny_overrides.yaml") as handle:
-        overrides = yaml.safe_load(handle)
-    overrides.update(extra)
-    args = [f"--{key}={value}" for key, value in overrides.items()]
-    return args + [
-        f"--data_folder={data_folder}",
-        f"--output_folder={output_folder}",
-        "--noprogressbar",
-    ]
-
-
-def run_recipe(hparams, data_folder, output_folder, **extra):
-    """Run train.py in a subprocess; return its completed process."""
-    command = [
-        sys.executable,
-        "train.py",
-        f"hparams/{hparams}",
-        *tiny_args(data_folder, output_folder, **extra),
-    ]
-    return subprocess.run(
-        command, cwd=RECIPE, capture_output=True, text=True, timeout=300
-    )
-
-
-def dense_encoder_params(output_folder):
-    """Encoder parameters of the tiny dense model, built from its YAML."""
-    with open(RECIPE / "hparams" / "tiny_overrides.yaml") as handle:
-        overrides = yaml.safe_load(handle)
-    overrides["output_folder"] = str(output_folder / "dense")
-    with open(RECIPE / "hparams" / "conformer_ctc.yaml") as handle:
-        hparams = load_hyperpyyaml(handle, overrides)
-    encoder = hparams["Transformer"].encoder
-    return sum(p.numel() for p in encoder.parameters())
-
-
-def train_log(output_folder):
-    return (Path(output_folder) / "train_log.txt").read_text().splitlines()
+from recipe_runs import dense_encoder_params, run_recipe, train_log
 
 
 def test_tiny_training_run(tiny_corpus, tmp_path):
@@ -90,19 +43,8 @@ def test_missing_data_folder_names_the_path(tmp_path):
     assert f"data_folder {missing} does not exist" in run.stdout + run.stderr
 
 
-def test_adaptive_dropout_recipe_prunes(tiny_corpus, tmp_path):
-    run = run_recipe(
-        "conformer_ctc_adaptive_dropout.yaml",
-        tiny_corpus,
-        tmp_path,
-        number_of_epochs=3,
-        adl_init_retention=0.8,
-        adl_logit_scale=50.0,
-        adl_regularization_weight=0.01,
-        adl_ramp_epochs=1,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["encoder_params"] < dense_encoder_params(tmp_path)
-    assert (tmp_path / "retention.png").stat().st_size > 0
-    assert "units=" in (tmp_path / "structure.txt").read_text()
+def test_adaptive_dropout_recipe_prunes(tiny_adaptive_run):
+    results = json.loads((tiny_adaptive_run / "results.json").read_text())
+    assert results["encoder_params"] < dense_encoder_params(tiny_adaptive_run)
+    assert (tiny_adaptive_run / "retention.png").stat().st_size > 0
+    assert "units=" in (tiny_adaptive_run / "structure.txt").read_text()

@@ -15,8 +15,10 @@ dimensions:
   and column ``j`` of the output projection;
 * a head without value dimensions contributes nothing and is removed.
 
-Heads of different widths are zero-padded to the widest head inside the
-forward pass; the parameters themselves are physically smaller.
+Heads of different widths are computed as if zero-padded to the widest
+head: the forward pass scatters the (physically smaller) projection
+weights into a padded layout, which costs a few weight-sized copies per
+call instead of activation-sized gathers.
 
 Authors
  * sb_prune developers
@@ -29,6 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from sb_prune.inplace import resize_, resize_linear_, select_, select_linear_
+
+
+def _slots(dims, device):
+    """Positions of head-major units in a layout padded to the widest head.
+
+    Returns None when every head has the same width (no padding needed).
+    """
+    if len(set(dims)) <= 1:
+        return None
+    width = max(dims)
+    slots = [torch.arange(dim) + head * width for head, dim in enumerate(dims)]
+    return torch.cat(slots).to(device)
 
 
 def _pad_index(dims, device):
@@ -46,6 +60,15 @@ def _pad_index(dims, device):
         index[head, :dim] = torch.arange(start, start + dim)
         start += dim
     return index.flatten().to(device)
+
+
+def _pad(tensor, slots, size, dim=0):
+    """Scatter ``tensor``'s units into ``size`` zero-initialised slots."""
+    if slots is None:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = size
+    return tensor.new_zeros(shape).index_copy(dim, slots, tensor)
 
 
 class PrunableRelPosMHA(nn.Module):
@@ -158,17 +181,39 @@ class PrunableRelPosMHA(nn.Module):
 
     def _update_layout(self):
         device = self.pos_bias_u.device
-        self._qk_index = _pad_index(self.qk_dims, device)
-        self._v_index = _pad_index(self.v_dims, device)
-        if self._v_index is not None:
-            self._v_unpad = (self._v_index < sum(self.v_dims)).nonzero()[:, 0]
+        self._qk_slots = _slots(self.qk_dims, device)
+        self._v_slots = _slots(self.v_dims, device)
 
-    def _split_heads(self, x, index, width):
-        """``[..., T, units]`` -> ``[..., H, T, width]`` (zero-padded)."""
-        if index is not None:
-            x = F.pad(x, (0, 1)).index_select(-1, index)
+    def _split_heads(self, x, width):
+        """``[..., T, H * width]`` -> ``[..., H, T, width]``."""
         x = x.view(*x.shape[:-1], self.num_heads, width)
         return x.transpose(-2, -3)
+
+    def _padded_weights(self):
+        """Projection weights in the padded head layout, masks applied."""
+        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
+        qk_size = self.num_heads * max(self.qk_dims)
+        v_size = self.num_heads * max(self.v_dims)
+        w_q, w_k, w_v = self.in_proj.weight.split([n_qk, n_qk, n_v])
+        bias_u, bias_v = self.pos_bias_u, self.pos_bias_v
+        if self.query_dropout is not None:
+            # Scaling q, u and v by the mask scales q + u and q + v.
+            mask = self.query_dropout(w_q.new_ones(n_qk))
+            w_q, bias_u, bias_v = (
+                mask[:, None] * w_q,
+                mask * bias_u,
+                mask * bias_v,
+            )
+        if self.value_dropout is not None:
+            w_v = self.value_dropout(w_v.new_ones(n_v))[:, None] * w_v
+        slots = self._qk_slots
+        w_q, w_k, w_p, bias_u, bias_v = (
+            _pad(t, slots, qk_size)
+            for t in (w_q, w_k, self.linear_pos.weight, bias_u, bias_v)
+        )
+        w_v = _pad(w_v, self._v_slots, v_size)
+        w_out = _pad(self.out_proj.weight, self._v_slots, v_size, dim=1)
+        return w_q, w_k, w_v, w_p, bias_u, bias_v, w_out
 
     def rel_shift(self, x):
         """Align relative-position scores (Transformer-XL shift).
@@ -224,28 +269,27 @@ class PrunableRelPosMHA(nn.Module):
         attn : torch.Tensor
             ``[B, H, T, T]`` attention weights (if requested).
         """
-        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
+        w_q, w_k, w_v, w_p, bias_u, bias_v, w_out = self._padded_weights()
         if query is key and key is value:
-            q, k, v = self.in_proj(query).split([n_qk, n_qk, n_v], dim=-1)
+            weight = torch.cat([w_q, w_k, w_v])
+            if weight.shape == self.in_proj.weight.shape and not (
+                self.query_dropout or self.value_dropout
+            ):
+                weight = self.in_proj.weight
+            q, k, v = F.linear(query, weight).split(
+                [w_q.shape[0], w_k.shape[0], w_v.shape[0]], dim=-1
+            )
         else:
-            weight = self.in_proj.weight
-            q = F.linear(query, weight[:n_qk])
-            k = F.linear(key, weight[n_qk : 2 * n_qk])
-            v = F.linear(value, weight[2 * n_qk :])
-        q_u, q_v = q + self.pos_bias_u, q + self.pos_bias_v
-        if self.query_dropout is not None:
-            mask = self.query_dropout(q.new_ones(n_qk))
-            q_u, q_v = q_u * mask, q_v * mask
-        if self.value_dropout is not None:
-            v = self.value_dropout(v)
+            q, k, v = (
+                F.linear(x, w)
+                for x, w in ((query, w_q), (key, w_k), (value, w_v))
+            )
         qk_width, v_width = max(self.qk_dims), max(self.v_dims)
-        q_u = self._split_heads(q_u * self.scale, self._qk_index, qk_width)
-        q_v = self._split_heads(q_v * self.scale, self._qk_index, qk_width)
-        k = self._split_heads(k, self._qk_index, qk_width)
-        v = self._split_heads(v, self._v_index, v_width)
-        p = self._split_heads(
-            self.linear_pos(pos_embs), self._qk_index, qk_width
-        )
+        q_u = self._split_heads((q + bias_u) * self.scale, qk_width)
+        q_v = self._split_heads((q + bias_v) * self.scale, qk_width)
+        k = self._split_heads(k, qk_width)
+        v = self._split_heads(v, v_width)
+        p = self._split_heads(F.linear(pos_embs, w_p), qk_width)
         scores = q_u @ k.transpose(-1, -2)
         scores = scores + self.rel_shift(q_v @ p.transpose(-1, -2))
         batch, qlen, klen = query.shape[0], query.shape[1], key.shape[1]
@@ -272,9 +316,7 @@ class PrunableRelPosMHA(nn.Module):
                 key_padding_mask.view(batch, 1, 1, klen), 0.0
             )
         x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(batch, qlen, -1)
-        if self._v_index is not None:
-            x = x.index_select(-1, self._v_unpad)
-        out = self.out_proj(x)
+        out = F.linear(x, w_out, self.out_proj.bias)
         return (out, attn) if return_attn_weights else out
 
     def select_units(self, keep_qk, keep_v):

@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Adaptive-dropout pruning: size, accuracy, speed, against two peers.
+
+Side by side, in one run:
+
+* accuracy (full mode only): the dense and the adaptive-dropout recipes on
+  the synthetic corpus (same seed, same epochs), and one-shot magnitude
+  structured pruning of the dense model to the same sizes, fine-tuned;
+* exactness: max |pruned - masked| on a conformer-large-sized encoder;
+* CPU latency at batch 1 and 8 on 10-second inputs for that encoder
+  (d_model 256, 18 layers, d_ffn 1024, 4 heads), pruned with the per-layer
+  keep ratios learnt on the small model, with the ideal ratio (dense MACs /
+  pruned MACs), and torch.nn.utils.prune (unstructured, same sparsity);
+* training step time of adaptive dropout vs dense on the recipe's model.
+
+Usage:
+    python benchmarks/adaptive_dropout.py --quick
+    python benchmarks/adaptive_dropout.py --json benchmarks/out/ad.json
+
+Authors
+ * sb_prune developers
+"""
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+from torch.nn.utils import prune as torch_prune
+
+from sb_prune import convert
+from sb_prune.conversion import adaptive_dropout_points, conformer_layers
+from sb_prune.deploy import strip_adaptive_dropout
+from sb_prune.profiling import count_macs, measure_latency
+from sb_prune.report import count_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+POINTS = ["ffn", "query", "value", "conv"]
+LARGE = dict(d_model=256, nhead=4, num_encoder_layers=18, d_ffn=1024)
+FRAMES_10S = 250  # 10 s of 10 ms frames, stacked by 4
+#: Keep ratios used by --quick (no trained model): roughly what training
+#: learns, FFNs pruned most.
+QUICK_RATIOS = {"ffn1": [0.35], "ffn2": [0.4], "query": [0.6], "value": [0.7]}
+
+
+def conformer(d_model, nhead, num_encoder_layers, d_ffn, seed=0):
+    """A CTC Conformer encoder (TransformerASR) like the recipe's."""
+    torch.manual_seed(seed)
+    return TransformerASR(
+        tgt_vocab=32,
+        input_size=d_model,
+        d_model=d_model,
+        nhead=nhead,
+        num_encoder_layers=num_encoder_layers,
+        num_decoder_layers=0,
+        d_ffn=d_ffn,
+        dropout=0.0,
+        encoder_module="conformer",
+        attention_type="RelPosMHAXL",
+        normalize_before=True,
+        causal=False,
+    ).eval()
+
+
+def apply_keep_ratios(model, ratios, seed=0):
+    """Set adaptive-dropout logits so each layer keeps the given ratios.
+
+    Layer ``j`` of ``model`` uses the ratios of the small model's layer
+    ``j * L_small // L_model``; points without ratios keep everything.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    layers = conformer_layers(model)
+    for j, layer in enumerate(layers):
+        for point, adl in adaptive_dropout_points(layer).items():
+            per_layer = ratios.get(point, [1.0])
+            ratio = per_layer[j * len(per_layer) // len(layers)]
+            logits = torch.full((adl.n_units,), -4.0)
+            order = torch.randperm(adl.n_units, generator=generator)
+            logits[order[: max(1, round(ratio * adl.n_units))]] = 4.0
+            adl.set_logits(logits)
+
+
+def encode(model):
+    """``(x, lens) -> encoder output`` of a TransformerASR."""
+    return lambda x, lens: model.encode(x, lens)
+
+
+def unstructured_peer(dense, sparsity):
+    """torch.nn.utils.prune: L1 unstructured masks on the encoder weights."""
+    peer = copy.deepcopy(dense)
+    targets = [
+        (m, "weight")
+        for m in peer.encoder.modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d))
+    ]
+    torch_prune.global_unstructured(
+        targets, pruning_method=torch_prune.L1Unstructured, amount=sparsity
+    )
+    nonzero = sum(int((m.weight != 0).sum()) for m, _ in targets)
+    stored = sum(p.numel() for p in peer.encoder.parameters()) + sum(
+        b.numel() for b in peer.encoder.buffers()
+    )
+    return peer, stored, nonzero
+
+
+def large_model_figures(ratios, repeats):
+    """Exactness, parameters, MACs and latency on the large encoder."""
+    dense = conformer(**LARGE)
+    model = convert(copy.deepcopy(dense), adaptive_dropout={"points": POINTS})
+    apply_keep_ratios(model, ratios)
+    x = torch.randn(1, FRAMES_10S, LARGE["d_model"])
+    lens = torch.ones(1)
+    with torch.no_grad():
+        masked = model.encode(x, lens)
+        strip_adaptive_dropout(model)
+        pruned_out = model.encode(x, lens)
+    params_dense = count_parameters(dense.encoder)
+    params_pruned = count_parameters(model.encoder)
+    sparsity = 1 - params_pruned / params_dense
+    peer, peer_stored, peer_nonzero = unstructured_peer(dense, sparsity)
+    macs_dense = count_macs(encode(dense), x, lens)
+    macs_pruned = count_macs(encode(model), x, lens)
+    figures = {
+        "max_abs_diff_pruned_vs_masked": float(
+            (masked - pruned_out).abs().max()
+        ),
+        "large_encoder_params_dense": params_dense,
+        "large_encoder_params_pruned": params_pruned,
+        "torch_prune_params_stored": peer_stored,
+        "torch_prune_nonzero": peer_nonzero,
+        "ideal_ratio": macs_dense / macs_pruned,
+    }
+    functions = {
+        "dense": encode(dense),
+        "pruned": encode(model),
+        "torch_prune": encode(peer),
+    }
+    for batch in (1, 8):
+        times = measure_latency(
+            functions,
+            lambda b=batch: (
+                torch.randn(b, FRAMES_10S, LARGE["d_model"]),
+                torch.ones(b),
+            ),
+            repeats=repeats,
+        )
+        figures[f"latency_ratio_b{batch}"] = times["dense"] / times["pruned"]
+        figures[f"torch_prune_latency_ratio_b{batch}"] = (
+            times["dense"] / times["torch_prune"]
+        )
+        figures[f"latency_dense_b{batch}_s"] = times["dense"]
+    return figures
+
+
+def train_step_ratio(sizes, repeats):
+    """Median training step time, adaptive dropout over dense."""
+    dense = conformer(**sizes).train()
+    adl = convert(copy.deepcopy(dense), adaptive_dropout={"points": POINTS})
+    x = torch.randn(16, 60, sizes["d_model"])
+    lens = torch.ones(16)
+    steps = {}
+    for name, model in (("dense", dense), ("adaptive", adl)):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, optimizer=optimizer):
+            loss = model.encode(x, lens).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        steps[name] = step
+    times = {name: [] for name in steps}
+    import time
+
+    for repeat in range(repeats + 2):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if repeat >= 2:
+                times[name].append(time.perf_counter() - start)
+    median = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+    return median["adaptive"] / median["dense"]
+
+
+def run_recipe(hparams, output, epochs):
+    """Train one ASR recipe run (or reuse a finished one)."""
+    from sb_prune.demo import run_recipe as run
+
+    results = output / "results.json"
+    if results.exists():
+        return json.loads(results.read_text())
+    return run("ASR", hparams, output, [f"--number_of_epochs={epochs}"])
+
+
+def accuracy_figures(output, epochs):
+    """Dense and adaptive-dropout recipe runs, same seed and epochs."""
+    dense = run_recipe("conformer_ctc.yaml", output / "dense", epochs)
+    pruned = run_recipe(
+        "conformer_ctc_adaptive_dropout.yaml", output / "adaptive", epochs
+    )
+    return {
+        "encoder_params_dense": dense["encoder_params"],
+        "encoder_params_pruned": pruned["encoder_params"],
+        "params_dense": dense["params"],
+        "params_pruned": pruned["params"],
+        "wer_dense": dense["test-clean"]["WER"],
+        "wer_pruned": pruned["test-clean"]["WER"],
+        "cer_dense": dense["test-clean"]["CER"],
+        "cer_pruned": pruned["test-clean"]["CER"],
+        "wer_magnitude_oneshot": None,
+    }, pruned["keep_ratios"]
+
+
+def print_table(figures):
+    """Print the figures as a two-column table."""
+    width = max(len(k) for k in figures)
+    print(f"{'figure':<{width}}  value")
+    for key, value in figures.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {text}")
+
+
+def main(argv=None):
+    """Run the benchmark and print (and optionally save) its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "benchmarks" / "out" / "adaptive_dropout",
+        help="recipe runs of the full mode (reused when finished)",
+    )
+    parser.add_argument("--epochs", type=int, default=12)
+    args = parser.parse_args(argv)
+
+    figures = {"mode": "quick" if args.quick else "full"}
+    if args.quick:
+        ratios = QUICK_RATIOS
+    else:
+        accuracy, ratios = accuracy_figures(args.output, args.epochs)
+        figures.update(accuracy)
+    repeats = 3 if args.quick else 15
+    figures.update(large_model_figures(ratios, repeats))
+    small = dict(d_model=96, nhead=4, num_encoder_layers=4, d_ffn=384)
+    figures["train_step_ratio"] = train_step_ratio(small, repeats)
+    figures["keep_ratios"] = ratios
+    print_table({k: v for k, v in figures.items() if k != "keep_ratios"})
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
