@@ -9,7 +9,7 @@ STAMP := $(VENV)/.sb_prune_installed
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-build-isolation -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
