@@ -297,8 +297,7 @@ class PruningBrain(sb.Brain):
     def on_fit_start(self):
         """Wrap, build the optimizer, recover, then start the hooks."""
         super().on_fit_start()
-        for hook in self.prune_hooks:
-            hook.on_fit_start(self)
+        self._run_hooks("on_fit_start")
 
     def fit(self, epoch_counter, *args, **kwargs):
         """Train as ``Brain.fit``, then run the hooks' ``on_fit_end``."""

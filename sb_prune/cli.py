@@ -1,41 +1,56 @@
 """The ``sb-prune`` command line.
 
-Each sub-command lives in the module that implements it; this file only
-parses arguments and dispatches, importing heavy modules lazily.
+Each sub-command lives in the module that implements it (its
+``add_arguments(parser)`` and ``main(args)``); this file only parses
+arguments and dispatches, importing the chosen command's module only.
 
 Authors
  * sb_prune developers
 """
 
 import argparse
+import importlib
 import sys
 
+#: (command, module defining add_arguments(parser) and main(args), help)
+SUBCOMMANDS = [
+    (
+        "synth",
+        "sb_prune.data.synthesize",
+        "write an offline LibriSpeech-format corpus",
+    ),
+    (
+        "demo",
+        "sb_prune.demo",
+        "run the recipes on the synthetic corpus, print a table",
+    ),
+    (
+        "export",
+        "sb_prune.pretrained",
+        "write a recipe run as a SpeechBrain pretrained-model folder",
+    ),
+    (
+        "compress",
+        "sb_prune.compress",
+        "prune a trained dense model with a method, export the result",
+    ),
+    (
+        "report",
+        "sb_prune.render",
+        "render a folder of recipe runs as REPORT.md with plots",
+    ),
+]
 
-def _add_synth(subparsers):
-    from sb_prune.data.synthesize import add_arguments, main
 
-    parser = subparsers.add_parser(
-        "synth", help="write an offline LibriSpeech-format corpus"
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=main)
-
-
-def _add_demo(subparsers):
-    from sb_prune.demo import add_arguments, main
-
-    parser = subparsers.add_parser(
-        "demo", help="run the recipes on the synthetic corpus, print a table"
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=main)
-
-
-SUBCOMMANDS = [_add_synth, _add_demo]
-
-
-def build_parser():
+def build_parser(command=None):
     """Build the ``sb-prune`` argument parser.
+
+    Only the module of ``command`` is imported (the others may be heavy).
+
+    Arguments
+    ---------
+    command : str, optional
+        The sub-command whose arguments to declare.
 
     Returns
     -------
@@ -53,8 +68,12 @@ def build_parser():
         description="Pruning and compression for SpeechBrain speech models.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in SUBCOMMANDS:
-        add(subparsers)
+    for name, module_name, help_text in SUBCOMMANDS:
+        subparser = subparsers.add_parser(name, help=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(subparser)
+            subparser.set_defaults(func=module.main)
     return parser
 
 
@@ -71,8 +90,13 @@ def main(argv=None):
     int
         The exit status.
     """
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args) or 0
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"sb-prune {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

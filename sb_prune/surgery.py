@@ -11,8 +11,10 @@ Groups per module type:
 
 * ``PositionalwiseFeedForward``: ``hidden`` (rows of the up projection,
   columns of the down projection);
-* :class:`~sb_prune.nn.PrunableRelPosMHA`: ``qk`` and ``v`` (per-unit query
-  and value dimensions, see that class);
+* :class:`~sb_prune.nn.PrunableRelPosMHA` and
+  :class:`~sb_prune.nn.PrunableMHA`: ``qk`` and ``v`` (per-unit query
+  and value dimensions, see those classes);
+* :class:`~sb_prune.nn.LowRankLinear`: ``rank`` (the directions to keep);
 * Conformer ``ConvolutionModule``: ``inputs`` (input channels of the
   pointwise convolution that opens the module, after its layer norm);
 * ``ConformerEncoder`` / ``TransformerEncoder``: ``layers``.
@@ -32,6 +34,8 @@ from speechbrain.nnet.attention import PositionalwiseFeedForward
 from sb_prune.inplace import select_linear_
 from sb_prune.nn.adaptive_dropout import AdaptiveDropout
 from sb_prune.nn.attention import PrunableRelPosMHA
+from sb_prune.nn.low_rank import LowRankLinear, prune_rank
+from sb_prune.nn.mha import PrunableMHA
 from sb_prune.structure import bottleneck_conv
 
 _PRUNERS = {}
@@ -132,7 +136,7 @@ def prune_attention(mha, qk=None, v=None):
 
     Arguments
     ---------
-    mha : sb_prune.nn.PrunableRelPosMHA
+    mha : sb_prune.nn.PrunableRelPosMHA or sb_prune.nn.PrunableMHA
         The attention module to prune in place.
     qk : torch.LongTensor, optional
         Sorted indices of the query/key units to keep (default: all).
@@ -173,6 +177,8 @@ def keep_layers(encoder, layers):
 register_pruner(PositionalwiseFeedForward, prune_ffn)
 register_pruner(ConvolutionModule, prune_conv_inputs)
 register_pruner(PrunableRelPosMHA, prune_attention)
+register_pruner(PrunableMHA, prune_attention)
+register_pruner(LowRankLinear, prune_rank)
 register_pruner(ConformerEncoder, keep_layers)
 register_pruner(TransformerEncoder, keep_layers)
 

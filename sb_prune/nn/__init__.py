@@ -6,5 +6,20 @@ Authors
 
 from sb_prune.nn.adaptive_dropout import AdaptiveDropout
 from sb_prune.nn.attention import PrunableRelPosMHA
+from sb_prune.nn.gated import (
+    GatedConformerEncoder,
+    GatedConformerLayer,
+    GatePredictor,
+)
+from sb_prune.nn.low_rank import LowRankLinear
+from sb_prune.nn.mha import PrunableMHA
 
-__all__ = ["AdaptiveDropout", "PrunableRelPosMHA"]
+__all__ = [
+    "AdaptiveDropout",
+    "GatePredictor",
+    "GatedConformerEncoder",
+    "GatedConformerLayer",
+    "LowRankLinear",
+    "PrunableMHA",
+    "PrunableRelPosMHA",
+]

@@ -9,6 +9,7 @@ in the hparams file under ``prune_hooks`` run between epochs.
 To run this recipe, do the following:
 > python train.py hparams/conformer_ctc.yaml
 > python train.py hparams/conformer_ctc_adaptive_dropout.yaml
+> python train.py hparams/conformer_ctc_i3d_local.yaml
 
 Authors
  * sb_prune developers
@@ -27,6 +28,8 @@ from speechbrain.tokenizers.SentencePiece import SentencePiece
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
+from sb_prune.analysis.gates import GateRecorder
+from sb_prune.brain import read_structure
 from sb_prune.data import synthesize_corpus
 from sb_prune.data.librispeech import prepare_librispeech
 from sb_prune.report import write_recipe_summary
@@ -61,7 +64,13 @@ class ASR(sb_prune.PruningBrain):
                 p_ctc, wav_lens, blank_id=self.hparams.blank_index
             )
             decode = self.tokenizer.sp.decode_ids
-            predicted = [decode(h).split(" ") for h in hyps]
+            # Output units beyond the tokenizer's vocabulary (output_neurons
+            # may be larger) decode to nothing: a damaged or barely trained
+            # model may emit them (sb_prune layer-importance tests do).
+            vocab = self.tokenizer.sp.vocab_size()
+            predicted = [
+                decode([i for i in h if i < vocab]).split(" ") for h in hyps
+            ]
             # sb_prune LM rescoring (hparams/conformer_ctc_lm_rescoring.yaml):
             # at test time, n-best CTC beam search rescored by an LM.
             rescorer = getattr(self.hparams, "lm_rescorer", None)
@@ -118,12 +127,19 @@ class ASR(sb_prune.PruningBrain):
                     self.wer_metric.write_stats(w)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the best checkpoint and average those of its structure.
+        """Load the best checkpoint of the final structure, average more.
 
-        Checkpoints saved before a pruning step have another structure and
-        cannot be averaged with it.
+        Checkpoints saved before the last pruning step hold larger models:
+        they are neither evaluated (that would not test the pruned model)
+        nor averaged with it.
         """
-        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        latest = self.checkpointer.find_checkpoint()
+        final = None if latest is None else read_structure(latest)
+        self.checkpointer.recover_if_possible(
+            max_key=max_key,
+            min_key=min_key,
+            ckpt_predicate=lambda ckpt: read_structure(ckpt) == final,
+        )
         checkpoints = self.checkpointer.find_checkpoints(
             max_key=max_key,
             min_key=min_key,
@@ -264,15 +280,26 @@ def main(argv):
     results = {"train_seconds": round(train_seconds, 1)}
     for name, test_set in tests.items():
         asr_brain.hparams.wer_file = f"{hparams['wer_file_prefix']}{name}.txt"
-        asr_brain.evaluate(
-            test_set,
-            min_key="WER",
-            test_loader_kwargs=hparams["test_dataloader_opts"],
-        )
+        # sb_prune I3D: record the gates of a gated encoder (no-op without).
+        with GateRecorder(asr_brain.unwrapped_modules()) as gates:
+            asr_brain.evaluate(
+                test_set,
+                min_key="WER",
+                test_loader_kwargs=hparams["test_dataloader_opts"],
+            )
         results[name] = {
             "WER": asr_brain.test_stats["WER"],
             "CER": asr_brain.test_stats["CER"],
         }
+        # Gate statistics, and gates_<name>.png against the input.
+        results[name].update(
+            gates.report(
+                hparams["output_folder"],
+                name,
+                test_set.data_ids,
+                labels_folder=hparams["data_folder"],
+            )
+        )
     if if_main_process():
         summary = write_recipe_summary(asr_brain, results)
         with open(hparams["results_file"], "w", encoding="utf-8") as handle:

@@ -1,0 +1,161 @@
+"""Compress an existing model without writing a recipe.
+
+``sb-prune compress --source MODEL --method METHOD --data DATA`` starts the
+repository's ASR recipe for the method from the source's trained weights
+(``init_from``), with the source's architecture and tokenizer, on the given
+data, and exports the result as a SpeechBrain pretrained-model folder::
+
+    sb-prune compress --source exported_dense/ --method adaptive-dropout
+        --data /data/LibriSpeech --epochs 10 --out compressed/
+
+The source is a folder written by ``sb-prune export`` or a run folder of
+``recipes/LibriSpeech/ASR``; it must be dense.
+
+Authors
+ * sb_prune developers
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sb_prune.demo import RECIPES
+from sb_prune.pretrained import ARCHITECTURE_KEYS, export_pretrained
+
+#: method -> (ASR recipe hparams file, overrides)
+METHODS = {
+    "adaptive-dropout": ("conformer_ctc_adaptive_dropout.yaml", {}),
+    "magnitude": ("conformer_ctc_criteria.yaml", {"criterion": "magnitude"}),
+    "taylor": ("conformer_ctc_criteria.yaml", {"criterion": "taylor"}),
+    "activation": ("conformer_ctc_criteria.yaml", {"criterion": "activation"}),
+    "wanda": ("conformer_ctc_criteria.yaml", {"criterion": "wanda"}),
+    "low-rank": ("conformer_ctc_low_rank.yaml", {}),
+    "layer-pruning": ("conformer_ctc_static_layer_pruning.yaml", {}),
+}
+
+
+def _architecture(source):
+    """Read the architecture keys of a source's hyperparams.yaml."""
+    import yaml
+
+    path = Path(source) / "hyperparams.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--source {source} is neither a recipe run folder nor an "
+            f"exported model: {path} is missing"
+        )
+    values = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ARCHITECTURE_KEYS and value.strip():
+                values[key] = yaml.safe_load(value)
+    missing = sorted(set(ARCHITECTURE_KEYS) - set(values))
+    if missing:
+        raise ValueError(f"--source {source}: no {missing} in {path}")
+    return values
+
+
+def _data_overrides(data, valid_csv, test_csv):
+    """Recipe overrides for a LibriSpeech folder or CSV manifests."""
+    data = Path(data)
+    if data.is_dir():
+        return {"data_folder": data}
+    if data.suffix != ".csv" or not data.is_file():
+        raise FileNotFoundError(
+            f"--data {data} is neither a LibriSpeech-format folder nor a CSV "
+            "file"
+        )
+    if valid_csv is None:
+        raise ValueError("--data is a CSV file: give --valid-csv too")
+    return {
+        "data_folder": data.parent,
+        "skip_prep": True,
+        "train_csv": data,
+        "valid_csv": valid_csv,
+        "test_csv": f"[{test_csv or valid_csv}]",
+    }
+
+
+def compress(source, method, data, out, epochs, valid_csv=None, test_csv=None):
+    """Prune a dense model with a method and export the result.
+
+    Arguments
+    ---------
+    source : str
+        A dense exported folder or ASR recipe run folder.
+    method : str
+        One of :data:`METHODS`.
+    data : str
+        A LibriSpeech-format folder, or a training CSV (with
+        ``valid_csv``).
+    out : str
+        Output folder: ``run/`` (the recipe run) and ``exported/``.
+    epochs : int
+        Epochs of pruning and fine-tuning.
+    valid_csv, test_csv : str, optional
+        Manifests when ``data`` is a CSV.
+
+    Returns
+    -------
+    dict
+        The run's results and the export summary.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"--method {method!r} is unknown; choose from {sorted(METHODS)}"
+        )
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    hparams, method_overrides = METHODS[method]
+    out = Path(out).resolve()
+    run = out / "run"
+    overrides = {
+        **_architecture(source),
+        **_data_overrides(data, valid_csv, test_csv),
+        **method_overrides,
+        "init_from": Path(source).resolve(),
+        "number_of_epochs": epochs,
+        "output_folder": run,
+    }
+    command = [
+        sys.executable,
+        "train.py",
+        f"hparams/{hparams}",
+        "--noprogressbar",
+        *(f"--{key}={value}" for key, value in overrides.items()),
+    ]
+    subprocess.run(command, cwd=RECIPES / "ASR", check=True)
+    results = json.loads((run / "results.json").read_text())
+    exported = export_pretrained(run, out / "exported")
+    return {"results": results, "export": exported}
+
+
+def add_arguments(parser):
+    """Declare the ``sb-prune compress`` options."""
+    parser.add_argument("--source", required=True, help="dense model folder")
+    parser.add_argument(
+        "--method", required=True, help=f"one of {', '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--data", required=True, help="LibriSpeech-format folder or CSV"
+    )
+    parser.add_argument("--valid-csv", help="validation CSV (CSV --data)")
+    parser.add_argument("--test-csv", help="test CSV (CSV --data)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out", default="compressed", help="output folder")
+
+
+def main(args):
+    """Compress and print the summary."""
+    summary = compress(
+        args.source,
+        args.method,
+        args.data,
+        args.out,
+        args.epochs,
+        args.valid_csv,
+        args.test_csv,
+    )
+    print(json.dumps(summary, indent=2))

@@ -1,0 +1,454 @@
+"""Criteria on toy models with known answers; prunable regularMHA; hooks."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import speechbrain as sb
+import torch
+from helpers import encode, random_batch, tiny_conformer
+from speechbrain.lobes.models.transformer.Transformer import (
+    TransformerEncoder,
+)
+from speechbrain.lobes.models.transformer.TransformerLM import TransformerLM
+from speechbrain.nnet.attention import (
+    MultiheadAttention,
+    PositionalwiseFeedForward,
+)
+from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.epoch_loop import EpochCounter
+from toy_brain import ToyBrain, state, toy_data
+
+from sb_prune import convert
+from sb_prune.conversion import LOW_RANK_POINTS
+from sb_prune.criteria import (
+    Activation,
+    Magnitude,
+    Members,
+    Taylor,
+    Wanda,
+    find_members,
+    keep_top,
+    make_criterion,
+)
+from sb_prune.hooks import CriterionPruning
+from sb_prune.nn import PrunableMHA
+from sb_prune.schedules import Incremental, OneShot
+from sb_prune.surgery import apply_plan
+
+HERE = Path(__file__).parent
+
+
+def _ffn(seed=0, d_ffn=6, size=4):
+    torch.manual_seed(seed)
+    return PositionalwiseFeedForward(d_ffn=d_ffn, input_size=size)
+
+
+def _hidden(ffn, x):
+    """The FFN's hidden activations (input of its down projection)."""
+    return ffn.ffn[1](ffn.ffn[0](x))
+
+
+# ---------------------------------------------------------------- magnitude
+def test_magnitude_is_the_norm_of_each_units_weights():
+    ffn = _ffn()
+    up, down = ffn.ffn[0], ffn.ffn[3]
+    expected = (
+        up.weight.pow(2).sum(1) + up.bias.pow(2) + down.weight.pow(2).sum(0)
+    ).sqrt()
+    score = Magnitude().score(Members("", "ffn", ffn))
+    assert torch.allclose(score, expected)
+
+
+def test_magnitude_finds_a_silent_head_and_layer():
+    model = convert(tiny_conformer(layers=3), prunable_attention={})
+    mha = model.encoder.layers[0].mha_layer
+    with torch.no_grad():
+        mha.in_proj.weight[8:12].mul_(0.01)  # query units of head 2
+        mha.in_proj.weight[24:28].mul_(0.01)  # key units of head 2
+        mha.in_proj.weight[40:44].mul_(0.01)  # value units of head 2
+        mha.out_proj.weight[:, 8:12].mul_(0.01)
+        mha.linear_pos.weight[8:12].mul_(0.01)
+        for param in model.encoder.layers[1].parameters():
+            if param.dim() > 1:
+                param.mul_(0.1)
+    heads = Members("encoder.layers.0.mha_layer", "heads", mha)
+    assert Magnitude().score(heads).argmin().item() == 2
+    layers = Members("encoder", "layers", model.encoder)
+    assert Magnitude().score(layers).argmin().item() == 1
+
+
+# ------------------------------------------------------------------- taylor
+def test_taylor_unit_score_is_the_first_order_removal_estimate():
+    ffn = _ffn()
+    x = torch.randn(3, 5, 4)
+    hidden = _hidden(ffn, x)
+    hidden.retain_grad()
+    loss = ffn.ffn[3](hidden).sin().sum()
+    loss.backward()
+    # Removing unit j zeroes its activation: dL ~ -sum_t a_j dL/da_j.
+    expected = (hidden * hidden.grad).sum((0, 1)).abs()
+    taylor = Taylor()
+    members = [Members("", "ffn", ffn)]
+    taylor.observe_gradients(members, scale=2.0)
+    assert torch.allclose(taylor.score(members[0]), expected / 2, atol=1e-6)
+
+
+def test_taylor_ranks_a_unit_that_does_not_matter_last():
+    ffn = _ffn()
+    with torch.no_grad():
+        ffn.ffn[3].weight[:, 4] = 0.0
+    ffn(torch.randn(2, 5, 4)).pow(2).sum().backward()
+    taylor = Taylor()
+    members = [Members("", "ffn", ffn)]
+    taylor.observe_gradients(members)
+    assert taylor.score(members[0]).argmin().item() == 4
+    with pytest.raises(ValueError, match="at least one training batch"):
+        Taylor().score(members[0])
+
+
+def test_taylor_layer_score_is_the_update_times_the_gradient():
+    torch.manual_seed(0)
+    enc = TransformerEncoder(3, 2, 16, d_model=8, dropout=0.0)
+    members = find_members(enc, ["layers"])
+    taylor = Taylor()
+    taylor.attach(members)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    outputs = []
+
+    def keep(layer, args, output):
+        output[0].retain_grad()
+        outputs.append((args[0], output[0]))
+
+    handles = [layer.register_forward_hook(keep) for layer in enc.layers]
+    enc(x)[0].pow(2).sum().backward()
+    for handle in handles:
+        handle.remove()
+    expected = torch.stack(
+        [((x_in - x_out) * x_out.grad).sum().abs() for x_in, x_out in outputs]
+    )
+    taylor.observe_gradients(members)
+    assert torch.allclose(taylor.score(members[0]), expected, atol=1e-5)
+
+
+def test_taylor_weights_score_is_w_times_grad():
+    ffn = _ffn()
+    ffn(torch.randn(2, 5, 4)).sum().backward()
+    members = Members("ffn.0", "weights", ffn.ffn[0])
+    taylor = Taylor()
+    taylor.observe_gradients([members])
+    weight = ffn.ffn[0].weight
+    assert torch.allclose(taylor.score(members), (weight * weight.grad).abs())
+
+
+# --------------------------------------------------------------- activation
+def test_activation_and_wanda_known_answers():
+    ffn = _ffn().train()
+    members = [Members("", "ffn", ffn), Members("up", "weights", ffn.ffn[0])]
+    activation, wanda = Activation(), Wanda()
+    activation.attach(members)
+    wanda.attach(members)
+    x = torch.randn(3, 5, 4)
+    ffn(x)
+    ffn.eval()  # evaluation passes are not counted
+    hidden = _hidden(ffn, x).detach().reshape(-1, 6)
+    down = ffn.ffn[3].weight.detach().abs()
+    assert torch.allclose(
+        activation.score(members[0]), hidden.abs().mean(0), atol=1e-6
+    )
+    norms = hidden.norm(dim=0)
+    assert torch.allclose(wanda.score(members[0]), (down * norms).sum(0))
+    inputs = x.reshape(-1, 4)
+    up = ffn.ffn[0].weight.detach().abs()
+    assert torch.allclose(wanda.score(members[1]), up * inputs.norm(dim=0))
+    assert torch.allclose(
+        activation.score(members[1]), up * inputs.abs().mean(0), atol=1e-6
+    )
+    ffn(torch.randn(3, 5, 4))
+    assert torch.allclose(
+        activation.score(members[0]), hidden.abs().mean(0), atol=1e-6
+    )
+    activation.detach()
+    wanda.detach()
+
+
+def test_activation_ranks_a_silent_head_and_an_identity_layer():
+    model = convert(tiny_conformer(layers=3), prunable_attention={}).train()
+    mha = model.encoder.layers[1].mha_layer
+    with torch.no_grad():
+        mha.in_proj.weight[32 + 4 : 32 + 8] = 0.0  # values of head 1
+    members = find_members(model, ["heads", "layers"])
+    activation = Activation()
+    activation.attach(members)
+    x, lens = random_batch()
+    model.encode(x, lens)
+    by_path = {m.path: m for m in members}
+    heads = activation.score(by_path["encoder.layers.1.mha_layer"])
+    assert heads.argmin().item() == 1 and heads[1] == 0
+    layers = activation.score(by_path["encoder"])
+    assert layers.shape == (3,) and torch.all(layers > 0)
+    activation.detach()
+
+
+def test_relpos_contexts_are_the_inputs_of_the_output_projection():
+    torch.manual_seed(0)
+    model = convert(tiny_conformer(layers=1), prunable_attention={}).train()
+    mha = model.encoder.layers[0].mha_layer
+    members = find_members(model, ["heads", "weights"])
+    activation = Activation()
+    activation.attach(members)
+    outputs = []
+    mha.register_forward_hook(lambda m, a, o: outputs.append(o[0].detach()))
+    x, lens = random_batch(batch=1, time=9)
+    model.encode(x, torch.ones(1))
+    # out = context @ W_out^T + b, with W_out square and invertible here.
+    out_proj = mha.out_proj
+    contexts = (outputs[0] - out_proj.bias) @ torch.linalg.inv(
+        out_proj.weight.detach().T
+    )
+    expected = contexts.reshape(-1, 16).abs().mean(0)
+    by_path = {m.path: m for m in members}
+    heads = activation.score(by_path["encoder.layers.0.mha_layer"])
+    per_head = expected.view(4, 4).sum(1)
+    assert torch.allclose(heads, per_head, atol=1e-4)
+    weights = activation.score(by_path["encoder.layers.0.mha_layer.out_proj"])
+    assert torch.allclose(weights, out_proj.weight.abs() * expected, atol=1e-4)
+    activation.detach()
+
+
+def test_names_and_bad_input():
+    assert isinstance(make_criterion("wanda"), Wanda)
+    with pytest.raises(ValueError, match="criterion: unknown name 'l2'"):
+        make_criterion("l2")
+    with pytest.raises(ValueError, match="not layers"):
+        Wanda().attach(find_members(tiny_conformer(), ["layers"]))
+    with pytest.raises(ValueError, match="groups: unknown"):
+        find_members(tiny_conformer(), ["channels"])
+    with pytest.raises(ValueError, match="cannot be combined"):
+        CriterionPruning("magnitude", OneShot(0.5), groups=["ffn", "weights"])
+    with pytest.raises(ValueError, match="min_units"):
+        CriterionPruning("magnitude", OneShot(0.5), min_units=0)
+    with pytest.raises(ValueError, match="criterion must be"):
+        CriterionPruning(3, OneShot(0.5))
+    with pytest.raises(ValueError, match="schedule must be"):
+        CriterionPruning("taylor", "one_shot")
+    low = convert(tiny_conformer(), low_rank={"points": LOW_RANK_POINTS})
+    for group in ("ffn", "heads"):
+        with pytest.raises(ValueError, match=f"is low rank.*not its {group}"):
+            find_members(low, [group])
+    assert keep_top(torch.tensor([3.0, 1.0, 2.0]), 2).tolist() == [0, 2]
+
+
+# ------------------------------------------------------ prunable regularMHA
+def test_prunable_mha_equals_regular_mha_with_masks():
+    torch.manual_seed(0)
+    reference = MultiheadAttention(nhead=4, d_model=16).eval()
+    mha = PrunableMHA.from_multihead(reference).eval()
+    x = torch.randn(3, 7, 16)
+    causal = torch.triu(torch.full((7, 7), float("-inf")), diagonal=1)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[1, 5:] = True
+    padding[2, 3:] = True
+    for kwargs in (
+        {},
+        {"attn_mask": causal, "key_padding_mask": padding},
+        {"attn_mask": causal.isinf()},
+    ):
+        out, attn = mha(x, x, x, **kwargs)
+        ref_out, ref_attn = reference(x, x, x, **kwargs)
+        assert (out - ref_out).abs().max() <= 1e-5
+        assert (attn - ref_attn).abs().max() <= 1e-5
+    memory = torch.randn(3, 4, 16)
+    out, _ = mha(x, memory, memory)
+    assert (out - reference(x, memory, memory)[0]).abs().max() <= 1e-5
+
+
+def test_removing_a_head_equals_silencing_it():
+    torch.manual_seed(0)
+    mha = PrunableMHA(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        mha.out_proj.weight[:, 4:8] = 0.0
+        expected = mha(x, x, x)[0]
+    members = Members("", "heads", mha)
+    apply_plan(mha, {"": members.plan(torch.tensor([0, 2, 3]))})
+    assert mha.num_heads == 3 and mha.in_proj.out_features == 36
+    assert (mha(x, x, x)[0] - expected).abs().max() <= 1e-5
+
+
+def test_lm_converts_exactly_and_prunes_heads():
+    torch.manual_seed(0)
+    lm = TransformerLM(
+        30, d_model=16, nhead=4, num_encoder_layers=2, d_ffn=32, dropout=0.0
+    ).eval()
+    tokens = torch.randint(1, 30, (3, 9))
+    tokens[1, 6:] = 0
+    with torch.no_grad():
+        expected = lm(tokens)
+        convert(lm, prunable_attention={})
+        assert (lm(tokens) - expected).abs().max() <= 1e-5
+    heads = [m for m in find_members(lm, ["heads"])]
+    assert len(heads) == 2
+    plan = {m.path: m.plan(torch.tensor([1, 3])) for m in heads}
+    apply_plan(lm, plan)
+    assert lm(tokens).shape == expected.shape
+    with pytest.raises(ValueError, match="no RelPosMHAXL or regularMHA"):
+        convert(
+            torch.nn.Sequential(torch.nn.Linear(2, 2)), prunable_attention={}
+        )
+
+
+# -------------------------------------------------------------------- hooks
+def _brain(save_dir, hook, epochs, prunable=True, run_opts=None):
+    torch.manual_seed(0)
+    model = tiny_conformer(layers=3).train()
+    if prunable:
+        convert(model, prunable_attention={})
+    head = torch.nn.Linear(16, 4)
+    counter = EpochCounter(epochs)
+    brain = ToyBrain(
+        modules={"model": model, "head": head},
+        opt_class=lambda params: torch.optim.Adam(params, lr=0.01),
+        hparams={"prune_hooks": [hook], "epoch_counter": counter},
+        run_opts=run_opts or {"noprogressbar": True},
+        checkpointer=Checkpointer(
+            save_dir, {"model": model, "head": head, "counter": counter}
+        ),
+    )
+    brain.losses = []
+    return brain
+
+
+def _fit(brain):
+    brain.fit(
+        brain.hparams.epoch_counter,
+        toy_data(n=16),
+        toy_data(n=8, seed=1),
+        train_loader_kwargs={"batch_size": 8},
+        valid_loader_kwargs={"batch_size": 8},
+    )
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor", "activation"])
+def test_structured_pruning_in_training(tmp_path, criterion):
+    hook = CriterionPruning(
+        criterion,
+        Incremental(0.5, steps=2, ramp="linear"),
+        groups=["ffn", "heads", "layers"],
+    )
+    brain = _brain(tmp_path, hook, epochs=2)
+    _fit(brain)
+    model = brain.modules.model
+    assert len(model.encoder.layers) == 2  # 3 -> 2 -> 2 (rounded)
+    for layer in model.encoder.layers:
+        assert layer.mha_layer.num_heads == 2
+        assert layer.ffn_module1[1].ffn[0].out_features == 16
+    assert [entry["step"] for entry in hook.history] == [1, 2]
+    x, lens = random_batch()
+    assert torch.isfinite(encode(model.eval(), x, lens)).all()
+
+
+def test_unstructured_masks_stay_zero_and_survive_resume(tmp_path):
+    def hook():
+        return CriterionPruning(
+            "wanda", Incremental(0.5, steps=2), groups=["weights"]
+        )
+
+    brain = _brain(tmp_path, hook(), epochs=3)
+    _fit(brain)
+    linears = [m.module for m in find_members(brain.modules, ["weights"])]
+    zeros = [(lin.weight == 0).float().mean().item() for lin in linears]
+    assert all(z == pytest.approx(0.5, abs=0.01) for z in zeros)
+    # A resumed run rebuilds the masks: zeros stay zero while training.
+    resumed = _brain(tmp_path, hook(), epochs=4)
+    _fit(resumed)
+    assert resumed.prune_hooks[0].step == 2
+    linears = [m.module for m in find_members(resumed.modules, ["weights"])]
+    again = [(lin.weight == 0).float().mean().item() for lin in linears]
+    assert again == zeros
+
+
+def test_heads_need_prunable_attention(tmp_path):
+    hook = CriterionPruning("magnitude", OneShot(0.5), groups=["heads"])
+    brain = _brain(tmp_path, hook, epochs=1, prunable=False)
+    with pytest.raises(ValueError, match="add prunable_attention"):
+        _fit(brain)
+
+
+def test_schedule_longer_than_training_is_refused(tmp_path):
+    hook = CriterionPruning("taylor", Incremental(0.5, steps=3, every=2))
+    brain = _brain(tmp_path, hook, epochs=4)
+    with pytest.raises(ValueError, match="number_of_epochs is 4"):
+        _fit(brain)
+
+
+def test_ddp_two_processes_take_the_same_decisions(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29531",
+            str(Path(__file__)),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
+    )
+    record0, params0 = torch.load(tmp_path / "rank0.pt")
+    record1, params1 = torch.load(tmp_path / "rank1.pt")
+    assert record0 == record1
+    heads = [s["v_dims"] for s in record0.values() if "v_dims" in s]
+    assert heads and all(len(v) == 2 for v in heads)
+    for key in params0:
+        assert torch.equal(params0[key], params1[key]), key
+
+
+def test_criterion_pruning_fragment(tmp_path):
+    from test_low_rank import load_fragment
+
+    hparams = load_fragment("criterion_pruning.yaml", tmp_path)
+    mha = hparams["Transformer"].encoder.layers[0].mha_layer
+    assert type(mha).__name__ == "PrunableRelPosMHA"
+    hook = hparams["prune_hooks"][0]
+    assert isinstance(hook.criterion, Taylor)
+    assert hook.groups == ["ffn", "heads"]
+    assert hook.schedule.epoch_of(1) == 6
+
+
+def test_asr_criteria_hparams(tmp_path):
+    from test_low_rank import load_asr_hparams
+
+    hparams = load_asr_hparams("conformer_ctc_criteria.yaml", tmp_path)
+    assert hparams["experiment"] == "conformer_ctc_taylor_0.5"
+    mha = hparams["Transformer"].encoder.layers[0].mha_layer
+    assert type(mha).__name__ == "PrunableRelPosMHA"
+    hook = hparams["prune_hooks"][0]
+    assert hook.groups == ["ffn", "heads"]
+    assert [hook.schedule.epoch_of(k) for k in (1, 2, 3)] == [6, 7, 8]
+    hook.schedule.check_epochs(hparams["number_of_epochs"])
+
+
+if __name__ == "__main__":
+    # Run by the DDP test: activation statistics differ between the two
+    # processes (each sees its own data shard); decisions must not.
+    out = sys.argv[1]
+    _, run_opts, _ = sb.parse_arguments(
+        ["x.yaml", "--noprogressbar", "--distributed_backend=gloo"]
+    )
+    sb.utils.distributed.ddp_init_group(run_opts)
+    hook = CriterionPruning(
+        "activation",
+        Incremental(0.5, steps=2, ramp="linear"),
+        groups=["ffn", "heads"],
+    )
+    brain = _brain(f"{out}/ckpt", hook, epochs=2, run_opts=run_opts)
+    _fit(brain)
+    rank = torch.distributed.get_rank()
+    torch.save(state(brain), f"{out}/rank{rank}.pt")

@@ -1,0 +1,84 @@
+"""Exported pruned models load and transcribe through SpeechBrain itself."""
+
+import csv
+import json
+
+import pytest
+import torch
+from speechbrain.dataio.dataio import read_audio
+from speechbrain.inference.ASR import EncoderASR
+from speechbrain.utils.metric_stats import ErrorRateStats
+
+from sb_prune.nn import AdaptiveDropout
+from sb_prune.pretrained import export_pretrained
+
+
+def _test_batches(run_folder, data_folder, batch_size):
+    """The recipe's test utterances, in its order and batches."""
+    with open(run_folder / "test-clean.csv") as handle:
+        rows = sorted(
+            csv.DictReader(handle), key=lambda r: float(r["duration"])
+        )
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        wavs = [
+            read_audio(r["wav"].replace("$data_root", str(data_folder)))
+            for r in batch
+        ]
+        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.float)
+        padded = torch.zeros(len(wavs), int(lengths.max()))
+        for i, wav in enumerate(wavs):
+            padded[i, : len(wav)] = wav
+        yield batch, padded, lengths / lengths.max()
+
+
+def test_export_round_trip(tiny_adaptive_run, tiny_corpus, tmp_path):
+    folder = tmp_path / "exported"
+    summary = export_pretrained(tiny_adaptive_run, folder)
+    asr = EncoderASR.from_hparams(source=str(folder), savedir=str(folder))
+    assert not any(isinstance(m, AdaptiveDropout) for m in asr.mods.modules())
+    exported_params = sum(p.numel() for p in asr.hparams.model.parameters())
+    assert exported_params == summary["params"]
+
+    wer = ErrorRateStats()
+    for rows, wavs, lens in _test_batches(tiny_adaptive_run, tiny_corpus, 8):
+        hyps = asr.transcribe_batch(wavs, lens)[0]
+        wer.append(
+            [r["ID"] for r in rows],
+            [h.split(" ") for h in hyps],
+            [r["wrd"].split(" ") for r in rows],
+        )
+    results = json.loads((tiny_adaptive_run / "results.json").read_text())
+    assert wer.summarize("error_rate") == pytest.approx(
+        results["test-clean"]["WER"], abs=1e-6
+    )
+    one = next(_test_batches(tiny_adaptive_run, tiny_corpus, 1))[0][0]
+    audio = one["wav"].replace("$data_root", str(tiny_corpus))
+    assert isinstance(asr.transcribe_file(audio), str)
+
+
+def test_export_needs_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a recipe run folder"):
+        export_pretrained(tmp_path, tmp_path / "out")
+
+
+def test_report_renders_runs(tiny_adaptive_run, tmp_path):
+    from sb_prune.render import render_report
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "adaptive").symlink_to(tiny_adaptive_run)
+    (results / "lm").mkdir()
+    (results / "lm" / "results.json").write_text('{"perplexity": 3.2}')
+    report = render_report(results).read_text()
+    assert "| adaptive |" in report and "perplexity" in report
+    assert (results / "wer_vs_params.png").stat().st_size > 0
+    assert (results / "wer_vs_latency.png").stat().st_size > 0
+    assert "figures/adaptive_retention.png" in report
+
+
+def test_report_needs_runs(tmp_path):
+    from sb_prune.render import render_report
+
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        render_report(tmp_path)

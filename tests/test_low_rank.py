@@ -1,0 +1,296 @@
+"""LowRankLinear: exactness, ordered ranks, conversion, stages and export."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import encode, random_batch, tiny_conformer
+from speechbrain.lobes.models.transformer.TransformerLM import TransformerLM
+from speechbrain.nnet.attention import PositionalwiseFeedForward
+from speechbrain.utils.checkpoints import Checkpointer
+from speechbrain.utils.epoch_loop import EpochCounter
+from toy_brain import ToyBrain, toy_data
+
+from sb_prune import convert
+from sb_prune.export import load_exported
+from sb_prune.hooks import LowRankCompression
+from sb_prune.nn import LowRankLinear
+from sb_prune.nn.low_rank import rank_for_compression, set_compression
+from sb_prune.schedules import Incremental
+from sb_prune.structure import describe, restore
+
+
+def _linear(inputs=24, outputs=40, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Linear(inputs, outputs)
+
+
+def test_full_rank_equals_the_linear():
+    dense = _linear()
+    low = LowRankLinear.from_linear(dense)
+    x = torch.randn(5, 7, 24)
+    assert low.rank == 24
+    assert (low(x) - dense(x)).abs().max() <= 1e-5
+    assert (low.weight - dense.weight).abs().max() <= 1e-5
+
+
+def test_error_decreases_with_rank_and_is_optimal():
+    dense = _linear()
+    values = torch.linalg.svdvals(dense.weight.detach().double())
+    errors = []
+    for rank in range(1, 25):
+        low = LowRankLinear.from_linear(dense, rank)
+        error = (low.weight - dense.weight).norm().item()
+        errors.append(error)
+        # Eckart-Young: the error of the best rank-r approximation.
+        assert error == pytest.approx(values[rank:].norm().item(), abs=1e-4)
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] <= 1e-5
+
+
+def test_set_rank_selects_the_same_model_as_truncation():
+    full = LowRankLinear.from_linear(_linear())
+    x = torch.randn(3, 24)
+    for rank in (1, 5, 17):
+        full.set_rank(rank)
+        cut = copy.deepcopy(full)
+        cut.set_rank(None)
+        cut.truncate_(rank)
+        assert cut.rank == rank
+        assert torch.allclose(full(x), cut(x), atol=1e-5)
+    full.set_rank(None)
+    assert full.active_rank is None
+
+
+def test_reorder_restores_the_order_after_training():
+    low = LowRankLinear.from_linear(_linear(), rank=12)
+    with torch.no_grad():
+        low.up.weight.add_(0.3 * torch.randn_like(low.up.weight))
+        low.down.weight[[0, 11]] = low.down.weight[[11, 0]]
+    x = torch.randn(4, 24)
+    before = low(x)
+    up, down = low.up.weight, low.down.weight
+    values = low.reorder_()
+    assert low.up.weight is up and low.down.weight is down
+    assert torch.allclose(low(x), before, atol=1e-5)
+    assert torch.all(values[:-1] >= values[1:])
+    norms = low.up.weight.norm(dim=0) * low.down.weight.norm(dim=1)
+    assert torch.allclose(norms, values, rtol=1e-4)
+
+
+def test_one_trained_model_delivers_several_sizes():
+    model = convert(tiny_conformer(), low_rank={"points": ["ffn"]})
+    with torch.no_grad():  # "training" moves the factors out of order
+        for layer in model.modules():
+            if isinstance(layer, LowRankLinear):
+                layer.up.weight.mul_(torch.rand_like(layer.up.weight) + 0.5)
+    x, lens = random_batch()
+    full = encode(model, x, lens)
+    errors = []
+    for compression in (0.0, 0.25, 0.5, 0.75):
+        ranks = set_compression(model, compression)
+        selected = encode(model, x, lens)
+        cut = copy.deepcopy(model)
+        assert set_compression(cut, compression, physical=True) == ranks
+        assert (encode(cut, x, lens) - selected).abs().max() <= 1e-5
+        errors.append((selected - full).norm().item())
+    assert errors == sorted(errors)
+    set_compression(model, 0.0)  # selection can go back up
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"rank": 0}, r"rank .* must be in \[1, min"),
+        ({"rank": 25}, r"rank .* must be in \[1, min"),
+        ({"compression": 1.0}, "compression must be in"),
+        ({"points": ["conv"]}, "low_rank.points"),
+        ({"rank": 3, "compression": 0.5}, "not both"),
+    ],
+)
+def test_bad_options_name_the_key(bad, match):
+    model = torch.nn.Sequential(PositionalwiseFeedForward(24, input_size=40))
+    with pytest.raises(ValueError, match=match):
+        convert(model, low_rank=bad)
+
+
+def test_constructor_rank_errors():
+    with pytest.raises(ValueError, match="rank must be in"):
+        LowRankLinear(4, 6, rank=5)
+    with pytest.raises(ValueError, match="rank must be in"):
+        LowRankLinear.from_linear(_linear()).set_rank(30)
+
+
+def test_rank_for_compression():
+    assert rank_for_compression(144, 576, 0.0) == 115
+    assert rank_for_compression(144, 576, 0.75) == 28
+    assert rank_for_compression(4, 4, 0.99) == 1
+
+
+def test_full_rank_conversion_keeps_the_asr_encoder():
+    model = tiny_conformer()
+    x, lens = random_batch()
+    expected = encode(model, x, lens)
+    convert(model, low_rank={"points": ["ffn", "attention"]})
+    lows = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    assert len(lows) == 2 * (2 * 2 + 2)  # 2 layers x (2 FFNs x 2 + attn 2)
+    assert (encode(model, x, lens) - expected).abs().max() <= 1e-5
+
+
+def test_full_rank_conversion_keeps_the_lm():
+    torch.manual_seed(0)
+    lm = TransformerLM(
+        30, d_model=16, nhead=4, num_encoder_layers=2, d_ffn=32, dropout=0.0
+    ).eval()
+    tokens = torch.randint(1, 30, (3, 9))
+    tokens[0, 6:] = 0
+    with torch.no_grad():
+        expected = lm(tokens)
+        convert(lm, low_rank={"points": ["ffn", "attention"]})
+        assert (lm(tokens) - expected).abs().max() <= 1e-5
+
+
+def test_structure_record_rebuilds_a_truncated_model():
+    options = {"low_rank": {"points": ["ffn"]}}
+    model = convert(tiny_conformer(), **options)
+    for module in model.modules():
+        if isinstance(module, LowRankLinear):
+            module.truncate_(3)
+    record = describe(model)
+    assert {spec["rank"] for spec in record.values() if "rank" in spec} == {3}
+    fresh = convert(tiny_conformer(seed=4), **options)
+    restore(fresh, record)
+    fresh.load_state_dict(model.state_dict())
+    x, lens = random_batch()
+    assert torch.equal(encode(fresh, x, lens), encode(model, x, lens))
+
+
+def _low_rank_brain(save_dir, export_dir, epochs=3):
+    torch.manual_seed(0)
+    model = convert(tiny_conformer().train(), low_rank={"points": ["ffn"]})
+    head = torch.nn.Linear(16, 4)
+    counter = EpochCounter(epochs)
+    hook = LowRankCompression(
+        Incremental(0.75, steps=3, ramp="linear"), export_folder=export_dir
+    )
+    brain = ToyBrain(
+        modules={"model": model, "head": head},
+        opt_class=lambda params: torch.optim.Adam(params, lr=0.01),
+        hparams={"prune_hooks": [hook], "epoch_counter": counter},
+        run_opts={"noprogressbar": True},
+        checkpointer=Checkpointer(
+            save_dir, {"model": model, "head": head, "counter": counter}
+        ),
+    )
+    brain.losses = []
+    return brain
+
+
+def test_incremental_stages_are_exported_and_load(tmp_path):
+    brain = _low_rank_brain(tmp_path / "ckpt", tmp_path / "export")
+    brain.fit(
+        brain.hparams.epoch_counter,
+        toy_data(n=16),
+        toy_data(n=8, seed=1),
+        train_loader_kwargs={"batch_size": 8},
+        valid_loader_kwargs={"batch_size": 8},
+    )
+    stages = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert stages == [
+        "compression_0.25",
+        "compression_0.50",
+        "compression_0.75",
+    ]
+    x, lens = random_batch()
+    sizes = []
+    for stage in stages:
+        fresh = torch.nn.ModuleDict(
+            {
+                "model": convert(
+                    tiny_conformer(seed=3), low_rank={"points": ["ffn"]}
+                ),
+                "head": torch.nn.Linear(16, 4),
+            }
+        )
+        load_exported(fresh, tmp_path / "export" / stage)
+        sizes.append(sum(p.numel() for p in fresh.parameters()))
+        assert torch.isfinite(encode(fresh["model"], x, lens)).all()
+    assert sizes == sorted(sizes, reverse=True)
+    # The last stage is the trained model itself.
+    brain.modules.eval()
+    assert torch.equal(
+        encode(fresh["model"], x, lens), encode(brain.modules.model, x, lens)
+    )
+    ranks = [entry["ranks"][0] for entry in brain.prune_hooks[0].history]
+    assert ranks == sorted(ranks, reverse=True)
+    assert ranks[-1] == rank_for_compression(16, 32, 0.75)
+
+
+def test_low_rank_hook_needs_low_rank_layers(tmp_path):
+    brain = _low_rank_brain(tmp_path, None)
+    brain.modules["model"] = tiny_conformer()
+    with pytest.raises(ValueError, match="add low_rank to sb_prune.convert"):
+        brain.prune_hooks[0].on_fit_start(brain)
+
+
+DENSE_YAML = """
+number_of_epochs: 12
+output_folder: {out}
+Transformer_dense: !new:{module}.TransformerASR
+    input_size: 12
+    tgt_vocab: 10
+    d_model: 16
+    nhead: 4
+    num_encoder_layers: 2
+    num_decoder_layers: 0
+    d_ffn: 32
+    encoder_module: conformer
+    attention_type: RelPosMHAXL
+    normalize_before: True
+"""
+
+
+def load_fragment(name, tmp_path):
+    """An hparams fragment of the repository's hparams/ on a tiny model."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    root = Path(__file__).resolve().parents[1]
+    module = "speechbrain.lobes.models.transformer.TransformerASR"
+    dense = DENSE_YAML.format(out=tmp_path, module=module)
+    return load_hyperpyyaml(dense + (root / "hparams" / name).read_text())
+
+
+def test_low_rank_fragment(tmp_path):
+    hparams = load_fragment("low_rank.yaml", tmp_path)
+    lows = [
+        m
+        for m in hparams["Transformer"].modules()
+        if isinstance(m, LowRankLinear)
+    ]
+    assert len(lows) == 12
+    hook = hparams["prune_hooks"][0]
+    assert hook.schedule.start_epoch == 6 and hook.schedule.last_epoch == 8
+
+
+def load_asr_hparams(name, tmp_path):
+    """An hparams file of the ASR recipe, as train.py loads it."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "recipes/LibriSpeech/ASR/hparams" / name
+    with open(path) as handle:
+        return load_hyperpyyaml(handle, {"output_folder": str(tmp_path)})
+
+
+def test_asr_low_rank_hparams(tmp_path):
+    hparams = load_asr_hparams("conformer_ctc_low_rank.yaml", tmp_path)
+    lows = [
+        m
+        for m in hparams["Transformer"].modules()
+        if isinstance(m, LowRankLinear)
+    ]
+    assert len(lows) == 6 * (2 * 2 + 2)
+    hook = hparams["prune_hooks"][0]
+    assert isinstance(hook, LowRankCompression)
+    assert [hook.schedule.epoch_of(k) for k in (1, 2)] == [6, 8]
