@@ -71,7 +71,129 @@ def _pad(tensor, slots, size, dim=0):
     return tensor.new_zeros(shape).index_copy(dim, slots, tensor)
 
 
-class PrunableRelPosMHA(nn.Module):
+class _PrunableHeads(nn.Module):
+    """Attention heads that each keep their own query/key and value units.
+
+    The part that :class:`PrunableRelPosMHA` and
+    :class:`~sb_prune.nn.PrunableMHA` share: the per-head widths, and
+    ``in_proj`` (rows: the query units of every head, then the key units,
+    then the value units, head-major), ``out_proj`` (columns: the value
+    units) and the dropout on the attention weights. Subclasses with other
+    per-unit tensors build, prune and resize them in :meth:`_build_more`,
+    :meth:`_select_more` and :meth:`_resize_more`.
+
+    Arguments
+    ---------
+    embed_dim, num_heads, dropout, qk_dims, v_dims
+        As for :class:`PrunableRelPosMHA`.
+    in_bias : bool
+        Whether ``in_proj`` has a bias.
+    out_bias : bool
+        Whether ``out_proj`` has a bias.
+    """
+
+    def __init__(
+        self,
+        embed_dim,
+        num_heads,
+        dropout=0.0,
+        qk_dims=None,
+        v_dims=None,
+        in_bias=True,
+        out_bias=True,
+    ):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads "
+                f"({num_heads})"
+            )
+        head_dim = embed_dim // num_heads
+        self.embed_dim = embed_dim
+        self.qk_dims = list(qk_dims or [head_dim] * num_heads)
+        self.v_dims = list(v_dims or [head_dim] * num_heads)
+        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
+        self.in_proj = nn.Linear(embed_dim, 2 * n_qk + n_v, bias=in_bias)
+        self._build_more(n_qk)
+        self.out_proj = nn.Linear(n_v, embed_dim, bias=out_bias)
+        self.dropout_att = nn.Dropout(dropout)
+        self._update_layout()
+
+    @property
+    def num_heads(self):
+        """The number of heads the module currently has."""
+        return len(self.v_dims)
+
+    def _update_layout(self):
+        """Recompute what depends on the per-head widths."""
+
+    def _build_more(self, n_qk):
+        """Build the subclass's other per-unit layers (before ``out_proj``)."""
+
+    def _select_more(self, keep_qk, keep_v):
+        """Keep the same units of the subclass's other per-unit tensors."""
+
+    def _resize_more(self, n_qk, n_v):
+        """Resize the subclass's other per-unit tensors (placeholders)."""
+
+    def select_units(self, keep_qk, keep_v):
+        """Keep the given query/key and value units (head-major indices).
+
+        Heads left without value units are removed with their query/key
+        units. The other per-unit tensors of a subclass (positional
+        projection and biases, adaptive dropout layers) are pruned alike.
+
+        Arguments
+        ---------
+        keep_qk : torch.LongTensor
+            Sorted indices into the current query/key units.
+        keep_v : torch.LongTensor
+            Sorted indices into the current value units.
+        """
+        keep_v = keep_v.to(keep_qk.device)
+        qk_head = torch.repeat_interleave(torch.tensor(self.qk_dims))
+        v_head = torch.repeat_interleave(torch.tensor(self.v_dims))
+        live = torch.unique(v_head[keep_v.cpu()])
+        keep_qk = keep_qk[
+            torch.isin(qk_head[keep_qk.cpu()], live).to(keep_qk.device)
+        ]
+        n_qk = sum(self.qk_dims)
+        rows = torch.cat([keep_qk, keep_qk + n_qk, keep_v + 2 * n_qk])
+        select_linear_(self.in_proj, rows=rows)
+        select_linear_(self.out_proj, cols=keep_v)
+        self._select_more(keep_qk, keep_v)
+        heads = len(self.v_dims)
+        qk_counts = torch.bincount(qk_head[keep_qk.cpu()], minlength=heads)
+        v_counts = torch.bincount(v_head[keep_v.cpu()], minlength=heads)
+        self.qk_dims = qk_counts[live].tolist()
+        self.v_dims = v_counts[live].tolist()
+        self._update_layout()
+
+    def get_structure(self):
+        """Return the per-head widths (the module's structure record)."""
+        return {"qk_dims": list(self.qk_dims), "v_dims": list(self.v_dims)}
+
+    def set_structure(self, spec):
+        """Resize to the per-head widths of ``spec`` (placeholder values).
+
+        Arguments
+        ---------
+        spec : dict
+            ``{"qk_dims": [...], "v_dims": [...]}`` as returned by
+            :meth:`get_structure`.
+        """
+        self.qk_dims, self.v_dims = list(spec["qk_dims"]), list(spec["v_dims"])
+        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
+        resize_linear_(self.in_proj, 2 * n_qk + n_v, self.embed_dim)
+        resize_linear_(self.out_proj, self.embed_dim, n_v)
+        self._resize_more(n_qk, n_v)
+        self._update_layout()
+
+    def extra_repr(self):
+        return f"qk_dims={self.qk_dims}, v_dims={self.v_dims}"
+
+
+class PrunableRelPosMHA(_PrunableHeads):
     """Relative-position multi-head self-attention with prunable units.
 
     Arguments
@@ -111,28 +233,18 @@ class PrunableRelPosMHA(nn.Module):
         qk_dims=None,
         v_dims=None,
     ):
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be divisible by num_heads "
-                f"({num_heads})"
-            )
-        head_dim = embed_dim // num_heads
-        self.embed_dim = embed_dim
+        super().__init__(
+            embed_dim, num_heads, dropout, qk_dims, v_dims, in_bias=False
+        )
         self.mask_pos_future = mask_pos_future
         self.scale = 1.0 / math.sqrt(embed_dim)
-        self.qk_dims = list(qk_dims or [head_dim] * num_heads)
-        self.v_dims = list(v_dims or [head_dim] * num_heads)
-        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
-        self.in_proj = nn.Linear(embed_dim, 2 * n_qk + n_v, bias=False)
-        self.linear_pos = nn.Linear(embed_dim, n_qk, bias=False)
+
+    def _build_more(self, n_qk):
+        self.linear_pos = nn.Linear(self.embed_dim, n_qk, bias=False)
         self.pos_bias_u = nn.Parameter(torch.zeros(n_qk))
         self.pos_bias_v = nn.Parameter(torch.zeros(n_qk))
-        self.out_proj = nn.Linear(n_v, embed_dim)
-        self.dropout_att = nn.Dropout(dropout)
         self.query_dropout = None
         self.value_dropout = None
-        self._update_layout()
 
     @classmethod
     def from_relposmhaxl(cls, mha):
@@ -173,11 +285,6 @@ class PrunableRelPosMHA(nn.Module):
             new.pos_bias_v.copy_(mha.pos_bias_v.detach().reshape(-1))
             new.out_proj.load_state_dict(mha.out_proj.state_dict())
         return new
-
-    @property
-    def num_heads(self):
-        """The number of heads the module currently has."""
-        return len(self.v_dims)
 
     def _update_layout(self):
         device = self.pos_bias_u.device
@@ -319,67 +426,16 @@ class PrunableRelPosMHA(nn.Module):
         out = F.linear(x, w_out, self.out_proj.bias)
         return (out, attn) if return_attn_weights else out
 
-    def select_units(self, keep_qk, keep_v):
-        """Keep the given query/key and value units (head-major indices).
-
-        Heads left without value units are removed with their query/key
-        units. Adaptive dropout layers inside are pruned alike.
-
-        Arguments
-        ---------
-        keep_qk : torch.LongTensor
-            Sorted indices into the current query/key units.
-        keep_v : torch.LongTensor
-            Sorted indices into the current value units.
-        """
-        qk_head = torch.repeat_interleave(torch.tensor(self.qk_dims))
-        v_head = torch.repeat_interleave(torch.tensor(self.v_dims))
-        live = torch.unique(v_head[keep_v.cpu()])
-        keep_qk = keep_qk[
-            torch.isin(qk_head[keep_qk.cpu()], live).to(keep_qk.device)
-        ]
-        n_qk = sum(self.qk_dims)
-        rows = torch.cat([keep_qk, keep_qk + n_qk, keep_v + 2 * n_qk])
-        select_linear_(self.in_proj, rows=rows)
+    def _select_more(self, keep_qk, keep_v):
         select_linear_(self.linear_pos, rows=keep_qk)
-        select_linear_(self.out_proj, cols=keep_v)
         select_(self, "pos_bias_u", keep_qk, 0)
         select_(self, "pos_bias_v", keep_qk, 0)
         if self.query_dropout is not None:
             self.query_dropout.select_units(keep_qk)
         if self.value_dropout is not None:
             self.value_dropout.select_units(keep_v)
-        qk_counts = torch.bincount(
-            qk_head[keep_qk.cpu()], minlength=len(self.v_dims)
-        )
-        v_counts = torch.bincount(
-            v_head[keep_v.cpu()], minlength=len(self.v_dims)
-        )
-        self.qk_dims = qk_counts[live].tolist()
-        self.v_dims = v_counts[live].tolist()
-        self._update_layout()
 
-    def get_structure(self):
-        """Return the per-head widths (the module's structure record)."""
-        return {"qk_dims": list(self.qk_dims), "v_dims": list(self.v_dims)}
-
-    def set_structure(self, spec):
-        """Resize to the per-head widths of ``spec`` (placeholder values).
-
-        Arguments
-        ---------
-        spec : dict
-            ``{"qk_dims": [...], "v_dims": [...]}`` as returned by
-            :meth:`get_structure`.
-        """
-        self.qk_dims, self.v_dims = list(spec["qk_dims"]), list(spec["v_dims"])
-        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
-        resize_linear_(self.in_proj, 2 * n_qk + n_v, self.embed_dim)
+    def _resize_more(self, n_qk, n_v):
         resize_linear_(self.linear_pos, n_qk, self.embed_dim)
-        resize_linear_(self.out_proj, self.embed_dim, n_v)
         resize_(self, "pos_bias_u", (n_qk,))
         resize_(self, "pos_bias_v", (n_qk,))
-        self._update_layout()
-
-    def extra_repr(self):
-        return f"qk_dims={self.qk_dims}, v_dims={self.v_dims}"

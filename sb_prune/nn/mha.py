@@ -24,13 +24,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from sb_prune.inplace import resize_linear_, select_linear_
-from sb_prune.nn.attention import _pad_index
+from sb_prune.nn.attention import _pad_index, _PrunableHeads
 
 
-class PrunableMHA(nn.Module):
+class PrunableMHA(_PrunableHeads):
     """Multi-head attention with prunable heads (``regularMHA`` layout).
 
     Arguments
@@ -72,22 +70,10 @@ class PrunableMHA(nn.Module):
         qk_dims=None,
         v_dims=None,
     ):
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be divisible by num_heads "
-                f"({num_heads})"
-            )
-        head_dim = embed_dim // num_heads
-        self.embed_dim = embed_dim
-        self.scale = 1.0 / math.sqrt(head_dim)
-        self.qk_dims = list(qk_dims or [head_dim] * num_heads)
-        self.v_dims = list(v_dims or [head_dim] * num_heads)
-        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
-        self.in_proj = nn.Linear(embed_dim, 2 * n_qk + n_v, bias=bias)
-        self.out_proj = nn.Linear(n_v, embed_dim, bias=bias)
-        self.dropout_att = nn.Dropout(dropout)
-        self._update_layout()
+        super().__init__(
+            embed_dim, num_heads, dropout, qk_dims, v_dims, bias, bias
+        )
+        self.scale = 1.0 / math.sqrt(embed_dim // num_heads)
 
     @classmethod
     def from_multihead(cls, mha):
@@ -129,11 +115,6 @@ class PrunableMHA(nn.Module):
                 new.in_proj.bias.copy_(att.in_proj_bias)
                 new.out_proj.bias.copy_(att.out_proj.bias)
         return new
-
-    @property
-    def num_heads(self):
-        """The number of heads the module currently has."""
-        return len(self.v_dims)
 
     def _update_layout(self):
         device = self.out_proj.weight.device
@@ -221,57 +202,6 @@ class PrunableMHA(nn.Module):
         if return_attn_weights:
             return out, attn.mean(dim=1)
         return out
-
-    def select_units(self, keep_qk, keep_v):
-        """Keep the given query/key and value units (head-major indices).
-
-        Heads left without value units are removed with their query/key
-        units.
-
-        Arguments
-        ---------
-        keep_qk : torch.LongTensor
-            Sorted indices into the current query/key units.
-        keep_v : torch.LongTensor
-            Sorted indices into the current value units.
-        """
-        keep_qk, keep_v = keep_qk.cpu(), keep_v.cpu()
-        qk_head = torch.repeat_interleave(torch.tensor(self.qk_dims))
-        v_head = torch.repeat_interleave(torch.tensor(self.v_dims))
-        live = torch.unique(v_head[keep_v])
-        keep_qk = keep_qk[torch.isin(qk_head[keep_qk], live)]
-        n_qk = sum(self.qk_dims)
-        rows = torch.cat([keep_qk, keep_qk + n_qk, keep_v + 2 * n_qk])
-        select_linear_(self.in_proj, rows=rows)
-        select_linear_(self.out_proj, cols=keep_v)
-        heads = len(self.v_dims)
-        qk_counts = torch.bincount(qk_head[keep_qk], minlength=heads)
-        v_counts = torch.bincount(v_head[keep_v], minlength=heads)
-        self.qk_dims = qk_counts[live].tolist()
-        self.v_dims = v_counts[live].tolist()
-        self._update_layout()
-
-    def get_structure(self):
-        """Return the per-head widths (the module's structure record)."""
-        return {"qk_dims": list(self.qk_dims), "v_dims": list(self.v_dims)}
-
-    def set_structure(self, spec):
-        """Resize to the per-head widths of ``spec`` (placeholder values).
-
-        Arguments
-        ---------
-        spec : dict
-            ``{"qk_dims": [...], "v_dims": [...]}`` as returned by
-            :meth:`get_structure`.
-        """
-        self.qk_dims, self.v_dims = list(spec["qk_dims"]), list(spec["v_dims"])
-        n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
-        resize_linear_(self.in_proj, 2 * n_qk + n_v, self.embed_dim)
-        resize_linear_(self.out_proj, self.embed_dim, n_v)
-        self._update_layout()
-
-    def extra_repr(self):
-        return f"qk_dims={self.qk_dims}, v_dims={self.v_dims}"
 
 
 def _add_mask(scores, mask):
