@@ -95,7 +95,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ChildProcessError) as error:
         parser.exit(2, f"sb-prune {args.command}: error: {error}\n")
 
 

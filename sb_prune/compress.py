@@ -32,7 +32,45 @@ METHODS = {
     "wanda": ("conformer_ctc_criteria.yaml", {"criterion": "wanda"}),
     "low-rank": ("conformer_ctc_low_rank.yaml", {}),
     "layer-pruning": ("conformer_ctc_static_layer_pruning.yaml", {}),
+    "i3d-local": ("conformer_ctc_i3d_local.yaml", {}),
+    "i3d-global": ("conformer_ctc_i3d_global.yaml", {}),
 }
+
+
+def schedule_overrides(hparams, epochs):
+    """Start a method's pruning schedule at once, for a trained model.
+
+    A trained model needs no pre-training before pruning: the schedule
+    starts after the first epoch and spreads its steps over the first half
+    of the budget, leaving the rest for fine-tuning.
+
+    Arguments
+    ---------
+    hparams : str
+        The method's recipe hparams file.
+    epochs : int
+        The epoch budget.
+
+    Returns
+    -------
+    dict
+        Recipe overrides.
+
+    Example
+    -------
+    >>> schedule_overrides("conformer_ctc_criteria.yaml", 6)
+    {'prune_start_epoch': 1, 'prune_steps': 3}
+    >>> schedule_overrides("conformer_ctc_low_rank.yaml", 2)
+    {'prune_start_epoch': 1, 'prune_steps': 1, 'prune_every': 1}
+    """
+    steps = max(1, epochs // 2)
+    if hparams == "conformer_ctc_criteria.yaml":
+        return {"prune_start_epoch": 1, "prune_steps": steps}
+    if hparams == "conformer_ctc_low_rank.yaml":
+        return {"prune_start_epoch": 1, "prune_steps": steps, "prune_every": 1}
+    if hparams == "conformer_ctc_static_layer_pruning.yaml":
+        return {"static_start_epoch": 1}
+    return {}
 
 
 def _architecture(source):
@@ -78,7 +116,16 @@ def _data_overrides(data, valid_csv, test_csv):
     }
 
 
-def compress(source, method, data, out, epochs, valid_csv=None, test_csv=None):
+def compress(
+    source,
+    method,
+    data,
+    out,
+    epochs,
+    valid_csv=None,
+    test_csv=None,
+    overrides=None,
+):
     """Prune a dense model with a method and export the result.
 
     Arguments
@@ -96,6 +143,8 @@ def compress(source, method, data, out, epochs, valid_csv=None, test_csv=None):
         Epochs of pruning and fine-tuning.
     valid_csv, test_csv : str, optional
         Manifests when ``data`` is a CSV.
+    overrides : dict, optional
+        More recipe overrides (``--set KEY=VALUE``), applied last.
 
     Returns
     -------
@@ -115,9 +164,11 @@ def compress(source, method, data, out, epochs, valid_csv=None, test_csv=None):
         **_architecture(source),
         **_data_overrides(data, valid_csv, test_csv),
         **method_overrides,
+        **schedule_overrides(hparams, epochs),
         "init_from": Path(source).resolve(),
         "number_of_epochs": epochs,
         "output_folder": run,
+        **(overrides or {}),
     }
     command = [
         sys.executable,
@@ -126,7 +177,12 @@ def compress(source, method, data, out, epochs, valid_csv=None, test_csv=None):
         "--noprogressbar",
         *(f"--{key}={value}" for key, value in overrides.items()),
     ]
-    subprocess.run(command, cwd=RECIPES / "ASR", check=True)
+    finished = subprocess.run(command, cwd=RECIPES / "ASR")
+    if finished.returncode:
+        raise ChildProcessError(
+            f"the recipe hparams/{hparams} failed (exit "
+            f"{finished.returncode}); see its output above and {run}/log.txt"
+        )
     results = json.loads((run / "results.json").read_text())
     exported = export_pretrained(run, out / "exported")
     return {"results": results, "export": exported}
@@ -145,6 +201,44 @@ def add_arguments(parser):
     parser.add_argument("--test-csv", help="test CSV (CSV --data)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="compressed", help="output folder")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe hparam (repeatable), e.g. --set lr=0.001",
+    )
+
+
+def parse_settings(settings):
+    """Parse ``--set KEY=VALUE`` options into overrides.
+
+    Arguments
+    ---------
+    settings : list of str
+        The ``KEY=VALUE`` strings.
+
+    Returns
+    -------
+    dict
+        Key to value (a string; the recipe parses it as YAML).
+
+    Example
+    -------
+    >>> parse_settings(["lr=0.001", "adl_points=[ffn]"])
+    {'lr': '0.001', 'adl_points': '[ffn]'}
+    >>> parse_settings(["lr"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --set lr: expected KEY=VALUE
+    """
+    overrides = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {setting}: expected KEY=VALUE")
+        overrides[key] = value
+    return overrides
 
 
 def main(args):
@@ -157,5 +251,6 @@ def main(args):
         args.epochs,
         args.valid_csv,
         args.test_csv,
+        parse_settings(args.set),
     )
     print(json.dumps(summary, indent=2))

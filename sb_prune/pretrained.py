@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import average_checkpoints
+from speechbrain.utils.distributed import run_on_main
 
 from sb_prune.brain import read_structure
 from sb_prune.conversion import convert, recorded_conversions
@@ -320,17 +321,20 @@ def tokenizer_file(source):
 
 
 def initialize_from(hparams, source):
-    """Initialise a recipe's model with a trained dense model's weights.
+    """Initialise a recipe's model and tokenizer from a trained dense model.
 
     The source (see :func:`load_model`) must be dense: it is converted the
     way the recipe's model was (``sb_prune.convert`` options recorded on
-    it), then its weights and feature statistics are copied in.
+    it), then its weights and feature statistics are copied in, and its
+    tokenizer is copied where the recipe's tokenizer looks first (the
+    main process writes it; call this on every process).
 
     Arguments
     ---------
     hparams : dict
         The recipe's loaded hparams (``model``, ``normalize``,
-        ``Transformer``).
+        ``Transformer``, ``save_folder``, ``output_neurons``,
+        ``token_type``).
     source : str
         A dense run folder or exported folder.
     """
@@ -344,10 +348,19 @@ def initialize_from(hparams, source):
     for method, options in recorded_conversions(hparams["Transformer"]):
         convert(transformer, **{method: options})
     hparams["model"].load_state_dict(loaded["model"].state_dict())
-    statistics = Path(hparams["save_folder"]) / "init_normalizer.ckpt"
-    statistics.parent.mkdir(parents=True, exist_ok=True)
-    loaded["normalize"]._save(statistics)
-    hparams["normalize"]._load(statistics)
+    hparams["normalize"]._load_statistics_dict(
+        loaded["normalize"]._statistics_dict()
+    )
+    name = f"{hparams['output_neurons']}_{hparams['token_type']}.model"
+    run_on_main(
+        _copy_file,
+        args=[tokenizer_file(source), Path(hparams["save_folder"]) / name],
+    )
+
+
+def _copy_file(source, target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
 
 
 def add_arguments(parser):

@@ -36,6 +36,20 @@ def tiny_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_dense_run(tiny_corpus, tmp_path_factory):
+    """A finished tiny run of the dense ASR recipe (two epochs).
+
+    Returns its output folder. Treat it as read-only.
+    """
+    from recipe_runs import run_recipe
+
+    out = tmp_path_factory.mktemp("tiny_dense_run")
+    run = run_recipe("conformer_ctc.yaml", tiny_corpus, out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_adaptive_run(tiny_corpus, tmp_path_factory):
     """A finished tiny run of the adaptive-dropout ASR recipe (pruned).
 

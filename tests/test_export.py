@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from speechbrain.dataio.dataio import read_audio
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.utils.metric_stats import ErrorRateStats
@@ -52,9 +53,7 @@ def test_export_round_trip(tiny_adaptive_run, tiny_corpus, tmp_path):
     assert wer.summarize("error_rate") == pytest.approx(
         results["test-clean"]["WER"], abs=1e-6
     )
-    one = next(_test_batches(tiny_adaptive_run, tiny_corpus, 1))[0][0]
-    audio = one["wav"].replace("$data_root", str(tiny_corpus))
-    assert isinstance(asr.transcribe_file(audio), str)
+    assert isinstance(asr.transcribe_file(_first_test_wav(tiny_corpus)), str)
 
 
 def test_export_needs_a_run_folder(tmp_path):
@@ -82,3 +81,74 @@ def test_report_needs_runs(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="holds no run"):
         render_report(tmp_path)
+
+
+def test_compress_a_dense_exported_model(tiny_dense_run, tiny_corpus, tmp_path):
+    from sb_prune.compress import compress
+
+    dense = export_pretrained(tiny_dense_run, tmp_path / "dense")
+    summary = compress(
+        tmp_path / "dense",
+        "taylor",
+        tiny_corpus,
+        tmp_path / "compressed",
+        epochs=2,
+        overrides={"batch_size": 4, "warmup_steps": 5, "sparsity": 0.5},
+    )
+    assert summary["export"]["params"] < dense["params"]
+    folder = tmp_path / "compressed" / "exported"
+    asr = EncoderASR.from_hparams(source=str(folder), savedir=str(folder))
+    assert (
+        sum(p.numel() for p in asr.hparams.model.parameters())
+        == (summary["export"]["params"])
+    )
+    assert isinstance(asr.transcribe_file(_first_test_wav(tiny_corpus)), str)
+
+
+def _first_test_wav(corpus):
+    return str(sorted((corpus / "test-clean").rglob("*.flac"))[0])
+
+
+def test_initialize_from_copies_weights_statistics_and_tokenizer(
+    tiny_dense_run, tmp_path
+):
+    from hyperpyyaml import load_hyperpyyaml
+    from recipe_runs import RECIPE
+
+    from sb_prune.pretrained import initialize_from, load_model, tokenizer_file
+
+    overrides = yaml.safe_load(
+        (RECIPE / "hparams/tiny_overrides.yaml").read_text()
+    )
+    overrides["output_folder"] = str(tmp_path)
+    with open(RECIPE / "hparams/conformer_ctc_criteria.yaml") as handle:
+        hparams = load_hyperpyyaml(handle, overrides)
+    dense = load_model(tiny_dense_run)
+    initialize_from(hparams, tiny_dense_run)
+    for name in ("CNN", "ctc_lin"):
+        for ours, theirs in zip(
+            hparams[name].parameters(), dense[name].parameters()
+        ):
+            assert torch.equal(ours, theirs)
+    assert torch.equal(
+        hparams["normalize"].glob_mean, dense["normalize"].glob_mean
+    )
+    copied = tmp_path / "save" / "32_char.model"
+    assert copied.read_bytes() == tokenizer_file(tiny_dense_run).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--method", "pruning-by-wishes"], "--method 'pruning-by-wishes'"),
+        (["--method", "taylor"], "--source"),
+    ],
+)
+def test_compress_cli_errors_name_the_argument(tmp_path, capsys, argv, message):
+    from sb_prune.cli import main
+
+    argv = ["compress", "--source", str(tmp_path / "nothing"), *argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--data", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

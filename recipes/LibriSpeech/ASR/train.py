@@ -32,6 +32,7 @@ from sb_prune.analysis.gates import GateRecorder
 from sb_prune.brain import read_structure
 from sb_prune.data import synthesize_corpus
 from sb_prune.data.librispeech import prepare_librispeech
+from sb_prune.pretrained import initialize_from
 from sb_prune.report import write_recipe_summary
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ def main(argv):
     )
     start = time.time()
     prepare_data(hparams)
+    if hparams["init_from"]:
+        initialize_from(hparams, hparams["init_from"])
     tokenizer = train_tokenizer(hparams)
     train, valid, tests = dataio_prepare(hparams, tokenizer)
 
