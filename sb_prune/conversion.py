@@ -24,6 +24,7 @@ from speechbrain.nnet.attention import (
 )
 from torch import nn
 
+from sb_prune.nn._convert import check_keys
 from sb_prune.nn.adaptive_dropout import AdaptiveDropout
 from sb_prune.nn.attention import PrunableRelPosMHA
 from sb_prune.nn.gated import add_dynamic_depth
@@ -119,15 +120,6 @@ def adaptive_dropout_points(layer):
     return points
 
 
-def _check_keys(section, options, allowed):
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{section}: unknown key(s) {unknown}; valid keys are "
-            f"{sorted(allowed)}"
-        )
-
-
 def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     """Insert AdaptiveDropout layers into every Conformer layer.
 
@@ -171,7 +163,7 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     >>> type(enc.layers[0].mha_layer).__name__
     'PrunableRelPosMHA'
     """
-    _check_keys("adaptive_dropout", options, _ADAPTIVE_DROPOUT_OPTIONS)
+    check_keys("adaptive_dropout", options, _ADAPTIVE_DROPOUT_OPTIONS)
     points = list(points)
     unknown = sorted(set(points) - set(ADAPTIVE_DROPOUT_POINTS))
     if unknown or not points:
@@ -391,7 +383,7 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
 
 def _no_options(converter, name):
     def convert_without_options(model, **options):
-        _check_keys(name, options, ())
+        check_keys(name, options, ())
         return converter(model)
 
     return convert_without_options

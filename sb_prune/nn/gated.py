@@ -56,14 +56,24 @@ from speechbrain.lobes.models.transformer.Conformer import (
     ConformerEncoder,
     ConformerEncoderLayer,
 )
-from speechbrain.nnet.activations import Swish
 from torch import nn
 
+from sb_prune.nn._convert import check_keys
 from sb_prune.nn.auxiliary import attach_auxiliary_loss
 
 GATES = ("attention", "conv", "ffn")
 DEFAULT_GATES = ("attention", "ffn")
 PREDICTORS = ("local", "global")
+DYNAMIC_DEPTH_OPTIONS = (
+    "predictor",
+    "gates",
+    "predictor_hidden",
+    "temperature",
+    "threshold",
+    "target",
+    "regularization_weight",
+    "init_probability",
+)
 
 
 def _check_open_interval(name, value):
@@ -310,35 +320,14 @@ dropout, causal, attention_type
 
     def __init__(
         self,
-        d_model,
-        d_ffn,
-        nhead,
-        kernel_size=31,
-        kdim=None,
-        vdim=None,
-        activation=Swish,
-        bias=True,
-        dropout=0.0,
-        causal=False,
-        attention_type="RelPosMHAXL",
+        *args,
         gates=DEFAULT_GATES,
         local_predictor=True,
         predictor_hidden=64,
         init_probability=0.9,
+        **kwargs,
     ):
-        super().__init__(
-            d_model,
-            d_ffn,
-            nhead,
-            kernel_size=kernel_size,
-            kdim=kdim,
-            vdim=vdim,
-            activation=activation,
-            bias=bias,
-            dropout=dropout,
-            causal=causal,
-            attention_type=attention_type,
-        )
+        super().__init__(*args, **kwargs)
         self._add_gates(
             gates, local_predictor, predictor_hidden, init_probability
         )
@@ -494,8 +483,8 @@ dropout, causal, attention_type
 class GatedConformerEncoder(ConformerEncoder):
     """A Conformer encoder with I3D input-dependent dynamic depth.
 
-    Built like SpeechBrain's ``ConformerEncoder`` (same arguments first,
-    then the gating options), or converted from one with
+    Built like SpeechBrain's ``ConformerEncoder`` (same arguments, plus the
+    gating options as keywords), or converted from one with
     :meth:`from_encoder` (what ``sb_prune.convert(model, dynamic_depth=
     {...})`` does). After each forward it exposes, for the utterances of
     the batch, ``gate_logits`` (``[B, layers, gates, 2]``),
@@ -507,24 +496,24 @@ class GatedConformerEncoder(ConformerEncoder):
     num_layers, d_model, d_ffn, nhead, kernel_size, kdim, vdim, activation, \
 bias, dropout, causal, attention_type, output_hidden_states, layerdrop_prob
         Those of SpeechBrain's ``ConformerEncoder``.
-    predictor : str
+    predictor : str, default "local"
         ``local`` (one gate predictor per layer, on its input) or
         ``global`` (one on the encoder input, for all gates).
-    gates : list of str
+    gates : list of str, default ["attention", "ffn"]
         The gated branches of every layer, a subset of ``attention, conv,
         ffn`` (see the module docstring).
-    predictor_hidden : int
+    predictor_hidden : int, default 64
         Hidden units of the gate predictor(s), >= 1.
-    temperature : float
+    temperature : float, default 1.0
         Gumbel-softmax temperature in training, > 0.
-    threshold : float
+    threshold : float, default 0.5
         In evaluation a gate is open when its execution probability
         exceeds it, in (0, 1).
-    target : float
+    target : float, default 0.6
         Target fraction of executed modules, in (0, 1].
-    regularization_weight : float
+    regularization_weight : float, default 1.0
         Weight of ``(mean p - target)^2`` in the training loss, >= 0.
-    init_probability : float
+    init_probability : float, default 0.9
         Initial execution probability of every gate, in (0, 1).
 
     Example
@@ -543,71 +532,15 @@ bias, dropout, causal, attention_type, output_hidden_states, layerdrop_prob
     tensor([0., 0., 0.])
     """
 
-    def __init__(
-        self,
-        num_layers,
-        d_model,
-        d_ffn,
-        nhead,
-        kernel_size=31,
-        kdim=None,
-        vdim=None,
-        activation=Swish,
-        bias=True,
-        dropout=0.0,
-        causal=False,
-        attention_type="RelPosMHAXL",
-        output_hidden_states=False,
-        layerdrop_prob=0.0,
-        predictor="local",
-        gates=DEFAULT_GATES,
-        predictor_hidden=64,
-        temperature=1.0,
-        threshold=0.5,
-        target=0.6,
-        regularization_weight=1.0,
-        init_probability=0.9,
-    ):
-        super().__init__(
-            num_layers,
-            d_model,
-            d_ffn,
-            nhead,
-            kernel_size=kernel_size,
-            kdim=kdim,
-            vdim=vdim,
-            activation=activation,
-            bias=bias,
-            dropout=dropout,
-            causal=causal,
-            attention_type=attention_type,
-            output_hidden_states=output_hidden_states,
-            layerdrop_prob=layerdrop_prob,
-        )
-        self._add_gates(
-            predictor,
-            gates,
-            predictor_hidden,
-            temperature,
-            threshold,
-            target,
-            regularization_weight,
-            init_probability,
-        )
+    def __init__(self, *args, **kwargs):
+        options = {
+            k: kwargs.pop(k) for k in DYNAMIC_DEPTH_OPTIONS if k in kwargs
+        }
+        super().__init__(*args, **kwargs)
+        self._add_gates(**options)
 
     @classmethod
-    def from_encoder(
-        cls,
-        encoder,
-        predictor="local",
-        gates=DEFAULT_GATES,
-        predictor_hidden=64,
-        temperature=1.0,
-        threshold=0.5,
-        target=0.6,
-        regularization_weight=1.0,
-        init_probability=0.9,
-    ):
+    def from_encoder(cls, encoder, **options):
         """Turn a ``ConformerEncoder`` into a gated encoder, in place.
 
         Its layers become :class:`GatedConformerLayer` s; every weight and
@@ -645,30 +578,20 @@ target, regularization_weight, init_probability
                 f"{type(encoder).__name__}"
             )
         # Validates every option before changing anything.
-        cls._add_gates(
-            encoder,
-            predictor,
-            gates,
-            predictor_hidden,
-            temperature,
-            threshold,
-            target,
-            regularization_weight,
-            init_probability,
-        )
+        cls._add_gates(encoder, **options)
         encoder.__class__ = cls
         return encoder.to(_device_of(encoder))
 
     def _add_gates(
         self,
-        predictor,
-        gates,
-        predictor_hidden,
-        temperature,
-        threshold,
-        target,
-        regularization_weight,
-        init_probability,
+        predictor="local",
+        gates=DEFAULT_GATES,
+        predictor_hidden=64,
+        temperature=1.0,
+        threshold=0.5,
+        target=0.6,
+        regularization_weight=1.0,
+        init_probability=0.9,
     ):
         """Validate the options, gate the layers, add the predictor."""
         gates = check_gates(gates)
@@ -858,18 +781,6 @@ target, regularization_weight, init_probability
         return output, attention_lst
 
 
-DYNAMIC_DEPTH_OPTIONS = (
-    "predictor",
-    "gates",
-    "predictor_hidden",
-    "temperature",
-    "threshold",
-    "target",
-    "regularization_weight",
-    "init_probability",
-)
-
-
 def add_dynamic_depth(model, **options):
     """Gate every Conformer encoder of ``model`` (I3D), in place.
 
@@ -920,12 +831,7 @@ def add_dynamic_depth(model, **options):
     ...
     ValueError: dynamic_depth: the model has no ungated Conformer encoder...
     """
-    unknown = sorted(set(options) - set(DYNAMIC_DEPTH_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"dynamic_depth: unknown key(s) {unknown}; valid keys are "
-            f"{sorted(DYNAMIC_DEPTH_OPTIONS)}"
-        )
+    check_keys("dynamic_depth", options, DYNAMIC_DEPTH_OPTIONS)
     encoders = [m for m in model.modules() if type(m) is ConformerEncoder]
     if not encoders:
         raise ValueError(
