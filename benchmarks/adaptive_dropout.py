@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
-from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+from common import conformer
 from torch.nn.utils import prune as torch_prune
 
 from sb_prune import convert
@@ -44,25 +44,6 @@ FRAMES_10S = 250  # 10 s of 10 ms frames, stacked by 4
 #: Keep ratios used by --quick (no trained model): roughly what training
 #: learns, FFNs pruned most.
 QUICK_RATIOS = {"ffn1": [0.35], "ffn2": [0.4], "query": [0.6], "value": [0.7]}
-
-
-def conformer(d_model, nhead, num_encoder_layers, d_ffn, seed=0):
-    """A CTC Conformer encoder (TransformerASR) like the recipe's."""
-    torch.manual_seed(seed)
-    return TransformerASR(
-        tgt_vocab=32,
-        input_size=d_model,
-        d_model=d_model,
-        nhead=nhead,
-        num_encoder_layers=num_encoder_layers,
-        num_decoder_layers=0,
-        d_ffn=d_ffn,
-        dropout=0.0,
-        encoder_module="conformer",
-        attention_type="RelPosMHAXL",
-        normalize_before=True,
-        causal=False,
-    ).eval()
 
 
 def apply_keep_ratios(model, ratios, seed=0):
@@ -108,7 +89,7 @@ def unstructured_peer(dense, sparsity):
 
 def large_model_figures(ratios, repeats):
     """Exactness, parameters, MACs and latency on the large encoder."""
-    dense = conformer(**LARGE)
+    dense = conformer(**LARGE, seed=0).eval()
     model = convert(copy.deepcopy(dense), adaptive_dropout={"points": POINTS})
     apply_keep_ratios(model, ratios)
     x = torch.randn(1, FRAMES_10S, LARGE["d_model"])
@@ -157,7 +138,7 @@ def large_model_figures(ratios, repeats):
 
 def train_step_ratio(sizes, repeats):
     """Median training step time, adaptive dropout over dense."""
-    dense = conformer(**sizes).train()
+    dense = conformer(**sizes, seed=0)
     adl = convert(copy.deepcopy(dense), adaptive_dropout={"points": POINTS})
     x = torch.randn(16, 60, sizes["d_model"])
     lens = torch.ones(16)

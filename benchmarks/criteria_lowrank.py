@@ -50,9 +50,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 import torch.nn.functional as F
-from speechbrain.lobes.models.transformer.TransformerASR import (
-    TransformerASR,
-)
+from common import conformer
 from speechbrain.lobes.models.transformer.TransformerLM import (
     TransformerLM,
 )
@@ -66,22 +64,39 @@ from sb_prune.export import load_exported
 from sb_prune.hooks import CriterionPruning, LowRankCompression
 from sb_prune.schedules import Incremental, OneShot
 
+#: Sizes and budgets, one column per task and preset: LM quick, LM full,
+#: ASR quick, ASR full.
+SIZES = {
+    "d_model": (32, 128, 32, 96),
+    "heads": (4, 4, 4, 4),
+    "layers": (2, 3, 2, 4),
+    "d_ffn": (128, 512, 64, 384),
+    "dense_batches": (60, 1000, 40, 1000),
+    "batch_size": (32, 32, 8, 16),
+    "epochs": (4, 4, 4, 4),
+    "batches": (3, 20, 2, 15),
+    "lr": (3e-3, 2e-3, 3e-3, 3e-3),
+}
+
+
+def _preset(column, lm, asr, targets, repeats):
+    """A preset: ``column`` 0 (quick) or 1 (full) of SIZES, and the rest."""
+    sizes = [
+        {k: v[2 * task + column] for k, v in SIZES.items()} for task in (0, 1)
+    ]
+    return {
+        "lm": {**lm, **sizes[0]},
+        "asr": {**asr, **sizes[1]},
+        "targets": targets,
+        "repeats": repeats,
+    }
+
+
 PRESETS = {
-    "quick": {
-        "lm": dict(
-            sentences=1500,
-            d_model=32,
-            heads=4,
-            layers=2,
-            d_ffn=128,
-            dense_batches=60,
-            batch_size=32,
-            epochs=4,
-            batches=3,
-            test_sentences=200,
-            lr=3e-3,
-        ),
-        "asr": dict(
+    "quick": _preset(
+        0,
+        lm=dict(sentences=1500, test_sentences=200),
+        asr=dict(
             corpus=dict(
                 train_speakers=4,
                 dev_speakers=1,
@@ -89,50 +104,18 @@ PRESETS = {
                 utterances_per_speaker=10,
                 seed=20240,
             ),
-            d_model=32,
-            heads=4,
-            layers=2,
-            d_ffn=64,
-            dense_batches=40,
-            batch_size=8,
-            epochs=4,
-            batches=2,
             test_utterances=20,
-            lr=3e-3,
         ),
-        "targets": [0.5],
-        "repeats": 5,
-    },
-    "full": {
-        "lm": dict(
-            sentences=20000,
-            d_model=128,
-            heads=4,
-            layers=3,
-            d_ffn=512,
-            dense_batches=1000,
-            batch_size=32,
-            epochs=4,
-            batches=20,
-            test_sentences=500,
-            lr=2e-3,
-        ),
-        "asr": dict(
-            corpus=None,
-            d_model=96,
-            heads=4,
-            layers=4,
-            d_ffn=384,
-            dense_batches=1000,
-            batch_size=16,
-            epochs=4,
-            batches=15,
-            test_utterances=300,
-            lr=3e-3,
-        ),
-        "targets": [0.25, 0.5, 0.75],
-        "repeats": 20,
-    },
+        targets=[0.5],
+        repeats=5,
+    ),
+    "full": _preset(
+        1,
+        lm=dict(sentences=20000, test_sentences=500),
+        asr=dict(corpus=None, test_utterances=300),
+        targets=[0.25, 0.5, 0.75],
+        repeats=20,
+    ),
 }
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURED = ["ffn", "heads"]
@@ -321,19 +304,8 @@ class ASRModel(torch.nn.Module):
     def __init__(self, vocab, d_model, heads, layers, d_ffn, n_mels=80):
         super().__init__()
         self.front = torch.nn.Conv1d(n_mels, d_model, 4, stride=4)
-        self.transformer = TransformerASR(
-            tgt_vocab=vocab,
-            input_size=d_model,
-            d_model=d_model,
-            nhead=heads,
-            num_encoder_layers=layers,
-            num_decoder_layers=0,
-            d_ffn=d_ffn,
-            dropout=0.1,
-            encoder_module="conformer",
-            attention_type="RelPosMHAXL",
-            normalize_before=True,
-            causal=False,
+        self.transformer = conformer(
+            d_model, heads, layers, d_ffn, tgt_vocab=vocab, dropout=0.1
         )
         self.out = torch.nn.Linear(d_model, vocab)
 
@@ -417,33 +389,36 @@ class ASRTask(Task):
         return lambda: model(feats, lens)
 
 
-def _row(
-    task,
-    name,
-    model,
-    dense,
-    criterion,
-    schedule,
-    target,
-    repeats,
-    nonzero=False,
-    note="",
-):
-    row = {
-        "model": name,
-        "target": target,
-        "criterion": criterion,
-        "schedule": schedule,
-        "params": count_params(model, nonzero),
-        "ppl_or_wer": task.evaluate(model),
-        "metric": task.metric,
-        "latency_ratio": time_side_by_side(
-            task.forward_fn(dense), task.forward_fn(model), repeats
-        ),
-    }
-    if note:
-        row["note"] = note
-    return row
+class Recorder:
+    """Measures compressed models against the dense one; logs each row."""
+
+    def __init__(self, task, name, dense, repeats, log):
+        self.task, self.name, self.dense = task, name, dense
+        self.repeats, self.log = repeats, log
+        self.rows = []
+
+    def __call__(
+        self, model, criterion, schedule, target, nonzero=False, note=""
+    ):
+        task = self.task
+        row = {
+            "model": self.name,
+            "target": target,
+            "criterion": criterion,
+            "schedule": schedule,
+            "params": count_params(model, nonzero),
+            "ppl_or_wer": task.evaluate(model),
+            "metric": task.metric,
+            "latency_ratio": time_side_by_side(
+                task.forward_fn(self.dense),
+                task.forward_fn(model),
+                self.repeats,
+            ),
+        }
+        if note:
+            row["note"] = note
+        self.rows.append(row)
+        self.log(_format(row))
 
 
 def _schedule(kind, target):
@@ -466,41 +441,23 @@ def benchmark_task(task, name, targets, criteria, repeats, log):
     )
     log(f"[{name}] dense trained in {time.time() - start:.0f} s")
     budget = dict(epochs=c["epochs"], batches=c["batches"], lr=c["lr"] / 4)
-    rows = []
+    record = Recorder(task, name, dense, repeats, log)
+    low_rank = {"points": LOW_RANK_POINTS[name]}
+    low_rank_note = "+".join(LOW_RANK_POINTS[name])
 
     def finetune(model, hooks):
         return task.train(model, hooks, seed=task.seed + 1, **budget)
 
     tuned = finetune(copy.deepcopy(dense), [])
-    rows.append(
-        _row(
-            task,
-            name,
-            tuned,
-            dense,
-            "none",
-            "none",
-            0.0,
-            repeats,
-            note="dense, fine-tuned like the others",
-        )
-    )
-    log(_format(rows[-1]))
+    record(tuned, "none", "none", 0.0, note="dense, fine-tuned like the others")
     converted = convert(copy.deepcopy(dense), prunable_attention={})
-    rows.append(
-        _row(
-            task,
-            name,
-            converted,
-            dense,
-            "none",
-            "none",
-            0.0,
-            repeats,
-            note="prunable attention, nothing removed (no training)",
-        )
+    record(
+        converted,
+        "none",
+        "none",
+        0.0,
+        note="prunable attention, nothing removed (no training)",
     )
-    log(_format(rows[-1]))
     for target in targets:
         for schedule in ("one_shot", "incremental"):
             for criterion in criteria:
@@ -509,38 +466,11 @@ def benchmark_task(task, name, targets, criteria, repeats, log):
                 )
                 model = convert(copy.deepcopy(dense), prunable_attention={})
                 model = finetune(model, [hook])
-                rows.append(
-                    _row(
-                        task,
-                        name,
-                        model,
-                        dense,
-                        criterion,
-                        schedule,
-                        target,
-                        repeats,
-                    )
-                )
-                log(_format(rows[-1]))
+                record(model, criterion, schedule, target)
         # Low rank, one shot: the ranks are cut at the end of epoch 1 too.
-        model = convert(
-            copy.deepcopy(dense), low_rank={"points": LOW_RANK_POINTS[name]}
-        )
+        model = convert(copy.deepcopy(dense), low_rank=low_rank)
         model = finetune(model, [LowRankCompression(OneShot(target))])
-        rows.append(
-            _row(
-                task,
-                name,
-                model,
-                dense,
-                "low_rank",
-                "one_shot",
-                target,
-                repeats,
-                note="+".join(LOW_RANK_POINTS[name]),
-            )
-        )
-        log(_format(rows[-1]))
+        record(model, "low_rank", "one_shot", target, note=low_rank_note)
         if target != targets[len(targets) // 2]:
             continue
         # Unstructured masks (no speed-up without sparse kernels).
@@ -548,71 +478,44 @@ def benchmark_task(task, name, targets, criteria, repeats, log):
             "magnitude", _schedule("incremental", target), groups=["weights"]
         )
         model = finetune(copy.deepcopy(dense), [hook])
-        rows.append(
-            _row(
-                task,
-                name,
-                model,
-                dense,
-                "magnitude",
-                "incremental",
-                target,
-                repeats,
-                nonzero=True,
-                note="unstructured masks: dense kernels, no speed-up",
-            )
+        record(
+            model,
+            "magnitude",
+            "incremental",
+            target,
+            nonzero=True,
+            note="unstructured masks: dense kernels, no speed-up",
         )
-        log(_format(rows[-1]))
-    rows.extend(
-        _low_rank_incremental(task, name, dense, targets, budget, repeats, log)
-    )
-    return rows
+    _low_rank_incremental(record, targets, budget)
+    return record.rows
 
 
-def _low_rank_incremental(task, name, dense, targets, budget, repeats, log):
+def _low_rank_incremental(record, targets, budget):
     """One run: ranks drop at the end of epochs 1..n; every stage exported."""
+    task, dense = record.task, record.dense
+    low_rank = {"points": LOW_RANK_POINTS[record.name]}
     export = tempfile.mkdtemp(prefix="low_rank_", dir=task.out_dir)
     # Evenly spaced targets (25/50/75%) are exactly the linear ramp's steps.
     schedule = Incremental(
         max(targets), steps=len(targets), ramp="linear", start_epoch=1
     )
-    epochs = max(budget["epochs"], schedule.last_epoch + 1)
-    model = convert(
-        copy.deepcopy(dense), low_rank={"points": LOW_RANK_POINTS[name]}
-    )
     hook = LowRankCompression(
         schedule, export_folder=export, export_module="model"
     )
     task.train(
-        model,
+        convert(copy.deepcopy(dense), low_rank=low_rank),
         [hook],
-        epochs=epochs,
+        epochs=max(budget["epochs"], schedule.last_epoch + 1),
         batches=budget["batches"],
         lr=budget["lr"],
         seed=task.seed + 1,
     )
-    rows = []
     for stage in sorted(os.listdir(export)):
-        fresh = convert(
-            copy.deepcopy(dense), low_rank={"points": LOW_RANK_POINTS[name]}
-        )
+        fresh = convert(copy.deepcopy(dense), low_rank=low_rank)
         load_exported(fresh, os.path.join(export, stage))
         target = float(stage.split("_")[-1])
-        rows.append(
-            _row(
-                task,
-                name,
-                fresh.eval(),
-                dense,
-                "low_rank",
-                "incremental",
-                target,
-                repeats,
-                note="+".join(LOW_RANK_POINTS[name]) + "; stages of one run",
-            )
-        )
-        log(_format(rows[-1]))
-    return rows
+        note = "+".join(low_rank["points"]) + "; stages of one run"
+        record(fresh.eval(), "low_rank", "incremental", target, note=note)
 
 
 def _format(row):
