@@ -9,9 +9,7 @@ import argparse
 import speechbrain as sb
 import torch
 from helpers import tiny_conformer
-from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.epoch_loop import EpochCounter
-from toy_brain import ToyBrain, toy_data
+from toy_brain import build_brain, fit
 
 import sb_prune
 
@@ -37,23 +35,8 @@ if __name__ == "__main__":
         },
     )
     model.encoder.layerdrop_prob = args.layerdrop
-    head = torch.nn.Linear(16, 4)
-    counter = EpochCounter(2)
-    brain = ToyBrain(
-        modules={"model": model, "head": head},
-        opt_class=lambda params: torch.optim.Adam(params, lr=0.01),
-        hparams={"prune_hooks": [], "epoch_counter": counter},
-        run_opts=run_opts,
-        checkpointer=Checkpointer(f"{args.out}/ckpt", {"model": model}),
-    )
-    brain.losses = []
-    brain.fit(
-        counter,
-        toy_data(),
-        toy_data(n=8, seed=1),
-        train_loader_kwargs={"batch_size": 8},
-        valid_loader_kwargs={"batch_size": 8},
-    )
+    brain = build_brain(f"{args.out}/ckpt", model, [], 2, run_opts=run_opts)
+    fit(brain)
     rank = torch.distributed.get_rank()
     state = brain.unwrapped_modules().state_dict()
     torch.save(

@@ -1,7 +1,15 @@
-"""Small models shared by the tests."""
+"""Small models and runners shared by the tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+from speechbrain.lobes.models.transformer.TransformerLM import TransformerLM
+
+HERE = Path(__file__).parent
 
 
 def tiny_conformer(layers=2, d_model=16, heads=4, d_ffn=32, seed=0):
@@ -21,6 +29,42 @@ def tiny_conformer(layers=2, d_model=16, heads=4, d_ffn=32, seed=0):
         normalize_before=True,
         causal=False,
     ).eval()
+
+
+def tiny_lm(padded_row=0):
+    """A TransformerLM in eval mode and a batch of tokens, one row padded."""
+    torch.manual_seed(0)
+    lm = TransformerLM(
+        30, d_model=16, nhead=4, num_encoder_layers=2, d_ffn=32, dropout=0.0
+    ).eval()
+    tokens = torch.randint(1, 30, (3, 9))
+    tokens[padded_row, 6:] = 0
+    return lm, tokens
+
+
+def run_two_processes(script, folder, port):
+    """Run ``script folder`` in two gloo processes (torch.distributed.run).
+
+    Returns what ranks 0 and 1 saved in ``folder/rank0.pt`` and
+    ``folder/rank1.pt``.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={port}",
+            str(script),
+            str(folder),
+        ],
+        check=True,
+        env=env,
+        cwd=folder,
+        timeout=240,
+    )
+    return torch.load(folder / "rank0.pt"), torch.load(folder / "rank1.pt")
 
 
 def encode(model, x, lens):

@@ -1,17 +1,11 @@
 """PruningBrain: pruning during training, checkpoints, resume and DDP."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import HERE, run_two_processes
 from toy_brain import fit, make_brain, state
 
 from sb_prune.nn import AdaptiveDropout
-
-HERE = Path(__file__).parent
 
 
 def _n_params(brain):
@@ -91,24 +85,9 @@ def test_hook_without_adaptive_dropout_is_an_error(tmp_path):
     not torch.distributed.is_available(), reason="needs torch.distributed"
 )
 def test_ddp_two_processes_prune_identically(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29517",
-            str(HERE / "toy_brain.py"),
-            str(tmp_path),
-        ],
-        check=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=240,
+    (record0, params0), (record1, params1) = run_two_processes(
+        HERE / "toy_brain.py", tmp_path, port=29517
     )
-    record0, params0 = torch.load(tmp_path / "rank0.pt")
-    record1, params1 = torch.load(tmp_path / "rank1.pt")
     assert record0 == record1
     assert record0 != state(make_brain(tmp_path / "dense", epochs=1))[0]
     for key in params0:

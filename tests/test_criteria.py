@@ -1,25 +1,25 @@
 """Criteria on toy models with known answers; prunable regularMHA; hooks."""
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import speechbrain as sb
 import torch
-from helpers import encode, random_batch, tiny_conformer
+from helpers import (
+    encode,
+    random_batch,
+    run_two_processes,
+    tiny_conformer,
+    tiny_lm,
+)
 from speechbrain.lobes.models.transformer.Transformer import (
     TransformerEncoder,
 )
-from speechbrain.lobes.models.transformer.TransformerLM import TransformerLM
 from speechbrain.nnet.attention import (
     MultiheadAttention,
     PositionalwiseFeedForward,
 )
-from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.epoch_loop import EpochCounter
-from toy_brain import ToyBrain, state, toy_data
+from toy_brain import build_brain, fit, state
 
 from sb_prune import convert
 from sb_prune.conversion import LOW_RANK_POINTS
@@ -37,8 +37,6 @@ from sb_prune.hooks import CriterionPruning
 from sb_prune.nn import PrunableMHA
 from sb_prune.schedules import Incremental, OneShot
 from sb_prune.surgery import apply_plan
-
-HERE = Path(__file__).parent
 
 
 def _ffn(seed=0, d_ffn=6, size=4):
@@ -279,12 +277,7 @@ def test_removing_a_head_equals_silencing_it():
 
 
 def test_lm_converts_exactly_and_prunes_heads():
-    torch.manual_seed(0)
-    lm = TransformerLM(
-        30, d_model=16, nhead=4, num_encoder_layers=2, d_ffn=32, dropout=0.0
-    ).eval()
-    tokens = torch.randint(1, 30, (3, 9))
-    tokens[1, 6:] = 0
+    lm, tokens = tiny_lm(padded_row=1)
     with torch.no_grad():
         expected = lm(tokens)
         convert(lm, prunable_attention={})
@@ -306,29 +299,7 @@ def _brain(save_dir, hook, epochs, prunable=True, run_opts=None):
     model = tiny_conformer(layers=3).train()
     if prunable:
         convert(model, prunable_attention={})
-    head = torch.nn.Linear(16, 4)
-    counter = EpochCounter(epochs)
-    brain = ToyBrain(
-        modules={"model": model, "head": head},
-        opt_class=lambda params: torch.optim.Adam(params, lr=0.01),
-        hparams={"prune_hooks": [hook], "epoch_counter": counter},
-        run_opts=run_opts or {"noprogressbar": True},
-        checkpointer=Checkpointer(
-            save_dir, {"model": model, "head": head, "counter": counter}
-        ),
-    )
-    brain.losses = []
-    return brain
-
-
-def _fit(brain):
-    brain.fit(
-        brain.hparams.epoch_counter,
-        toy_data(n=16),
-        toy_data(n=8, seed=1),
-        train_loader_kwargs={"batch_size": 8},
-        valid_loader_kwargs={"batch_size": 8},
-    )
+    return build_brain(save_dir, model, [hook], epochs, run_opts=run_opts)
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "taylor", "activation"])
@@ -339,7 +310,7 @@ def test_structured_pruning_in_training(tmp_path, criterion):
         groups=["ffn", "heads", "layers"],
     )
     brain = _brain(tmp_path, hook, epochs=2)
-    _fit(brain)
+    fit(brain, n_train=16)
     model = brain.modules.model
     assert len(model.encoder.layers) == 2  # 3 -> 2 -> 2 (rounded)
     for layer in model.encoder.layers:
@@ -357,13 +328,13 @@ def test_unstructured_masks_stay_zero_and_survive_resume(tmp_path):
         )
 
     brain = _brain(tmp_path, hook(), epochs=3)
-    _fit(brain)
+    fit(brain, n_train=16)
     linears = [m.module for m in find_members(brain.modules, ["weights"])]
     zeros = [(lin.weight == 0).float().mean().item() for lin in linears]
     assert all(z == pytest.approx(0.5, abs=0.01) for z in zeros)
     # A resumed run rebuilds the masks: zeros stay zero while training.
     resumed = _brain(tmp_path, hook(), epochs=4)
-    _fit(resumed)
+    fit(resumed, n_train=16)
     assert resumed.prune_hooks[0].step == 2
     linears = [m.module for m in find_members(resumed.modules, ["weights"])]
     again = [(lin.weight == 0).float().mean().item() for lin in linears]
@@ -374,35 +345,20 @@ def test_heads_need_prunable_attention(tmp_path):
     hook = CriterionPruning("magnitude", OneShot(0.5), groups=["heads"])
     brain = _brain(tmp_path, hook, epochs=1, prunable=False)
     with pytest.raises(ValueError, match="add prunable_attention"):
-        _fit(brain)
+        fit(brain, n_train=16)
 
 
 def test_schedule_longer_than_training_is_refused(tmp_path):
     hook = CriterionPruning("taylor", Incremental(0.5, steps=3, every=2))
     brain = _brain(tmp_path, hook, epochs=4)
     with pytest.raises(ValueError, match="number_of_epochs is 4"):
-        _fit(brain)
+        fit(brain, n_train=16)
 
 
 def test_ddp_two_processes_take_the_same_decisions(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29531",
-            str(Path(__file__)),
-            str(tmp_path),
-        ],
-        check=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=240,
+    (record0, params0), (record1, params1) = run_two_processes(
+        __file__, tmp_path, port=29531
     )
-    record0, params0 = torch.load(tmp_path / "rank0.pt")
-    record1, params1 = torch.load(tmp_path / "rank1.pt")
     assert record0 == record1
     heads = [s["v_dims"] for s in record0.values() if "v_dims" in s]
     assert heads and all(len(v) == 2 for v in heads)
@@ -449,6 +405,6 @@ if __name__ == "__main__":
         groups=["ffn", "heads"],
     )
     brain = _brain(f"{out}/ckpt", hook, epochs=2, run_opts=run_opts)
-    _fit(brain)
+    fit(brain, n_train=16)
     rank = torch.distributed.get_rank()
     torch.save(state(brain), f"{out}/rank{rank}.pt")

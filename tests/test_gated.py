@@ -2,14 +2,10 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_batch, tiny_conformer
+from helpers import HERE, random_batch, run_two_processes, tiny_conformer
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from test_asr_recipe import run_recipe
 
@@ -18,7 +14,6 @@ from sb_prune.analysis.gates import GateRecorder
 from sb_prune.nn import GatedConformerEncoder, GatedConformerLayer
 from sb_prune.profiling import count_macs
 
-HERE = Path(__file__).parent
 ALL_GATES = ["attention", "conv", "ffn"]
 BRANCHES = {
     "ffn": ["ffn_module1", "ffn_module2"],
@@ -334,24 +329,9 @@ def test_i3d_recipe_writes_gate_plots(tiny_corpus, tmp_path):
     not torch.distributed.is_available(), reason="needs torch.distributed"
 )
 def test_ddp_two_processes_train_gates_identically(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29531",
-            str(HERE / "gated_ddp.py"),
-            str(tmp_path),
-        ],
-        check=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=240,
+    params0, params1 = run_two_processes(
+        HERE / "gated_ddp.py", tmp_path, port=29531
     )
-    params0 = torch.load(tmp_path / "rank0.pt")
-    params1 = torch.load(tmp_path / "rank1.pt")
     for key in params0:
         assert torch.equal(params0[key], params1[key]), key
     assert any("gate_predictor" in key for key in params0)

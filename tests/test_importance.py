@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import random_batch, tiny_conformer
-from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.epoch_loop import EpochCounter
-from toy_brain import ToyBrain, toy_data
+from toy_brain import build_brain, fit
 
 import sb_prune
 from sb_prune.analysis import LayerImportance, WeightChangeTracker
@@ -32,33 +30,8 @@ def tracked_brain(save_dir, epochs, seed=0):
     """A small Conformer Brain whose only hook is a WeightChangeTracker."""
     torch.manual_seed(seed)
     model = tiny_conformer(layers=2, seed=seed).train()
-    head = torch.nn.Linear(16, 4)
-    counter = EpochCounter(epochs)
-    brain = ToyBrain(
-        modules={"model": model, "head": head},
-        opt_class=lambda params: torch.optim.Adam(params, lr=0.02),
-        hparams={
-            "prune_hooks": [WeightChangeTracker(snapshot_every=1)],
-            "epoch_counter": counter,
-        },
-        run_opts={"noprogressbar": True},
-        checkpointer=Checkpointer(
-            save_dir,
-            recoverables={"model": model, "head": head, "counter": counter},
-        ),
-    )
-    brain.losses = []
-    return brain
-
-
-def fit(brain):
-    brain.fit(
-        brain.hparams.epoch_counter,
-        toy_data(n=16),
-        toy_data(n=8, seed=1),
-        train_loader_kwargs={"batch_size": 8},
-        valid_loader_kwargs={"batch_size": 8},
-    )
+    hooks = [WeightChangeTracker(snapshot_every=1)]
+    return build_brain(save_dir, model, hooks, epochs, lr=0.02)
 
 
 def test_reinitialisation_restores_exactly_the_saved_initial_weights(tmp_path):
@@ -66,7 +39,7 @@ def test_reinitialisation_restores_exactly_the_saved_initial_weights(tmp_path):
     root = brain.unwrapped_modules()
     units = find_units(root)
     before = snapshot(root, units)
-    fit(brain)
+    fit(brain, n_train=16)
     tracker = brain.prune_hooks[0]
     assert sorted(tracker.files) == ["epoch0", "epoch1", "epoch2"]
     theta0 = tracker.load(brain, "epoch0")
@@ -84,7 +57,7 @@ def test_reinitialisation_restores_exactly_the_saved_initial_weights(tmp_path):
 
     # Resuming keeps the true theta_0, not the weights it resumes from.
     resumed = tracked_brain(tmp_path, epochs=3, seed=5)
-    fit(resumed)
+    fit(resumed, n_train=16)
     again = resumed.prune_hooks[0]
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert all(torch.equal(again.initial[k], theta0[k]) for k in theta0)

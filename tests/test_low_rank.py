@@ -5,12 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import encode, random_batch, tiny_conformer
-from speechbrain.lobes.models.transformer.TransformerLM import TransformerLM
+from helpers import encode, random_batch, tiny_conformer, tiny_lm
 from speechbrain.nnet.attention import PositionalwiseFeedForward
-from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.epoch_loop import EpochCounter
-from toy_brain import ToyBrain, toy_data
+from toy_brain import build_brain, fit
 
 from sb_prune import convert
 from sb_prune.export import load_exported
@@ -139,12 +136,7 @@ def test_full_rank_conversion_keeps_the_asr_encoder():
 
 
 def test_full_rank_conversion_keeps_the_lm():
-    torch.manual_seed(0)
-    lm = TransformerLM(
-        30, d_model=16, nhead=4, num_encoder_layers=2, d_ffn=32, dropout=0.0
-    ).eval()
-    tokens = torch.randint(1, 30, (3, 9))
-    tokens[0, 6:] = 0
+    lm, tokens = tiny_lm()
     with torch.no_grad():
         expected = lm(tokens)
         convert(lm, low_rank={"points": ["ffn", "attention"]})
@@ -169,33 +161,15 @@ def test_structure_record_rebuilds_a_truncated_model():
 def _low_rank_brain(save_dir, export_dir, epochs=3):
     torch.manual_seed(0)
     model = convert(tiny_conformer().train(), low_rank={"points": ["ffn"]})
-    head = torch.nn.Linear(16, 4)
-    counter = EpochCounter(epochs)
     hook = LowRankCompression(
         Incremental(0.75, steps=3, ramp="linear"), export_folder=export_dir
     )
-    brain = ToyBrain(
-        modules={"model": model, "head": head},
-        opt_class=lambda params: torch.optim.Adam(params, lr=0.01),
-        hparams={"prune_hooks": [hook], "epoch_counter": counter},
-        run_opts={"noprogressbar": True},
-        checkpointer=Checkpointer(
-            save_dir, {"model": model, "head": head, "counter": counter}
-        ),
-    )
-    brain.losses = []
-    return brain
+    return build_brain(save_dir, model, [hook], epochs)
 
 
 def test_incremental_stages_are_exported_and_load(tmp_path):
     brain = _low_rank_brain(tmp_path / "ckpt", tmp_path / "export")
-    brain.fit(
-        brain.hparams.epoch_counter,
-        toy_data(n=16),
-        toy_data(n=8, seed=1),
-        train_loader_kwargs={"batch_size": 8},
-        valid_loader_kwargs={"batch_size": 8},
-    )
+    fit(brain, n_train=16)
     stages = sorted(p.name for p in (tmp_path / "export").iterdir())
     assert stages == [
         "compression_0.25",

@@ -4,9 +4,7 @@ import pytest
 import speechbrain as sb
 import torch
 from helpers import tiny_conformer
-from speechbrain.utils.checkpoints import Checkpointer
-from speechbrain.utils.epoch_loop import EpochCounter
-from toy_brain import ToyBrain, state, toy_data
+from toy_brain import ToyBrain, build_brain, fit, state
 
 from sb_prune import convert
 from sb_prune.hooks import CriterionPruning
@@ -90,50 +88,29 @@ class _StoppingBrain(ToyBrain):
 def _brain(save_dir, stop_after=None):
     torch.manual_seed(0)
     model = convert(tiny_conformer(layers=2).train(), prunable_attention={})
-    head = torch.nn.Linear(16, 4)
-    counter = EpochCounter(4)
     hook = CriterionPruning(
         "taylor",
         Incremental(0.75, steps=3, ramp="cubic"),
         groups=["ffn", "heads"],
     )
-    brain = _StoppingBrain(
-        modules={"model": model, "head": head},
-        opt_class=lambda params: torch.optim.Adam(params, lr=0.01),
-        hparams={"prune_hooks": [hook], "epoch_counter": counter},
-        run_opts={"noprogressbar": True},
-        checkpointer=Checkpointer(
-            save_dir, {"model": model, "head": head, "counter": counter}
-        ),
-    )
+    brain = build_brain(save_dir, model, [hook], 4, brain_class=_StoppingBrain)
     brain.stop_after = stop_after
-    brain.losses = []
     return brain
-
-
-def _fit(brain):
-    brain.fit(
-        brain.hparams.epoch_counter,
-        toy_data(n=16),
-        toy_data(n=8, seed=1),
-        train_loader_kwargs={"batch_size": 8},
-        valid_loader_kwargs={"batch_size": 8},
-    )
 
 
 def test_resume_mid_schedule_continues_where_it_stopped(tmp_path):
     straight = _brain(tmp_path / "straight")
-    _fit(straight)
+    fit(straight, n_train=16)
     hook = straight.prune_hooks[0]
     assert [entry["epoch"] for entry in hook.history] == [1, 2, 3]
 
     interrupted = _brain(tmp_path / "resumed", stop_after=2)
     with pytest.raises(_Interrupted):
-        _fit(interrupted)
+        fit(interrupted, n_train=16)
     assert interrupted.prune_hooks[0].step == 2
 
     resumed = _brain(tmp_path / "resumed")  # a fresh, dense model
-    _fit(resumed)
+    fit(resumed, n_train=16)
     assert len(resumed.losses) == 2  # epochs 3 and 4 only
     assert resumed.prune_hooks[0].step == 3
     assert resumed.prune_hooks[0].history == hook.history

@@ -51,6 +51,29 @@ def toy_data(n=48, time=9, feats=12, seed=0):
     return torch.utils.data.TensorDataset(x, y)
 
 
+def build_brain(
+    save_dir, model, hooks, epochs, lr=0.01, run_opts=None, brain_class=ToyBrain
+):
+    """A ``brain_class`` training ``model`` and a new ``Linear(16, 4)`` head.
+
+    The model, the head and the epoch counter are checkpointed in
+    ``save_dir``; ``brain.losses`` collects the training losses.
+    """
+    head = torch.nn.Linear(16, 4)
+    counter = EpochCounter(epochs)
+    brain = brain_class(
+        modules={"model": model, "head": head},
+        opt_class=lambda params: torch.optim.Adam(params, lr=lr),
+        hparams={"prune_hooks": hooks, "epoch_counter": counter},
+        run_opts=run_opts or {"noprogressbar": True},
+        checkpointer=Checkpointer(
+            save_dir, {"model": model, "head": head, "counter": counter}
+        ),
+    )
+    brain.losses = []
+    return brain
+
+
 def make_brain(
     save_dir, epochs, weight=0.01, seed=0, run_opts=None, points=POINTS
 ):
@@ -61,34 +84,22 @@ def make_brain(
         sb_prune.convert(
             model, adaptive_dropout={"points": points, "min_units": 2}
         )
-    head = torch.nn.Linear(16, 4)
-    counter = EpochCounter(epochs)
     hook = AdaptiveDropoutPruning(
         regularization_weight=weight,
         target_start=2.0,
         target_end=-6.0,
         ramp_epochs=2,
     )
-    checkpointer = Checkpointer(
-        save_dir,
-        recoverables={"model": model, "head": head, "counter": counter},
+    return build_brain(
+        save_dir, model, [hook], epochs, lr=0.02, run_opts=run_opts
     )
-    brain = ToyBrain(
-        modules={"model": model, "head": head},
-        opt_class=lambda params: torch.optim.Adam(params, lr=0.02),
-        hparams={"prune_hooks": [hook], "epoch_counter": counter},
-        run_opts=run_opts or {"noprogressbar": True},
-        checkpointer=checkpointer,
-    )
-    brain.losses = []
-    return brain
 
 
-def fit(brain):
+def fit(brain, n_train=48):
     """Train; a checkpoint is saved after each validation, as in recipes."""
     brain.fit(
         brain.hparams.epoch_counter,
-        toy_data(),
+        toy_data(n=n_train),
         toy_data(n=8, seed=1),
         train_loader_kwargs={"batch_size": 8},
         valid_loader_kwargs={"batch_size": 8},
