@@ -95,7 +95,7 @@ def _architecture(source):
     return values
 
 
-def _data_overrides(data, valid_csv, test_csv):
+def _data_overrides(data, valid_csv, test_csv, data_root):
     """Recipe overrides for a LibriSpeech folder or CSV manifests."""
     data = Path(data)
     if data.is_dir():
@@ -108,7 +108,7 @@ def _data_overrides(data, valid_csv, test_csv):
     if valid_csv is None:
         raise ValueError("--data is a CSV file: give --valid-csv too")
     return {
-        "data_folder": data.parent,
+        "data_folder": data_root or data.parent,
         "skip_prep": True,
         "train_csv": data,
         "valid_csv": valid_csv,
@@ -125,6 +125,7 @@ def compress(
     valid_csv=None,
     test_csv=None,
     overrides=None,
+    data_root=None,
 ):
     """Prune a dense model with a method and export the result.
 
@@ -145,6 +146,9 @@ def compress(
         Manifests when ``data`` is a CSV.
     overrides : dict, optional
         More recipe overrides (``--set KEY=VALUE``), applied last.
+    data_root : str, optional
+        What ``$data_root`` in the CSV files stands for (default: the
+        training CSV's folder).
 
     Returns
     -------
@@ -162,7 +166,7 @@ def compress(
     run = out / "run"
     overrides = {
         **_architecture(source),
-        **_data_overrides(data, valid_csv, test_csv),
+        **_data_overrides(data, valid_csv, test_csv, data_root),
         **method_overrides,
         **schedule_overrides(hparams, epochs),
         "init_from": Path(source).resolve(),
@@ -199,6 +203,11 @@ def add_arguments(parser):
     )
     parser.add_argument("--valid-csv", help="validation CSV (CSV --data)")
     parser.add_argument("--test-csv", help="test CSV (CSV --data)")
+    parser.add_argument(
+        "--data-root",
+        help="what $data_root stands for in the CSV files (CSV --data; "
+        "default: the training CSV's folder)",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="compressed", help="output folder")
     parser.add_argument(
@@ -252,5 +261,6 @@ def main(args):
         args.valid_csv,
         args.test_csv,
         parse_settings(args.set),
+        args.data_root,
     )
     print(json.dumps(summary, indent=2))

@@ -387,7 +387,8 @@ def test_asr_criteria_hparams(tmp_path):
     assert type(mha).__name__ == "PrunableRelPosMHA"
     hook = hparams["prune_hooks"][0]
     assert hook.groups == ["ffn", "heads"]
-    assert [hook.schedule.epoch_of(k) for k in (1, 2, 3)] == [6, 7, 8]
+    # 8 epochs: steps after epochs 4, 5, 6, then two of fine-tuning.
+    assert [hook.schedule.epoch_of(k) for k in (1, 2, 3)] == [4, 5, 6]
     hook.schedule.check_epochs(hparams["number_of_epochs"])
 
 

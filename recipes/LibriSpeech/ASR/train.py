@@ -252,7 +252,7 @@ def main(argv):
     )
     start = time.time()
     prepare_data(hparams)
-    if hparams["init_from"]:
+    if hparams.get("init_from"):  # absent from other recipes' hparams
         initialize_from(hparams, hparams["init_from"])
     tokenizer = train_tokenizer(hparams)
     train, valid, tests = dataio_prepare(hparams, tokenizer)
