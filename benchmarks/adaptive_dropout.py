@@ -36,6 +36,7 @@ from sb_prune.conversion import adaptive_dropout_points, conformer_layers
 from sb_prune.deploy import strip_adaptive_dropout
 from sb_prune.profiling import count_macs, measure_latency
 from sb_prune.report import count_parameters
+from sb_prune.surgery import apply_plan
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = ["ffn", "query", "value", "conv"]
@@ -176,22 +177,90 @@ def run_recipe(hparams, output, epochs):
     return run("ASR", hparams, output, [f"--number_of_epochs={epochs}"])
 
 
-def accuracy_figures(output, epochs):
-    """Dense and adaptive-dropout recipe runs, same seed and epochs."""
+def encoder_params_at(dense_run, sparsity):
+    """Encoder parameters after removing a fraction of FFN units and heads.
+
+    The same surgery as ``CriterionPruning`` (groups ffn and heads, keep
+    ``round(n (1 - sparsity))`` per module), on the dense run's model.
+    """
+    from sb_prune.criteria import find_members
+    from sb_prune.pretrained import load_model
+
+    model = load_model(dense_run)["Transformer"]
+    convert(model, prunable_attention={})
+    plan = {}
+    for members in find_members(model, ["ffn", "heads"]):
+        kept = max(1, int(members.count * (1 - sparsity) + 0.5))
+        plan[members.path] = members.plan(torch.arange(kept))
+    apply_plan(model, plan)
+    return count_parameters(model.encoder)
+
+
+def matching_sparsity(dense_run, target):
+    """FFN-unit and head sparsity whose encoder size is closest to target."""
+    low, high = 0.0, 0.97
+    for _ in range(12):
+        middle = (low + high) / 2
+        if encoder_params_at(dense_run, middle) > target:
+            low = middle
+        else:
+            high = middle
+    return round(high, 4)
+
+
+def magnitude_peer(output, dense_run, target, epochs):
+    """One-shot magnitude pruning of the trained dense model, fine-tuned.
+
+    Size-matched to ``target`` encoder parameters; pruned after the first
+    of ``epochs`` fine-tuning epochs on the full training set (through
+    ``sb-prune compress``).
+    """
+    from sb_prune.compress import compress
+    from sb_prune.pretrained import export_pretrained
+
+    run = output / "magnitude_oneshot" / "run"
+    if not (run / "results.json").exists():
+        export_pretrained(dense_run, output / "dense_exported")
+        sparsity = matching_sparsity(dense_run, target)
+        data = json.loads((dense_run / "librispeech_prepare.json").read_text())
+        compress(
+            output / "dense_exported",
+            "magnitude",
+            data["data_folder"],
+            output / "magnitude_oneshot",
+            epochs,
+            overrides={
+                "sparsity": sparsity,
+                "prune_steps": 1,
+                "lr": 0.001,
+                "warmup_steps": 10,
+            },
+        )
+    return json.loads((run / "results.json").read_text())
+
+
+def accuracy_figures(output, epochs, finetune_epochs):
+    """Dense and adaptive-dropout recipe runs, same seed and epochs, and
+    the size-matched one-shot magnitude peer."""
     dense = run_recipe("conformer_ctc.yaml", output / "dense", epochs)
     pruned = run_recipe(
         "conformer_ctc_adaptive_dropout.yaml", output / "adaptive", epochs
     )
+    peer = magnitude_peer(
+        output, output / "dense", pruned["encoder_params"], finetune_epochs
+    )
     return {
         "encoder_params_dense": dense["encoder_params"],
         "encoder_params_pruned": pruned["encoder_params"],
+        "encoder_params_magnitude": peer["encoder_params"],
         "params_dense": dense["params"],
         "params_pruned": pruned["params"],
         "wer_dense": dense["test-clean"]["WER"],
         "wer_pruned": pruned["test-clean"]["WER"],
+        "wer_magnitude_oneshot": peer["test-clean"]["WER"],
         "cer_dense": dense["test-clean"]["CER"],
         "cer_pruned": pruned["test-clean"]["CER"],
-        "wer_magnitude_oneshot": None,
+        "magnitude_finetune_epochs": finetune_epochs,
     }, pruned["keep_ratios"]
 
 
@@ -215,14 +284,22 @@ def main(argv=None):
         default=REPO / "benchmarks" / "out" / "adaptive_dropout",
         help="recipe runs of the full mode (reused when finished)",
     )
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=3,
+        help="fine-tuning epochs of the one-shot magnitude peer",
+    )
     args = parser.parse_args(argv)
 
     figures = {"mode": "quick" if args.quick else "full"}
     if args.quick:
         ratios = QUICK_RATIOS
     else:
-        accuracy, ratios = accuracy_figures(args.output, args.epochs)
+        accuracy, ratios = accuracy_figures(
+            args.output, args.epochs, args.finetune_epochs
+        )
         figures.update(accuracy)
     repeats = 3 if args.quick else 15
     figures.update(large_model_figures(ratios, repeats))

@@ -74,21 +74,13 @@ PRESETS = {
         layers=6,
         d_ffn=256,
         epochs=8,
-        warmup_steps=60,
-        corpus=dict(
-            train_speakers=20,
-            dev_speakers=4,
-            test_speakers=4,
-            utterances_per_speaker=50,
-            seed=1234,
-        ),
         utterances=32,
         repeats=10,
     ),
 }
 
 
-def run_overrides(name, config, target, corpus_folder=None):
+def run_overrides(name, config, target):
     """Recipe overrides of one model of the benchmark."""
     layers = config["layers"]
     kept = max(1, round(target * layers))
@@ -101,11 +93,6 @@ def run_overrides(name, config, target, corpus_folder=None):
     }
     if "epochs" in config:
         common["number_of_epochs"] = config["epochs"]
-    if "warmup_steps" in config:
-        common["warmup_steps"] = config["warmup_steps"]
-    if "corpus" in config:
-        common["synthetic_folder"] = str(corpus_folder)
-        common["synthetic_corpus"] = config["corpus"]
     extra = {
         "i3d_local": {"i3d_target": target},
         "i3d_global": {"i3d_target": target},
@@ -381,15 +368,11 @@ def main(argv=None):
             calibrate_gates(models[name], batches_of(features, 8), args.target)
     else:
         for name in TRAINING_ORDER:
-            overrides = run_overrides(
-                name, config, args.target, out.parent / "corpus"
-            )
+            overrides = run_overrides(name, config, args.target)
             recipe_results[name] = train(name, overrides, out / name)
         models, inputs = {}, {}
         for name in HPARAMS:
-            overrides = run_overrides(
-                name, config, args.target, out.parent / "corpus"
-            )
+            overrides = run_overrides(name, config, args.target)
             folder = out / name
             hparams = load_trained(name, overrides, folder)
             models[name] = Model(name, hparams)

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Write the README's results section from the benchmarks' JSON files.
+
+Every figure of the README's "Results" section comes from here: this
+script reads what the benchmark scripts wrote with ``--json`` and replaces
+the text between the ``results:begin`` and ``results:end`` markers of
+README.md. Benchmarks without a JSON file are listed as not run.
+
+Usage:
+    python benchmarks/readme_results.py            # rewrite README.md
+    python benchmarks/readme_results.py --check    # print, write nothing
+
+Authors
+ * sb_prune developers
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name):
+    path = OUT / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "---|" * len(header))
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def adaptive_dropout(figures):
+    """Dense vs adaptive dropout vs one-shot magnitude."""
+    lines = [
+        f"**Adaptive dropout** (`benchmarks/adaptive_dropout.py`, "
+        f"{figures['mode']} mode)",
+        "",
+    ]
+    if "wer_dense" in figures:
+        lines += _table(
+            ["model", "encoder params", "test WER %"],
+            [
+                [
+                    "dense",
+                    figures["encoder_params_dense"],
+                    figures["wer_dense"],
+                ],
+                [
+                    "adaptive dropout",
+                    figures["encoder_params_pruned"],
+                    figures["wer_pruned"],
+                ],
+                [
+                    "one-shot magnitude (size-matched)",
+                    figures.get("encoder_params_magnitude"),
+                    figures["wer_magnitude_oneshot"],
+                ],
+            ],
+        )
+        lines.append("")
+    lines += [
+        "Conformer-large-sized encoder (18 x 256, 10 s input, CPU) pruned "
+        "with the learnt keep ratios: "
+        f"speed-up {_fmt(figures['latency_ratio_b1'])}x at batch 1, "
+        f"{_fmt(figures['latency_ratio_b8'])}x at batch 8 (ideal "
+        f"{_fmt(figures['ideal_ratio'])}x from MACs); torch.nn.utils.prune "
+        f"{_fmt(figures['torch_prune_latency_ratio_b1'])}x; training step "
+        f"{_fmt(figures['train_step_ratio'])}x dense; pruned vs masked "
+        f"max |diff| {figures['max_abs_diff_pruned_vs_masked']:.1e}.",
+        "",
+    ]
+    return lines
+
+
+def criteria_lowrank(figures):
+    """Criterion x schedule x sparsity, and low rank."""
+    rows = [
+        [
+            r["model"],
+            r["target"],
+            r["criterion"],
+            r["schedule"],
+            r["params"],
+            r["ppl_or_wer"],
+            r["metric"],
+            r["latency_ratio"],
+        ]
+        for r in figures["rows"]
+    ]
+    return [
+        f"**Criteria, schedules, low rank** (`benchmarks/criteria_lowrank.py`,"
+        f" {figures['mode']} mode; latency ratio = pruned / dense time)",
+        "",
+        *_table(
+            [
+                "model",
+                "sparsity",
+                "criterion",
+                "schedule",
+                "params",
+                "PPL or WER",
+                "metric",
+                "latency ratio",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def i3d(figures):
+    """I3D vs static and shallow models."""
+    rows = [
+        [
+            r["model"],
+            r["avg_layers"],
+            r["wer"],
+            r["latency_ratio_b1"],
+            r["ideal_ratio_b1"],
+        ]
+        for r in figures["rows"]
+    ]
+    return [
+        f"**I3D dynamic depth** (`benchmarks/i3d.py`, {figures['mode']} mode;"
+        " ratios = model / dense time or MACs)",
+        "",
+        *_table(
+            ["model", "avg layers", "test WER %", "latency b1", "ideal b1"],
+            rows,
+        ),
+        "",
+    ]
+
+
+def federated(figures):
+    """Federated dropout strategies."""
+    rows = [
+        [r["strategy"], r["client_params"], r["bytes_per_round"], r["wer"]]
+        for r in figures["rows"]
+    ]
+    return [
+        f"**Federated dropout** (`benchmarks/federated_dropout.py`, "
+        f"{figures.get('mode', 'full')} mode)",
+        "",
+        *_table(
+            ["strategy", "client params", "bytes per round", "test WER %"],
+            rows,
+        ),
+        "",
+    ]
+
+
+def convexity(figures):
+    """Our graph convexity vs nnconvexity."""
+    return [
+        f"**Graph convexity** (`benchmarks/convexity.py`): "
+        f"N = {figures['n_points']:,}, {figures['dims']} dims: ours "
+        f"{_fmt(figures['score_ours'])} vs nnconvexity "
+        f"{_fmt(figures['score_reference'])}, "
+        f"{_fmt(figures['speedup_vs_reference'], 1)}x faster.",
+        "",
+    ]
+
+
+SECTIONS = [
+    ("adaptive_dropout", adaptive_dropout),
+    ("criteria_lowrank", criteria_lowrank),
+    ("i3d", i3d),
+    ("federated_dropout", federated),
+    ("convexity", convexity),
+]
+
+
+def results_section():
+    """The markdown between the markers."""
+    lines = [
+        BEGIN,
+        "",
+        "_Written by `python benchmarks/readme_results.py` from "
+        "`benchmarks/out/*.json`; synthetic corpus, 2 CPU cores._",
+        "",
+    ]
+    for name, render in SECTIONS:
+        figures = _load(name)
+        if figures is None:
+            lines += [f"`benchmarks/{name}.py`: not run yet.", ""]
+        else:
+            lines += render(figures)
+    return "\n".join(lines + [END])
+
+
+def main(argv=None):
+    """Rewrite (or, with --check, print) the README's results section."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    section = results_section()
+    if args.check:
+        print(section)
+        return 0
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    readme.write_text(head + section + rest.split(END, 1)[1])
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
