@@ -35,6 +35,9 @@ from sb_prune.structure import describe, restore
 
 STRIP = "strip_adaptive_dropout"
 #: Hparams keys that define the recipe's architecture (and its features).
+#: The TorchScript file ``--torchscript`` adds to an exported folder.
+TORCHSCRIPT = "ctc_encoder.torchscript.pt"
+
 ARCHITECTURE_KEYS = (
     "sample_rate",
     "n_mels",
@@ -210,7 +213,7 @@ def load_evaluated_checkpoints(hparams, min_key="WER"):
     return len(same)
 
 
-def export_pretrained(run_folder, out_folder, min_key="WER"):
+def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
     """Write a SpeechBrain pretrained-model folder from a recipe run.
 
     Arguments
@@ -222,11 +225,16 @@ def export_pretrained(run_folder, out_folder, min_key="WER"):
         The folder to write (created if missing).
     min_key : str
         The checkpoint metric the recipe selected on.
+    torchscript : bool
+        Also write ``ctc_encoder.torchscript.pt`` (features in, CTC
+        log-probabilities out; see :mod:`sb_prune.torchscript`) and
+        measure its latency against the eager model.
 
     Returns
     -------
     dict
-        What was exported: parameters, averaged checkpoints, files.
+        What was exported: parameters, averaged checkpoints, files, and
+        the TorchScript latency figures.
     """
     run_folder, out_folder = Path(run_folder), Path(out_folder)
     hparams_file = run_folder / "hyperparams.yaml"
@@ -255,11 +263,20 @@ def export_pretrained(run_folder, out_folder, min_key="WER"):
     torch.save(hparams["model"].state_dict(), out_folder / "model.ckpt")
     hparams["normalize"]._save(out_folder / "normalizer.ckpt")
     shutil.copy(tokenizer_file(run_folder), out_folder / "tokenizer.ckpt")
-    return {
+    summary = {
         "params": sum(p.numel() for p in hparams["model"].parameters()),
         "averaged_checkpoints": averaged,
         "folder": str(out_folder),
     }
+    if torchscript:
+        from sb_prune.torchscript import compare_latency, trace_ctc_encoder
+
+        traced, model = trace_ctc_encoder(hparams)
+        traced.save(str(out_folder / TORCHSCRIPT))
+        summary["torchscript"] = compare_latency(
+            traced, model, hparams["n_mels"]
+        )
+    return summary
 
 
 def load_model(source):
@@ -374,9 +391,19 @@ def add_arguments(parser):
     parser.add_argument(
         "--min-key", default="WER", help="checkpoint metric (default WER)"
     )
+    parser.add_argument(
+        "--torchscript",
+        action="store_true",
+        help=f"also write {TORCHSCRIPT} and time it against the model",
+    )
 
 
 def main(args):
     """Export and print what was written."""
-    summary = export_pretrained(args.source, args.out, min_key=args.min_key)
+    summary = export_pretrained(
+        args.source,
+        args.out,
+        min_key=args.min_key,
+        torchscript=args.torchscript,
+    )
     print(json.dumps(summary, indent=2))

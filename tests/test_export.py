@@ -152,3 +152,54 @@ def test_compress_cli_errors_name_the_argument(tmp_path, capsys, argv, message):
         main([*argv, "--data", str(tmp_path)])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_torchscript_export_reproduces_the_pruned_model(
+    tiny_adaptive_run, tmp_path
+):
+    from sb_prune.pretrained import TORCHSCRIPT, load_model
+    from sb_prune.torchscript import CTCEncoder
+
+    summary = export_pretrained(tiny_adaptive_run, tmp_path, torchscript=True)
+    assert summary["torchscript"]["eager_s"] > 0
+    traced = torch.jit.load(str(tmp_path / TORCHSCRIPT))
+    hparams = load_model(tmp_path)
+    model = CTCEncoder(
+        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
+    ).eval()
+    feats, lens = torch.randn(2, 333, hparams["n_mels"]), torch.tensor([1, 0.5])
+    with torch.no_grad():
+        assert torch.allclose(
+            traced(feats, lens), model(feats, lens), atol=1e-5
+        )
+
+
+def test_torchscript_refuses_gated_encoders():
+    from speechbrain.lobes.models.transformer.TransformerASR import (
+        TransformerASR,
+    )
+
+    from sb_prune import convert
+    from sb_prune.torchscript import trace_ctc_encoder
+
+    transformer = TransformerASR(
+        8,
+        16,
+        16,
+        2,
+        1,
+        0,
+        32,
+        encoder_module="conformer",
+        attention_type="RelPosMHAXL",
+        normalize_before=True,
+    )
+    convert(transformer, dynamic_depth={"predictor": "local"})
+    hparams = {
+        "CNN": torch.nn.Linear(10, 16),
+        "Transformer": transformer,
+        "ctc_lin": torch.nn.Linear(16, 8),
+        "n_mels": 10,
+    }
+    with pytest.raises(ValueError, match="I3D gated encoders"):
+        trace_ctc_encoder(hparams)
