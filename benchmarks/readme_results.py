@@ -90,37 +90,57 @@ def adaptive_dropout(figures):
 
 
 def criteria_lowrank(figures):
-    """Criterion x schedule x sparsity, and low rank."""
-    rows = [
-        [
-            r["model"],
-            r["target"],
-            r["criterion"],
-            r["schedule"],
-            r["params"],
-            r["ppl_or_wer"],
-            r["metric"],
-            r["latency_ratio"],
-        ]
-        for r in figures["rows"]
-    ]
+    """Criterion x schedule x sparsity, and low rank, one row per size."""
+    cells, latency, extra = {}, {}, []
+    for r in figures["rows"]:
+        note = r.get("note", "")
+        if r["criterion"] == "none" or "unstructured" in note:
+            at = f" at {r['target']:.0%}" if r["target"] else ""
+            extra.append(
+                f"{r['model']} {note or 'dense'}{at}: {r['metric']} "
+                f"{_fmt(r['ppl_or_wer'])} (latency ratio "
+                f"{_fmt(r['latency_ratio'])})"
+            )
+            continue
+        key = (r["model"], r["target"])
+        cells.setdefault(key, {})[(r["criterion"], r["schedule"])] = r
+        kind = "low_rank" if r["criterion"] == "low_rank" else "structured"
+        latency.setdefault((key, kind), []).append(r["latency_ratio"])
+    criteria = ["magnitude", "taylor", "activation", "low_rank"]
+    rows = []
+    for (model, target), found in cells.items():
+        row = [model, f"{target:.0%}"]
+        for criterion in criteria:
+            pair = [
+                found.get((criterion, schedule), {}).get("ppl_or_wer")
+                for schedule in ("one_shot", "incremental")
+            ]
+            row.append(" / ".join(_fmt(v) for v in pair))
+        for kind in ("structured", "low_rank"):
+            values = latency.get(((model, target), kind), [])
+            row.append(_fmt(sum(values) / len(values)) if values else "n/a")
+        rows.append(row)
     return [
         f"**Criteria, schedules, low rank** (`benchmarks/criteria_lowrank.py`,"
-        f" {figures['mode']} mode; latency ratio = pruned / dense time)",
+        f" {figures['mode']} mode): LM perplexity or ASR test WER %, "
+        "one-shot / incremental (low rank: one conversion / stages of one "
+        "run); latency ratio = pruned / dense time, mean over the rows",
         "",
         *_table(
             [
                 "model",
                 "sparsity",
-                "criterion",
-                "schedule",
-                "params",
-                "PPL or WER",
-                "metric",
-                "latency ratio",
+                "magnitude",
+                "taylor",
+                "activation",
+                "low rank",
+                "latency structured",
+                "latency low rank",
             ],
             rows,
         ),
+        "",
+        "; ".join(extra) + ".",
         "",
     ]
 
