@@ -213,6 +213,36 @@ def load_evaluated_checkpoints(hparams, min_key="WER"):
     return len(same)
 
 
+def read_hparams(folder, argument):
+    """Load ``hyperparams.yaml`` of a run folder or an exported folder.
+
+    Arguments
+    ---------
+    folder : pathlib.Path
+        The folder.
+    argument : str
+        What the user called it (named in the error).
+
+    Returns
+    -------
+    dict
+        The loaded hparams (modules built, no weights loaded).
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming ``argument`` when the folder has no ``hyperparams.yaml``.
+    """
+    hparams_file = Path(folder) / "hyperparams.yaml"
+    if not hparams_file.is_file():
+        raise FileNotFoundError(
+            f"{argument} {folder} is not a recipe run folder or exported "
+            f"model: {hparams_file} is missing"
+        )
+    with open(hparams_file, encoding="utf-8") as handle:
+        return load_hyperpyyaml(handle)
+
+
 def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
     """Write a SpeechBrain pretrained-model folder from a recipe run.
 
@@ -237,14 +267,7 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
         the TorchScript latency figures.
     """
     run_folder, out_folder = Path(run_folder), Path(out_folder)
-    hparams_file = run_folder / "hyperparams.yaml"
-    if not hparams_file.is_file():
-        raise FileNotFoundError(
-            f"--source {run_folder} is not a recipe run folder: "
-            f"{hparams_file} is missing"
-        )
-    with open(hparams_file, encoding="utf-8") as handle:
-        hparams = load_hyperpyyaml(handle)
+    hparams = read_hparams(run_folder, "--source")
     averaged = load_evaluated_checkpoints(hparams, min_key)
     transformer = hparams["Transformer"].eval()
     conversions = [list(c) for c in recorded_conversions(transformer)]
@@ -296,14 +319,7 @@ def load_model(source):
         weights.
     """
     source = Path(source)
-    hparams_file = source / "hyperparams.yaml"
-    if not hparams_file.is_file():
-        raise FileNotFoundError(
-            f"source {source} is neither a recipe run folder nor an exported "
-            f"model: {hparams_file} is missing"
-        )
-    with open(hparams_file, encoding="utf-8") as handle:
-        hparams = load_hyperpyyaml(handle)
+    hparams = read_hparams(source, "source")
     if (source / "save").is_dir():
         load_evaluated_checkpoints(hparams)
     else:

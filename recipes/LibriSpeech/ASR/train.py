@@ -24,7 +24,6 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.tokenizers.SentencePiece import SentencePiece
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
@@ -32,6 +31,7 @@ from sb_prune.analysis.gates import GateRecorder
 from sb_prune.brain import read_structure
 from sb_prune.data import synthesize_corpus
 from sb_prune.data.librispeech import prepare_librispeech
+from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.pretrained import initialize_from
 from sb_prune.report import write_recipe_summary
 
@@ -217,26 +217,6 @@ def prepare_data(hparams):
             "skip_prep": hparams["skip_prep"],
         },
     )
-
-
-def train_tokenizer(hparams):
-    """Train (or load) the character SentencePiece model locally."""
-    tokenizer = SentencePiece(
-        model_dir=hparams["save_folder"],
-        vocab_size=hparams["output_neurons"],
-        annotation_train=hparams["train_csv"],
-        annotation_read="wrd",
-        model_type=hparams["token_type"],
-        character_coverage=1.0,
-        bos_id=hparams["bos_index"],
-        eos_id=hparams["eos_index"],
-    )
-    if tokenizer.sp.vocab_size() > hparams["output_neurons"]:
-        raise ValueError(
-            f"output_neurons ({hparams['output_neurons']}) is smaller than "
-            f"the tokenizer's vocabulary ({tokenizer.sp.vocab_size()})"
-        )
-    return tokenizer
 
 
 def main(argv):

@@ -34,12 +34,12 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.tokenizers.SentencePiece import SentencePiece
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
 from sb_prune.brain import read_structure
 from sb_prune.data.lm_text import prepare_lm_text
+from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.export import export_model
 from sb_prune.report import count_parameters
 
@@ -171,7 +171,7 @@ def dataio_prepare(hparams, tokenizer):
     return datasets
 
 
-def train_tokenizer(hparams):
+def prepare_tokenizer(hparams):
     """Train (or load, or copy from the ASR recipe) the character model."""
     model_file = (
         Path(hparams["save_folder"])
@@ -180,21 +180,7 @@ def train_tokenizer(hparams):
     if hparams["tokenizer_file"] and not model_file.exists():
         model_file.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(hparams["tokenizer_file"], model_file)
-    tokenizer = SentencePiece(
-        model_dir=hparams["save_folder"],
-        vocab_size=hparams["output_neurons"],
-        annotation_train=hparams["train_csv"],
-        annotation_read="wrd",
-        model_type=hparams["token_type"],
-        character_coverage=1.0,
-        bos_id=hparams["bos_index"],
-        eos_id=hparams["eos_index"],
-    )
-    if tokenizer.sp.vocab_size() > hparams["output_neurons"]:
-        raise ValueError(
-            f"output_neurons ({hparams['output_neurons']}) is smaller than "
-            f"the tokenizer's vocabulary ({tokenizer.sp.vocab_size()})"
-        )
+    tokenizer = train_tokenizer(hparams)
     return tokenizer, model_file
 
 
@@ -222,7 +208,7 @@ def main(argv):
             "exclude_csv": hparams["exclude_csv"],
         },
     )
-    tokenizer, tokenizer_file = train_tokenizer(hparams)
+    tokenizer, tokenizer_file = prepare_tokenizer(hparams)
     datasets = dataio_prepare(hparams, tokenizer)
 
     lm_brain = LM(

@@ -48,6 +48,7 @@ from sb_prune.analysis.importance_plots import (
     plot_robustness_vs_change,
 )
 from sb_prune.analysis.importance_tracking import find_tracker
+from sb_prune.data.tokenizer import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ASR"))
 import train as asr_recipe  # noqa: E402
@@ -66,7 +67,7 @@ def build_brain(hparams_file, run_opts, overrides):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     asr_recipe.prepare_data(hparams)
-    tokenizer = asr_recipe.train_tokenizer(hparams)
+    tokenizer = train_tokenizer(hparams)
     _, valid, _ = asr_recipe.dataio_prepare(hparams, tokenizer)
     brain = asr_recipe.ASR(
         modules=hparams["modules"],

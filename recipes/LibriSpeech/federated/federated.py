@@ -46,6 +46,7 @@ from speechbrain.utils.epoch_loop import EpochCounter
 
 from sb_prune.analysis import BrainEvaluator
 from sb_prune.analysis.importance import snapshot
+from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.federated import (
     DropoutPolicy,
     FederatedDropout,
@@ -79,7 +80,7 @@ class Federation:
         self.hparams = hparams
         self.run_opts = {**run_opts, "noprogressbar": True}
         asr_recipe.prepare_data(hparams)
-        self.tokenizer = asr_recipe.train_tokenizer(hparams)
+        self.tokenizer = train_tokenizer(hparams)
         train, self.valid, tests = asr_recipe.dataio_prepare(
             hparams, self.tokenizer
         )
