@@ -36,6 +36,7 @@ setup(
             "ruff",
             "flwr>=1.20",
             "nnconvexity",
+            "transformers",  # tiny random SSL encoders in the layer-cut tests
         ],
     },
     entry_points={"console_scripts": ["sb-prune=sb_prune.cli:main"]},
