@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -104,13 +105,15 @@ def run_overrides(name, config, target):
 
 def train(name, overrides, folder):
     """Run the recipe (niced), unless a run with these overrides exists."""
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / "benchmark_overrides.json"
     results = folder / "results.json"
     if results.exists() and stamp.exists():
         if json.loads(stamp.read_text()) == overrides:
             print(f"[{name}] reusing {folder}", flush=True)
             return json.loads(results.read_text())
+    # Other settings (or an unfinished run): its checkpoints would be resumed.
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     command = [
         "nice",
         "-n",
