@@ -177,7 +177,9 @@ def federated(figures):
     ]
     return [
         f"**Federated dropout** (`benchmarks/federated_dropout.py`, "
-        f"{figures.get('mode', 'full')} mode)",
+        f"{figures.get('mode', 'full')} mode"
+        + (f"; {figures['note']}" if "note" in figures else "")
+        + ")",
         "",
         *_table(
             ["strategy", "client params", "bytes per round", "test WER %"],
