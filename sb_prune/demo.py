@@ -11,7 +11,8 @@ corpus (generated on first use and cached):
 3. ``sb-prune report`` over all runs (REPORT.md, Pareto plots, the
    methods' own plots);
 
-and prints parameters, test WER/CER, speed-up and wall time per run.
+and prints parameters, test WER/CER and wall time per run (MACs, latency
+and speed-ups are in REPORT.md).
 
 Authors
  * sb_prune developers
