@@ -97,20 +97,14 @@ def add_arguments(parser):
         default="results/demo",
         help="folder of the runs and the report (default: results/demo)",
     )
-    parser.add_argument(
-        "--methods",
-        nargs="*",
-        default=[r[0] for r in METHOD_RUNS],
-        help=f"methods to run (default: all of "
-        f"{', '.join(r[0] for r in METHOD_RUNS)})",
-    )
-    parser.add_argument(
-        "--analyses",
-        nargs="*",
-        default=[r[0] for r in ANALYSIS_RUNS],
-        help=f"analyses to run (default: all of "
-        f"{', '.join(r[0] for r in ANALYSIS_RUNS)})",
-    )
+    for option, runs in (("methods", METHOD_RUNS), ("analyses", ANALYSIS_RUNS)):
+        names = [run[0] for run in runs]
+        parser.add_argument(
+            f"--{option}",
+            nargs="*",
+            default=names,
+            help=f"{option} to run (default: all of {', '.join(names)})",
+        )
 
 
 def run_recipe(folder, hparams, output_folder, extra=(), script="train.py"):
