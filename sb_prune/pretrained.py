@@ -199,6 +199,11 @@ def load_evaluated_checkpoints(hparams, min_key="WER"):
     best = checkpointer.find_checkpoint(
         min_key=min_key, ckpt_predicate=lambda c: read_structure(c) == record
     )
+    if best is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {checkpointer.checkpoints_dir} records "
+            f"{min_key}: not an ASR run"
+        )
     if record is not None:
         restore(modules, record)
     checkpointer.load_checkpoint(best)

@@ -203,3 +203,11 @@ def test_torchscript_refuses_gated_encoders():
     }
     with pytest.raises(ValueError, match="I3D gated encoders"):
         trace_ctc_encoder(hparams)
+
+
+def test_runs_without_the_metric_are_not_asr_runs(tiny_adaptive_run):
+    from sb_prune.pretrained import load_evaluated_checkpoints, read_hparams
+
+    hparams = read_hparams(tiny_adaptive_run, "source")
+    with pytest.raises(FileNotFoundError, match="records accuracy"):
+        load_evaluated_checkpoints(hparams, "accuracy")
