@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Write the README's results section from the benchmarks' JSON files.
 
-Every figure of the README's "Results" section comes from here: this
-script reads what the benchmark scripts wrote with ``--json`` and replaces
-the text between the ``results:begin`` and ``results:end`` markers of
-README.md. Benchmarks without a JSON file are listed as not run.
+Every figure of the READMEs' "Results" sections comes from here: this
+script reads what the benchmark and study scripts wrote under
+``benchmarks/out`` (``--json`` files, markdown tables) and replaces the
+text between the ``results:begin`` and ``results:end`` markers of README.md
+and of the recipe READMEs. Missing outputs are listed as not run.
 
 Usage:
-    python benchmarks/readme_results.py            # rewrite README.md
+    python benchmarks/readme_results.py            # rewrite the READMEs
     python benchmarks/readme_results.py --check    # print, write nothing
 
 Authors
@@ -201,49 +202,89 @@ def convexity(figures):
     ]
 
 
-SECTIONS = [
-    ("adaptive_dropout", adaptive_dropout),
-    ("criteria_lowrank", criteria_lowrank),
-    ("i3d", i3d),
-    ("federated_dropout", federated),
-    ("convexity", convexity),
-]
+def from_json(name, render):
+    """A section rendered from ``benchmarks/out/<name>.json``."""
+
+    def section():
+        figures = _load(name)
+        if figures is None:
+            return [f"`benchmarks/{name}.py`: not run yet.", ""]
+        return render(figures)
+
+    return section
 
 
-def results_section():
-    """The markdown between the markers."""
+def from_markdown(relative, command):
+    """A table that a recipe script wrote as markdown under OUT."""
+
+    def section():
+        path = OUT / relative
+        if not path.exists():
+            return [f"`{command}`: not run yet.", ""]
+        return [f"`{command}`", "", path.read_text().strip(), ""]
+
+    return section
+
+
+#: README file -> its sections, in order.
+TARGETS = {
+    "README.md": [
+        from_json("adaptive_dropout", adaptive_dropout),
+        from_json("criteria_lowrank", criteria_lowrank),
+        from_json("i3d", i3d),
+        from_json("federated_dropout", federated),
+        from_json("convexity", convexity),
+    ],
+    "recipes/LibriSpeech/ambient/README.md": [
+        from_markdown(
+            "stability/stability.md",
+            "python stability.py hparams/conformer_ctc_importance.yaml "
+            "--output ../../../benchmarks/out/stability",
+        )
+    ],
+    "recipes/LibriSpeech/classification/README.md": [
+        from_markdown(
+            "classification/comparison.md",
+            "python compare.py --pretrained_folder ../../../results/demo/"
+            "runs/dense --output ../../../benchmarks/out/classification",
+        )
+    ],
+    "recipes/LibriSpeech/federated/README.md": [
+        from_json("federated_dropout", federated),
+    ],
+}
+
+
+def results_section(sections):
+    """The markdown between the markers of one README."""
     lines = [
         BEGIN,
         "",
         "_Written by `python benchmarks/readme_results.py` from "
-        "`benchmarks/out/*.json`; synthetic corpus, 2 CPU cores._",
+        "`benchmarks/out/`; synthetic corpus, 2 CPU cores._",
         "",
     ]
-    for name, render in SECTIONS:
-        figures = _load(name)
-        if figures is None:
-            lines += [f"`benchmarks/{name}.py`: not run yet.", ""]
-        else:
-            lines += render(figures)
+    for section in sections:
+        lines += section()
     return "\n".join(lines + [END])
 
 
 def main(argv=None):
-    """Rewrite (or, with --check, print) the README's results section."""
+    """Rewrite (or, with --check, print) the READMEs' results sections."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    section = results_section()
-    if args.check:
-        print(section)
-        return 0
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    readme.write_text(head + section + rest.split(END, 1)[1])
-    print(section)
+    for name, sections in TARGETS.items():
+        section = results_section(sections)
+        print(f"==> {name}\n{section}\n")
+        if args.check:
+            continue
+        readme = REPO / name
+        text = readme.read_text()
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"{name} has no {BEGIN} ... {END} block")
+        head, rest = text.split(BEGIN, 1)
+        readme.write_text(head + section + rest.split(END, 1)[1])
     return 0
 
 
