@@ -219,7 +219,7 @@ def test_features(hparams, folder, n):
         )
     step = max(1, len(rows) // n)
     chosen = rows[::step][:n]
-    data_root = hparams["data_folder"]
+    data_root = str(RECIPE / hparams["data_folder"])  # relative to it
     normalize = hparams["normalize"].eval()  # frozen statistics
     features = []
     with torch.no_grad():
