@@ -14,6 +14,7 @@ from sb_prune.export import load_exported
 from sb_prune.hooks import LowRankCompression
 from sb_prune.nn import LowRankLinear
 from sb_prune.nn.low_rank import rank_for_compression, set_compression
+from sb_prune.profiling import count_macs
 from sb_prune.schedules import Incremental
 from sb_prune.structure import describe, restore
 
@@ -133,6 +134,39 @@ def test_full_rank_conversion_keeps_the_asr_encoder():
     lows = [m for m in model.modules() if isinstance(m, LowRankLinear)]
     assert len(lows) == 2 * (2 * 2 + 2)  # 2 layers x (2 FFNs x 2 + attn 2)
     assert (encode(model, x, lens) - expected).abs().max() <= 1e-5
+
+
+def _materialised(model):
+    """A copy whose LowRankLinear layers are Linear layers of U V."""
+    dense = copy.deepcopy(model)
+    for name, module in list(dense.named_modules()):
+        if isinstance(module, LowRankLinear):
+            parent, _, child = name.rpartition(".")
+            linear = torch.nn.Linear(
+                module.down.in_features,
+                module.up.out_features,
+                bias=module.bias is not None,
+            )
+            with torch.no_grad():
+                linear.weight.copy_(module.weight)
+                if module.bias is not None:
+                    linear.bias.copy_(module.bias)
+            setattr(dense.get_submodule(parent), child, linear)
+    return dense
+
+
+def test_truncated_attention_runs_as_factors():
+    model = convert(tiny_conformer(), low_rank={"points": ["attention"]})
+    for module in model.modules():
+        if isinstance(module, LowRankLinear):
+            module.truncate_(2)
+    dense = _materialised(model)
+    x, lens = random_batch()
+    assert (encode(model, x, lens) - encode(dense, x, lens)).abs().max() <= 1e-5
+    # The factors are applied one after the other, never multiplied out.
+    assert count_macs(encode, model, x, lens) < count_macs(
+        encode, dense, x, lens
+    )
 
 
 def test_full_rank_conversion_keeps_the_lm():

@@ -376,27 +376,34 @@ class PrunableRelPosMHA(_PrunableHeads):
         attn : torch.Tensor
             ``[B, H, T, T]`` attention weights (if requested).
         """
-        w_q, w_k, w_v, w_p, bias_u, bias_v, w_out = self._padded_weights()
-        if query is key and key is value:
-            weight = torch.cat([w_q, w_k, w_v])
-            if weight.shape == self.in_proj.weight.shape and not (
-                self.query_dropout or self.value_dropout
-            ):
-                weight = self.in_proj.weight
-            q, k, v = F.linear(query, weight).split(
-                [w_q.shape[0], w_k.shape[0], w_v.shape[0]], dim=-1
+        if self._runs_modules(query, key, value):
+            n_qk = sum(self.qk_dims)
+            q, k, v = self.in_proj(query).split(
+                [n_qk, n_qk, sum(self.v_dims)], dim=-1
+            )
+            p = self.linear_pos(pos_embs)
+            bias_u, bias_v, project_out = (
+                self.pos_bias_u,
+                self.pos_bias_v,
+                self.out_proj,
             )
         else:
+            w_q, w_k, w_v, w_p, bias_u, bias_v, w_out = self._padded_weights()
             q, k, v = (
                 F.linear(x, w)
                 for x, w in ((query, w_q), (key, w_k), (value, w_v))
             )
+            p = F.linear(pos_embs, w_p)
+
+            def project_out(x):
+                return F.linear(x, w_out, self.out_proj.bias)
+
         qk_width, v_width = max(self.qk_dims), max(self.v_dims)
         q_u = self._split_heads((q + bias_u) * self.scale, qk_width)
         q_v = self._split_heads((q + bias_v) * self.scale, qk_width)
         k = self._split_heads(k, qk_width)
         v = self._split_heads(v, v_width)
-        p = self._split_heads(F.linear(pos_embs, w_p), qk_width)
+        p = self._split_heads(p, qk_width)
         scores = q_u @ k.transpose(-1, -2)
         scores = scores + self.rel_shift(q_v @ p.transpose(-1, -2))
         batch, qlen, klen = query.shape[0], query.shape[1], key.shape[1]
@@ -423,8 +430,23 @@ class PrunableRelPosMHA(_PrunableHeads):
                 key_padding_mask.view(batch, 1, 1, klen), 0.0
             )
         x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(batch, qlen, -1)
-        out = F.linear(x, w_out, self.out_proj.bias)
+        out = project_out(x)
         return (out, attn) if return_attn_weights else out
+
+    def _runs_modules(self, query, key, value):
+        """Whether the projections can run as modules (e.g. low rank).
+
+        True for self-attention with heads of equal widths and no dropout
+        masks; otherwise the projections use padded, masked weights.
+        """
+        return (
+            query is key
+            and key is value
+            and self._qk_slots is None
+            and self._v_slots is None
+            and self.query_dropout is None
+            and self.value_dropout is None
+        )
 
     def _select_more(self, keep_qk, keep_v):
         select_linear_(self.linear_pos, rows=keep_qk)
