@@ -178,7 +178,8 @@ def federated(figures):
     ]
     return [
         f"**Federated dropout** (`benchmarks/federated_dropout.py`, "
-        f"{figures.get('mode', 'full')} mode"
+        f"{figures.get('mode', 'full')} mode, "
+        f"{figures['rounds']} rounds, {figures['clients']} clients"
         + (f"; {figures['note']}" if "note" in figures else "")
         + ")",
         "",

@@ -339,6 +339,7 @@ def main(argv):
     results = {
         "full_params": full,
         "clients": len(federation.clients),
+        "rounds": hparams["num_rounds"],
         "seed_model": {"wer": seed_eval["WER"], "cer": seed_eval["CER"]},
         "importance_scores": dict(scores),
         "importance_report": report,
