@@ -70,14 +70,14 @@ ANALYSIS_RUNS = [
         "ambient",
         "ambient.py",
         "conformer_ctc_importance.yaml",
-        {"number_of_epochs": 6, "heatmap_epochs": "[2, 4, 6]"},
+        {"number_of_epochs": 4, "heatmap_epochs": "[2, 4]"},
     ),
     (
         "federated_dropout",
         "federated",
         "federated.py",
         "federated_dropout.yaml",
-        {"num_rounds": 2, "clients_per_round": 4, "seed_epochs": 4},
+        {"num_rounds": 2, "clients_per_round": 4, "seed_epochs": 3},
     ),
 ]
 
