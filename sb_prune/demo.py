@@ -70,7 +70,7 @@ ANALYSIS_RUNS = [
         "ambient",
         "ambient.py",
         "conformer_ctc_importance.yaml",
-        {"number_of_epochs": 4, "heatmap_epochs": "[2, 4]"},
+        {"number_of_epochs": 3, "heatmap_epochs": "[1, 3]"},
     ),
     (
         "federated_dropout",
