@@ -389,10 +389,15 @@ class PrunableRelPosMHA(_PrunableHeads):
             )
         else:
             w_q, w_k, w_v, w_p, bias_u, bias_v, w_out = self._padded_weights()
-            q, k, v = (
-                F.linear(x, w)
-                for x, w in ((query, w_q), (key, w_k), (value, w_v))
-            )
+            if query is key and key is value:
+                q, k, v = F.linear(query, torch.cat([w_q, w_k, w_v])).split(
+                    [w_q.shape[0], w_k.shape[0], w_v.shape[0]], dim=-1
+                )
+            else:
+                q, k, v = (
+                    F.linear(x, w)
+                    for x, w in ((query, w_q), (key, w_k), (value, w_v))
+                )
             p = F.linear(pos_embs, w_p)
 
             def project_out(x):
