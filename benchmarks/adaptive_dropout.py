@@ -32,11 +32,14 @@ from common import conformer
 from torch.nn.utils import prune as torch_prune
 
 from sb_prune import convert
-from sb_prune.conversion import adaptive_dropout_points, conformer_layers
-from sb_prune.deploy import strip_adaptive_dropout
-from sb_prune.profiling import count_macs, measure_latency
-from sb_prune.report import count_parameters
-from sb_prune.surgery import apply_plan
+from sb_prune.core.surgery import apply_plan
+from sb_prune.deploy.strip import strip_adaptive_dropout
+from sb_prune.methods.adaptive_dropout.convert import (
+    adaptive_dropout_points,
+    conformer_layers,
+)
+from sb_prune.reporting.profiling import count_macs, measure_latency
+from sb_prune.reporting.summary import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = ["ffn", "query", "value", "conv"]
@@ -169,7 +172,7 @@ def train_step_ratio(sizes, repeats):
 
 def run_recipe(hparams, output, epochs):
     """Train one ASR recipe run (or reuse a finished one)."""
-    from sb_prune.demo import run_recipe as run
+    from sb_prune.cli.demo import run_recipe as run
 
     results = output / "results.json"
     if results.exists():
@@ -183,8 +186,8 @@ def encoder_params_at(dense_run, sparsity):
     The same surgery as ``CriterionPruning`` (groups ffn and heads, keep
     ``round(n (1 - sparsity))`` per module), on the dense run's model.
     """
-    from sb_prune.criteria import find_members
-    from sb_prune.pretrained import load_model
+    from sb_prune.deploy.pretrained import load_model
+    from sb_prune.methods.criteria.criteria import find_members
 
     model = load_model(dense_run)["Transformer"]
     convert(model, prunable_attention={})
@@ -215,8 +218,8 @@ def magnitude_peer(output, dense_run, target, epochs):
     of ``epochs`` fine-tuning epochs on the full training set (through
     ``sb-prune compress``).
     """
-    from sb_prune.compress import compress
-    from sb_prune.pretrained import export_pretrained
+    from sb_prune.cli.compress import compress
+    from sb_prune.deploy.pretrained import export_pretrained
 
     run = output / "magnitude_oneshot" / "run"
     if not (run / "results.json").exists():

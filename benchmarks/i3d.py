@@ -144,8 +144,8 @@ def load_hparams(name, overrides, folder):
 
 def load_trained(name, overrides, folder):
     """Rebuild a recipe's model and load its best final-structure checkpoint."""
-    from sb_prune.brain import read_structure
-    from sb_prune.structure import restore
+    from sb_prune.core.structure import restore
+    from sb_prune.training.brain import read_structure
 
     hparams = load_hparams(name, overrides, folder)
     checkpointer = hparams["checkpointer"]
@@ -251,7 +251,7 @@ def calibrate_gates(model, batches, target, seed=0):
 
 def quick_models(config, target, folder):
     """Untrained recipe models: dense, I3D (calibrated), static/shallow."""
-    from sb_prune.surgery import keep_layers
+    from sb_prune.core.surgery import apply_plan
 
     models = {}
     for name in HPARAMS:
@@ -260,13 +260,13 @@ def quick_models(config, target, folder):
         )
         models[name] = Model(name, hparams)
     kept = round(target * config["layers"])
-    keep_layers(models["static"].encoder, list(range(kept)))
+    apply_plan(models["static"].encoder, {"": {"layers": list(range(kept))}})
     return models
 
 
 def measure(models, inputs, repeats):
     """MACs, latency and executed layers of every model at batch 1 and 8."""
-    from sb_prune.profiling import count_macs, measure_latency
+    from sb_prune.reporting.profiling import count_macs, measure_latency
 
     results = {name: {} for name in models}
     for batch in (1, 8):

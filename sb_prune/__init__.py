@@ -12,8 +12,8 @@ import importlib
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "PruningBrain": "sb_prune.brain",
-    "convert": "sb_prune.conversion",
+    "PruningBrain": "sb_prune.training.brain",
+    "convert": "sb_prune.methods.convert",
 }
 __all__ = sorted(_PUBLIC)
 

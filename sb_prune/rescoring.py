@@ -3,9 +3,10 @@
 :class:`LMRescorer` runs SpeechBrain's ``CTCBeamSearcher`` to get the
 ``nbest`` best hypotheses of each utterance with their CTC scores, scores
 each hypothesis with a character language model exported by the LM recipe
-(:func:`sb_prune.export.export_model` plus its ``tokenizer.model``), and
-keeps the one with the best ``ctc + lm_weight * lm + length_bonus *
-characters``. It is how an ASR user applies the pruned LM: the LM recipe
+(:func:`sb_prune.deploy.checkpoint.export_model` plus its
+``tokenizer.model``), and keeps the one with the best
+``ctc + lm_weight * lm + length_bonus * characters``. It is how an ASR
+user applies the pruned LM: the LM recipe
 exports dense, pruned and low-rank LMs alike, and the rescorer rebuilds
 any of them from the structure record.
 
@@ -18,7 +19,7 @@ import os
 import torch
 from speechbrain.decoders.ctc import CTCBeamSearcher
 
-from sb_prune.export import load_exported
+from sb_prune.deploy.checkpoint import load_exported
 
 
 class LMRescorer:

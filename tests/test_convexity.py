@@ -15,7 +15,7 @@ from sb_prune.analysis import (
     layerwise_convexity,
     masked_mean_pool,
 )
-from sb_prune.analysis.convexity import sample_pairs
+from sb_prune.analysis.convexity.graph import sample_pairs
 
 
 def blobs(n_per_class=30, dims=8, offset=20.0, seed=0):

@@ -29,10 +29,10 @@ from sb_prune.analysis import (
     masked_mean_pool,
     register_layer_stack,
 )
+from sb_prune.core.structure import describe, restore
+from sb_prune.core.surgery import apply_plan
 from sb_prune.data import read_labels
 from sb_prune.data.librispeech import split_rows
-from sb_prune.structure import describe, restore
-from sb_prune.surgery import apply_plan
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "LibriSpeech"
 SCORES = [5.0, 20.0, 70.0, 68.0, 60.0]  # depth 0 (input) .. 4
@@ -181,9 +181,6 @@ HF_MODELS = {
 def test_huggingface_encoder_cut(name):
     """Tiny randomly initialised SSL models (runs where transformers is)."""
     transformers = pytest.importorskip("transformers")
-    from sb_prune.analysis import register_huggingface_encoders
-
-    assert register_huggingface_encoders()
     config_name, model_name = HF_MODELS[name]
     config = getattr(transformers, config_name)(
         hidden_size=16,

@@ -22,8 +22,9 @@ from speechbrain.nnet.attention import (
 from toy_brain import build_brain, fit, state
 
 from sb_prune import convert
-from sb_prune.conversion import LOW_RANK_POINTS
-from sb_prune.criteria import (
+from sb_prune.core.surgery import apply_plan
+from sb_prune.hooks import CriterionPruning
+from sb_prune.methods.criteria.criteria import (
     Activation,
     Magnitude,
     Members,
@@ -33,10 +34,9 @@ from sb_prune.criteria import (
     keep_top,
     make_criterion,
 )
-from sb_prune.hooks import CriterionPruning
+from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS
 from sb_prune.nn import PrunableMHA
-from sb_prune.schedules import Incremental, OneShot
-from sb_prune.surgery import apply_plan
+from sb_prune.training.schedules import Incremental, OneShot
 
 
 def _ffn(seed=0, d_ffn=6, size=4):

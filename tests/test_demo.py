@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from sb_prune.demo import subset_csv
+from sb_prune.cli.demo import subset_csv
 
 
 def test_subset_csv_keeps_order_and_is_seeded(tmp_path):

@@ -10,8 +10,8 @@ from speechbrain.dataio.dataio import read_audio
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from sb_prune.deploy.pretrained import export_pretrained
 from sb_prune.nn import AdaptiveDropout
-from sb_prune.pretrained import export_pretrained
 
 
 def _test_batches(run_folder, data_folder, batch_size):
@@ -62,7 +62,7 @@ def test_export_needs_a_run_folder(tmp_path):
 
 
 def test_report_renders_runs(tiny_adaptive_run, tmp_path):
-    from sb_prune.render import render_report
+    from sb_prune.reporting.render import render_report
 
     results = tmp_path / "results"
     results.mkdir()
@@ -77,14 +77,14 @@ def test_report_renders_runs(tiny_adaptive_run, tmp_path):
 
 
 def test_report_needs_runs(tmp_path):
-    from sb_prune.render import render_report
+    from sb_prune.reporting.render import render_report
 
     with pytest.raises(FileNotFoundError, match="holds no run"):
         render_report(tmp_path)
 
 
 def test_compress_a_dense_exported_model(tiny_dense_run, tiny_corpus, tmp_path):
-    from sb_prune.compress import compress
+    from sb_prune.cli.compress import compress
 
     dense = export_pretrained(tiny_dense_run, tmp_path / "dense")
     summary = compress(
@@ -115,7 +115,11 @@ def test_initialize_from_copies_weights_statistics_and_tokenizer(
     from hyperpyyaml import load_hyperpyyaml
     from recipe_runs import RECIPE
 
-    from sb_prune.pretrained import initialize_from, load_model, tokenizer_file
+    from sb_prune.deploy.pretrained import (
+        initialize_from,
+        load_model,
+        tokenizer_file,
+    )
 
     overrides = yaml.safe_load(
         (RECIPE / "hparams/tiny_overrides.yaml").read_text()
@@ -157,8 +161,8 @@ def test_compress_cli_errors_name_the_argument(tmp_path, capsys, argv, message):
 def test_torchscript_export_reproduces_the_pruned_model(
     tiny_adaptive_run, tmp_path
 ):
-    from sb_prune.pretrained import TORCHSCRIPT, load_model
-    from sb_prune.torchscript import CTCEncoder
+    from sb_prune.deploy.pretrained import TORCHSCRIPT, load_model
+    from sb_prune.deploy.torchscript import CTCEncoder
 
     summary = export_pretrained(tiny_adaptive_run, tmp_path, torchscript=True)
     assert summary["torchscript"]["eager_s"] > 0
@@ -180,7 +184,7 @@ def test_torchscript_refuses_gated_encoders():
     )
 
     from sb_prune import convert
-    from sb_prune.torchscript import trace_ctc_encoder
+    from sb_prune.deploy.torchscript import trace_ctc_encoder
 
     transformer = TransformerASR(
         8,
@@ -206,7 +210,10 @@ def test_torchscript_refuses_gated_encoders():
 
 
 def test_runs_without_the_metric_are_not_asr_runs(tiny_adaptive_run):
-    from sb_prune.pretrained import load_evaluated_checkpoints, read_hparams
+    from sb_prune.deploy.pretrained import (
+        load_evaluated_checkpoints,
+        read_hparams,
+    )
 
     hparams = read_hparams(tiny_adaptive_run, "source")
     with pytest.raises(FileNotFoundError, match="records accuracy"):

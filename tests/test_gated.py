@@ -10,9 +10,9 @@ from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
 from test_asr_recipe import run_recipe
 
 import sb_prune
-from sb_prune.analysis.gates import GateRecorder
+from sb_prune.methods.i3d.gates import GateRecorder
 from sb_prune.nn import GatedConformerEncoder, GatedConformerLayer
-from sb_prune.profiling import count_macs
+from sb_prune.reporting.profiling import count_macs
 
 ALL_GATES = ["attention", "conv", "ffn"]
 BRANCHES = {
@@ -226,19 +226,19 @@ def test_training_gates_are_hard_samples_with_soft_gradients():
 
 
 def test_global_predictor_refuses_a_layer_cut():
-    from sb_prune.surgery import keep_layers
+    from sb_prune.core.surgery import apply_plan
 
     _, gated = gated_model(predictor="global")
-    keep_layers(gated.encoder, [0, 2])
+    apply_plan(gated, {"encoder": {"layers": [0, 2]}})
     with pytest.raises(ValueError, match="predictor: global"):
         gated.encode(*random_batch())
 
 
 def test_local_gates_follow_a_layer_cut():
-    from sb_prune.surgery import keep_layers
+    from sb_prune.core.surgery import apply_plan
 
     _, gated = gated_model(predictor="local")
-    keep_layers(gated.encoder, [0, 2])
+    apply_plan(gated, {"encoder": {"layers": [0, 2]}})
     gated.encode(*random_batch())
     assert gated.encoder.gate_decisions.shape[1:] == (2, 3)
 

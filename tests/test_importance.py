@@ -12,7 +12,7 @@ from toy_brain import build_brain, fit
 
 import sb_prune
 from sb_prune.analysis import LayerImportance, WeightChangeTracker
-from sb_prune.analysis.importance import (
+from sb_prune.analysis.importance.units import (
     RANDOM,
     find_units,
     rerandomize_unit_,
@@ -20,8 +20,8 @@ from sb_prune.analysis.importance import (
     snapshot,
     unit_parameters,
 )
-from sb_prune.nn.group_norm import ConvGroupNorm
-from sb_prune.structure import describe, restore
+from sb_prune.core.structure import describe, restore
+from sb_prune.methods.conv_norm.group_norm import ConvGroupNorm
 
 AMBIENT = Path(__file__).parents[1] / "recipes" / "LibriSpeech" / "ambient"
 

@@ -10,13 +10,16 @@ from speechbrain.nnet.attention import PositionalwiseFeedForward
 from toy_brain import build_brain, fit
 
 from sb_prune import convert
-from sb_prune.export import load_exported
+from sb_prune.core.structure import describe, restore
+from sb_prune.deploy.checkpoint import load_exported
 from sb_prune.hooks import LowRankCompression
+from sb_prune.methods.low_rank.layer import (
+    rank_for_compression,
+    set_compression,
+)
 from sb_prune.nn import LowRankLinear
-from sb_prune.nn.low_rank import rank_for_compression, set_compression
-from sb_prune.profiling import count_macs
-from sb_prune.schedules import Incremental
-from sb_prune.structure import describe, restore
+from sb_prune.reporting.profiling import count_macs
+from sb_prune.training.schedules import Incremental
 
 
 def _linear(inputs=24, outputs=40, seed=0):

@@ -8,7 +8,12 @@ from toy_brain import ToyBrain, build_brain, fit, state
 
 from sb_prune import convert
 from sb_prune.hooks import CriterionPruning
-from sb_prune.schedules import Incremental, OneShot, Schedule, make_schedule
+from sb_prune.training.schedules import (
+    Incremental,
+    OneShot,
+    Schedule,
+    make_schedule,
+)
 
 
 def test_linear_and_cubic_ramps():

@@ -7,9 +7,10 @@ import torch
 from helpers import encode, random_batch, tiny_conformer
 
 from sb_prune import convert
+from sb_prune.core.structure import describe, restore
+from sb_prune.core.surgery import apply_plan
+from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
 from sb_prune.nn import AdaptiveDropout, PrunableRelPosMHA
-from sb_prune.structure import describe, restore
-from sb_prune.surgery import adaptive_dropout_plan, apply_plan
 
 POINTS = ["ffn", "query", "value", "conv"]
 
@@ -127,7 +128,7 @@ def test_record_mismatch_names_the_module():
 
 
 def test_strip_adaptive_dropout_keeps_outputs():
-    from sb_prune.deploy import strip_adaptive_dropout
+    from sb_prune.deploy.strip import strip_adaptive_dropout
 
     model = convert(
         tiny_conformer(layers=2), adaptive_dropout={"points": POINTS}

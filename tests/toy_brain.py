@@ -14,8 +14,8 @@ from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
 import sb_prune
+from sb_prune.core.structure import describe
 from sb_prune.hooks import AdaptiveDropoutPruning
-from sb_prune.structure import describe
 
 POINTS = ["ffn", "query", "value", "conv"]
 

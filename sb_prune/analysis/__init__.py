@@ -14,28 +14,27 @@ Authors
 
 import importlib
 
-from sb_prune.analysis.convexity import ConvexityResult, graph_convexity
-from sb_prune.analysis.euclidean_convexity import euclidean_convexity
-from sb_prune.analysis.knn_graph import knn_graph
-from sb_prune.analysis.layer_convexity import (
+from sb_prune.analysis.convexity.euclidean import euclidean_convexity
+from sb_prune.analysis.convexity.graph import ConvexityResult, graph_convexity
+from sb_prune.analysis.convexity.knn_graph import knn_graph
+from sb_prune.analysis.convexity.layers import (
     frame_convexity,
     layerwise_convexity,
 )
-from sb_prune.analysis.pooling import masked_mean_pool
+from sb_prune.analysis.convexity.pooling import masked_mean_pool
 
 _LAZY = {
-    "BrainEvaluator": "sb_prune.analysis.importance_tracking",
-    "LayerImportance": "sb_prune.analysis.importance",
-    "WeightChangeTracker": "sb_prune.analysis.importance_tracking",
-    "ConvexityScoring": "sb_prune.analysis.convexity_hooks",
-    "GateRecorder": "sb_prune.analysis.gates",
-    "LayerCut": "sb_prune.analysis.convexity_hooks",
-    "LayerStates": "sb_prune.analysis.hidden_states",
-    "choose_layers": "sb_prune.analysis.layer_cut",
-    "find_layer_stack": "sb_prune.analysis.hidden_states",
-    "pooled_layer_states": "sb_prune.analysis.hidden_states",
-    "register_huggingface_encoders": "sb_prune.analysis.layer_cut",
-    "register_layer_stack": "sb_prune.analysis.layer_cut",
+    "BrainEvaluator": "sb_prune.analysis.importance.tracking",
+    "LayerImportance": "sb_prune.analysis.importance.units",
+    "WeightChangeTracker": "sb_prune.analysis.importance.tracking",
+    "ConvexityScoring": "sb_prune.analysis.convexity.hooks",
+    "GateRecorder": "sb_prune.methods.i3d.gates",
+    "LayerCut": "sb_prune.methods.layer_cut.hook",
+    "LayerStates": "sb_prune.analysis.convexity.hidden_states",
+    "choose_layers": "sb_prune.methods.layer_cut.rules",
+    "find_layer_stack": "sb_prune.core.encoders",
+    "pooled_layer_states": "sb_prune.analysis.convexity.hidden_states",
+    "register_layer_stack": "sb_prune.core.registry",
 }
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "layerwise_convexity",
     "masked_mean_pool",
     "pooled_layer_states",
-    "register_huggingface_encoders",
     "register_layer_stack",
 ]
 

@@ -5,7 +5,7 @@ which a fraction of the units of every layer is removed at random, fresh
 for every client and round. Zhou et al. (2022) target it at layers by
 importance: dropping units of ambient layers costs little quality.
 
-The droppable *units* are named as in :mod:`sb_prune.analysis.importance`:
+The droppable *units* are named as in :mod:`sb_prune.analysis.importance.units`:
 
 * ``layer<i>.ffn1`` / ``layer<i>.ffn2`` (Conformer) or ``layer<i>.ffn``
   (Transformer): hidden units of the feed-forward block;
@@ -34,21 +34,18 @@ import os
 
 import torch
 
-from sb_prune.analysis.importance import find_encoder
-from sb_prune.nn.attention import PrunableRelPosMHA
-from sb_prune.nn.mha import PrunableMHA
-from sb_prune.surgery import apply_plan
+from sb_prune.core.encoders import find_layer_stack
+from sb_prune.core.registry import layer_spec, module_spec
+from sb_prune.core.surgery import apply_plan
+from sb_prune.core.validation import check_choices
 
 MODES = ("none", "uniform", "importance")
 
-#: Droppable modules of an encoder layer: unit suffix -> (path, groups).
-_DROPPABLE = {
-    "ffn1": ("ffn_module1.1", ("hidden",)),
-    "ffn2": ("ffn_module2.1", ("hidden",)),
-    "ffn": ("pos_ffn", ("hidden",)),
-    "attention": (None, ("qk", "v")),
-}
-_ATTENTION = {"mha_layer", "self_att"}
+#: The unit kinds federated dropout may thin (modules of encoder layers
+#: named by their LayerSpec, :mod:`sb_prune.core.specs`).
+DROPPABLE_UNITS = ("ffn1", "ffn2", "ffn", "attention")
+#: The criterion groups of the modules it thins.
+_THINNED = ("ffn", "heads")
 
 
 class Group:
@@ -81,12 +78,6 @@ class Group:
         return self.size * self.params_per_unit
 
 
-def _group_size(module, group):
-    if group == "hidden":
-        return module.ffn[0].out_features
-    return sum(module.qk_dims if group == "qk" else module.v_dims)
-
-
 def _params_per_unit(module, group, size):
     """Parameters lost when one unit of ``group`` is removed."""
     smaller = copy.deepcopy(module)
@@ -95,22 +86,21 @@ def _params_per_unit(module, group, size):
     return before - sum(p.numel() for p in smaller.parameters())
 
 
-def _attention_path(layer, layer_path, unit):
-    for name in _ATTENTION:
-        module = getattr(layer, name, None)
-        if module is None:
-            continue
-        if not isinstance(module, (PrunableRelPosMHA, PrunableMHA)):
-            raise ValueError(
-                f"{unit}: dropping attention units needs prunable attention;"
-                " convert the model with prunable_attention (sb_prune."
-                "convert) or leave attention out of the dropped units"
-            )
-        return f"{layer_path}.{name}"
-    raise ValueError(f"{unit}: the layer has no self-attention")
+def _thinned_module(layer, layer_path, unit, children):
+    """Path of the module of ``children`` that federated dropout thins."""
+    for child in children:
+        for name, module in layer.get_submodule(child).named_modules():
+            spec = module_spec(module)
+            if spec is not None and spec.criterion_group in _THINNED:
+                return ".".join(p for p in (layer_path, child, name) if p)
+    raise ValueError(
+        f"{unit}: dropping units of {children} needs prunable attention "
+        "or feed-forward modules; convert the model with prunable_attention "
+        "(sb_prune.convert) or leave these units out of dropped_units"
+    )
 
 
-def droppable_groups(model, units=("ffn1", "ffn2", "ffn", "attention")):
+def droppable_groups(model, units=DROPPABLE_UNITS):
     """Find the groups of units that sub-models may drop.
 
     Arguments
@@ -136,40 +126,32 @@ def droppable_groups(model, units=("ffn1", "ffn2", "ffn", "attention")):
     >>> [(g.unit, g.path, g.size, g.params_per_unit) for g in groups]
     [('layer0.ffn1', 'layers.0.ffn_module1.1', 16, 17)]
     """
-    unknown = sorted(set(units) - set(_DROPPABLE))
-    if unknown:
-        raise ValueError(
-            f"dropped_units: unknown {unknown}; choose from "
-            f"{sorted(_DROPPABLE)}"
-        )
-    path, encoder = find_encoder(model)
+    units = check_choices("dropped_units", units, DROPPABLE_UNITS)
+    path, encoder = find_layer_stack(model, key="federated encoder")
     prefix = f"{path}.layers" if path else "layers"
     groups = []
     for index, layer in enumerate(encoder.layers):
         layer_path = f"{prefix}.{index}"
+        spec = layer_spec(layer)
+        if spec is None:
+            raise ValueError(
+                f"federated dropout: sb_prune has no LayerSpec for a "
+                f"{type(layer).__name__} (sb_prune.core.registry.register)"
+            )
         for kind in units:
-            unit = f"layer{index}.{kind}"
-            child, names = _DROPPABLE[kind]
-            if child is None:
-                module_path = _attention_path(layer, layer_path, unit)
-            elif _has_module(layer, child):
-                module_path = f"{layer_path}.{child}"
-            else:
+            if kind not in spec.modules:
                 continue
+            unit = f"layer{index}.{kind}"
+            module_path = _thinned_module(
+                layer, layer_path, unit, spec.modules[kind]
+            )
             module = model.get_submodule(module_path)
-            for name in names:
-                size = _group_size(module, name)
+            module_groups = module_spec(module)
+            for name in module_groups.groups:
+                size = module_groups.group_size(module, name)
                 per_unit = _params_per_unit(module, name, size)
                 groups.append(Group(unit, module_path, name, size, per_unit))
     return groups
-
-
-def _has_module(layer, path):
-    try:
-        layer.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _kept_units(size, rate):

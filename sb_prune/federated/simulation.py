@@ -44,11 +44,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from sb_prune.core.structure import restore
 from sb_prune.federated.strategy import (
     load_parameter_record,
     parameter_record,
 )
-from sb_prune.structure import restore
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def make_client_app(build_model, train_fn, structure_key="structure"):
 
     For every training message the app builds the full model with
     ``build_model()``, reshapes it to the message's structure record
-    (:func:`sb_prune.structure.restore`: a physically smaller model),
+    (:func:`sb_prune.core.structure.restore`: a physically smaller model),
     loads the received weights, calls ``train_fn`` and replies with the
     trained weights and ``num-examples``.
 

@@ -2,7 +2,7 @@
 
 A client of federated dropout (Caldas et al. 2018) trains a physically
 smaller copy of the server's model. :func:`extract_submodel` makes it with
-sb_prune's own surgery (:func:`sb_prune.surgery.apply_plan` on a copy:
+sb_prune's own surgery (:func:`sb_prune.core.surgery.apply_plan` on a copy:
 FFN hidden units, attention units, whole layers...), and records where
 each of its weights comes from: the same plan is applied to a twin whose
 parameters hold their own positions in the full model, so every pruner,
@@ -21,8 +21,8 @@ import copy
 
 import torch
 
-from sb_prune.structure import describe
-from sb_prune.surgery import apply_plan
+from sb_prune.core.structure import describe
+from sb_prune.core.surgery import apply_plan
 
 
 def flat_parameters(model):
@@ -85,7 +85,7 @@ class SubModel:
 
     @property
     def structure(self):
-        """The sub-model's structure record (see :mod:`sb_prune.structure`)."""
+        """The sub-model's structure record (:mod:`sb_prune.core.structure`)."""
         return describe(self.module)
 
     @property
@@ -110,7 +110,7 @@ def extract_submodel(model, plan):
         The full model (left unchanged).
     plan : dict
         ``{module path: {group: kept indices}}``, see
-        :func:`sb_prune.surgery.apply_plan`; an empty plan gives a copy.
+        :func:`sb_prune.core.surgery.apply_plan`; an empty plan gives a copy.
 
     Returns
     -------

@@ -4,15 +4,15 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.nn.adaptive_dropout import AdaptiveDropout
-from sb_prune.nn.attention import PrunableRelPosMHA
-from sb_prune.nn.gated import (
+from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
+from sb_prune.methods.attention.mha import PrunableMHA
+from sb_prune.methods.attention.relpos import PrunableRelPosMHA
+from sb_prune.methods.i3d.gated import (
     GatedConformerEncoder,
     GatedConformerLayer,
     GatePredictor,
 )
-from sb_prune.nn.low_rank import LowRankLinear
-from sb_prune.nn.mha import PrunableMHA
+from sb_prune.methods.low_rank.layer import LowRankLinear
 
 __all__ = [
     "AdaptiveDropout",

@@ -27,13 +27,13 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
-from sb_prune.analysis.gates import GateRecorder
-from sb_prune.brain import read_structure
 from sb_prune.data import synthesize_corpus
 from sb_prune.data.librispeech import prepare_librispeech
 from sb_prune.data.tokenizer import train_tokenizer
-from sb_prune.pretrained import initialize_from
-from sb_prune.report import write_recipe_summary
+from sb_prune.deploy.pretrained import initialize_from
+from sb_prune.methods.i3d.gates import GateRecorder
+from sb_prune.reporting.summary import write_recipe_summary
+from sb_prune.training.brain import read_structure
 
 logger = logging.getLogger(__name__)
 

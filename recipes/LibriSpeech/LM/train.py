@@ -37,11 +37,11 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
-from sb_prune.brain import read_structure
 from sb_prune.data.lm_text import prepare_lm_text
 from sb_prune.data.tokenizer import train_tokenizer
-from sb_prune.export import export_model
-from sb_prune.report import count_parameters
+from sb_prune.deploy.checkpoint import export_model
+from sb_prune.reporting.summary import count_parameters
+from sb_prune.training.brain import read_structure
 
 
 def token_nll(log_probs, targets, lengths):

@@ -41,13 +41,13 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from sb_prune.analysis import BrainEvaluator, LayerImportance
-from sb_prune.analysis.importance import RANDOM, ambient_units, snapshot
-from sb_prune.analysis.importance_plots import (
+from sb_prune.analysis.importance.plots import (
     format_report,
     plot_robustness_heatmap,
     plot_robustness_vs_change,
 )
-from sb_prune.analysis.importance_tracking import find_tracker
+from sb_prune.analysis.importance.tracking import find_tracker
+from sb_prune.analysis.importance.units import RANDOM, ambient_units, snapshot
 from sb_prune.data.tokenizer import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ASR"))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from sb_prune.analysis.ambient_stability import (
+from sb_prune.analysis.importance.stability import (
     jaccard,
     pairwise_overlap,
     stability_table,

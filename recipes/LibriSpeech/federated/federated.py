@@ -45,7 +45,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from sb_prune.analysis import BrainEvaluator
-from sb_prune.analysis.importance import snapshot
+from sb_prune.analysis.importance.units import snapshot
 from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.federated import (
     DropoutPolicy,
@@ -58,7 +58,7 @@ from sb_prune.federated import (
 )
 from sb_prune.federated.dropout import read_scores, scores_from_report
 from sb_prune.federated.partition import partition_by_speaker, speaker_of
-from sb_prune.report import count_parameters
+from sb_prune.reporting.summary import count_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ASR"))
 import train as asr_recipe  # noqa: E402

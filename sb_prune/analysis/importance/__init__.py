@@ -1,0 +1,5 @@
+"""Layer importance: ambient and critical layers, weight change, stability.
+
+Authors
+ * sb_prune developers
+"""

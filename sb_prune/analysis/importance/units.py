@@ -1,0 +1,629 @@
+"""Layer importance: ambient and critical layers of an encoder.
+
+Zhang, Bengio and Singer ("Are all layers created equal?") call a layer
+*ambient* when resetting it after training barely changes the model's
+quality, and *critical* when resetting it ruins the model. Zhou et al.
+(2022) find several ambient layers in Conformers. This module measures it:
+
+* :func:`find_units` names the units to test: whole encoder layers
+  (``layer0``...) and, inside Conformer layers, their modules
+  (``layer0.ffn1``, ``layer0.attention`` (with its pre-norm),
+  ``layer0.conv``, ``layer0.ffn2``); Transformer layers have
+  ``attention`` and ``ffn``. Any model works with explicit ``units``.
+* :func:`snapshot` keeps a copy of their weights (theta_0 before training,
+  or theta_t after epoch t) and :func:`weight_change` measures
+  ``||theta_t - theta_0|| / ||theta_0||`` over each unit's parameters.
+* :func:`reset_unit_` puts a unit back to saved weights (the
+  re-initialisation test when they are theta_0, the heat map of
+  Zhang et al. when they are theta_t) and :func:`rerandomize_unit_` draws
+  it afresh from SpeechBrain's initialiser (see there).
+* :class:`LayerImportance` runs the tests on every unit with any
+  ``evaluate`` function (e.g. WER and loss on the validation set), labels
+  units ambient / critical with thresholds from the YAML, and correlates
+  robustness with weight change (Spearman).
+
+Authors
+ * sb_prune developers
+"""
+
+import logging
+import math
+
+import torch
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from sb_prune.core.encoders import find_layer_stack
+from sb_prune.core.registry import layer_spec
+
+logger = logging.getLogger(__name__)
+
+GRANULARITIES = ("layer", "module", "both")
+RERANDOMIZE_INITS = ("speechbrain", "pytorch")
+RANDOM = "random"
+
+
+def _layer_modules(layer):
+    spec = layer_spec(layer)
+    if spec is None:
+        raise ValueError(
+            f"importance: sb_prune has no LayerSpec for a "
+            f"{type(layer).__name__}; name the units to test explicitly "
+            "with units: {name: path}, or register the layer type "
+            "(sb_prune.core.registry.register)"
+        )
+    return spec.modules
+
+
+def _check_paths(root, units):
+    for name, paths in units.items():
+        for path in paths:
+            try:
+                root.get_submodule(path)
+            except AttributeError as error:
+                raise ValueError(
+                    f"units.{name}: the model has no module '{path}'"
+                ) from error
+    return units
+
+
+def find_units(root, granularity="both", layers=None, modules=None, units=None):
+    """Name the units whose importance is measured.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model (or ModuleDict) the paths are relative to.
+    granularity : str
+        ``layer`` (whole encoder layers), ``module`` (the modules inside
+        them) or ``both``.
+    layers : list of int, optional
+        Indices of the encoder layers to test (default: all).
+    modules : list of str, optional
+        Module names to test (default: all, e.g. ``ffn1, attention, conv,
+        ffn2`` for Conformer layers).
+    units : dict, optional
+        Explicit units ``{name: path or [paths]}``, for any model; the
+        other arguments are then ignored.
+
+    Returns
+    -------
+    dict
+        ``{unit name: [module paths]}`` in model order.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Conformer import (
+    ...     ConformerEncoder,
+    ... )
+    >>> encoder = ConformerEncoder(2, 8, 4, 8)
+    >>> list(find_units(encoder, "module", layers=[1], modules=["conv"]))
+    ['layer1.conv']
+    >>> find_units(encoder, modules=["ffn3"])
+    Traceback (most recent call last):
+    ...
+    ValueError: modules: unknown ['ffn3']; choose from ['attention', ...]
+    """
+    if units:
+        named = {
+            name: [paths] if isinstance(paths, str) else list(paths)
+            for name, paths in units.items()
+        }
+        return _check_paths(root, named)
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"granularity must be one of {list(GRANULARITIES)}, got "
+            f"{granularity!r}"
+        )
+    path, encoder = find_layer_stack(root, key="importance encoder")
+    n_layers = len(encoder.layers)
+    indices = list(range(n_layers)) if layers is None else list(layers)
+    bad = [i for i in indices if not 0 <= int(i) < n_layers]
+    if bad:
+        raise ValueError(
+            f"layers: {bad} out of range, the encoder has {n_layers} layers"
+        )
+    prefix = f"{path}.layers" if path else "layers"
+    found = {}
+    for index in indices:
+        layer_path = f"{prefix}.{index}"
+        children = _layer_modules(encoder.layers[index])
+        wanted = list(children) if modules is None else list(modules)
+        unknown = sorted(set(wanted) - set(children))
+        if unknown:
+            raise ValueError(
+                f"modules: unknown {unknown}; choose from {sorted(children)}"
+            )
+        if granularity in ("layer", "both"):
+            found[f"layer{index}"] = [layer_path]
+        if granularity in ("module", "both"):
+            for module in wanted:
+                found[f"layer{index}.{module}"] = [
+                    f"{layer_path}.{child}" for child in children[module]
+                ]
+    return found
+
+
+def unit_parameters(root, paths):
+    """Return ``{name: parameter}`` of the modules at ``paths``.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model the paths are relative to.
+    paths : list of str
+        Module paths of one unit.
+
+    Returns
+    -------
+    dict
+        Parameter names (relative to ``root``) -> parameters.
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    >>> list(unit_parameters(net, ["0"]))
+    ['0.weight', '0.bias']
+    """
+    params = {}
+    for path in paths:
+        module = root.get_submodule(path)
+        params.update(module.named_parameters(prefix=path))
+    return params
+
+
+def snapshot(root, units):
+    """Copy the weights of every unit (to the CPU).
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model.
+    units : dict
+        From :func:`find_units`.
+
+    Returns
+    -------
+    dict
+        ``{parameter name: tensor}``, a plain state dict.
+    """
+    state = {}
+    for paths in units.values():
+        for name, param in unit_parameters(root, paths).items():
+            state[name] = param.detach().cpu().clone()
+    return state
+
+
+def _same_shapes(params, state):
+    return all(
+        name in state and state[name].shape == param.shape
+        for name, param in params.items()
+    )
+
+
+def weight_change(root, initial, units):
+    """Relative weight change ``||theta - theta_0|| / ||theta_0||`` per unit.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model now (theta).
+    initial : dict
+        A :func:`snapshot` taken earlier (theta_0).
+    units : dict
+        From :func:`find_units`.
+
+    Returns
+    -------
+    dict
+        ``{unit: float}``; NaN for a unit whose shapes changed (pruned).
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False))
+    >>> units = {"lin": ["0"]}
+    >>> theta0 = snapshot(net, units)
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.mul_(1.5)
+    >>> round(weight_change(net, theta0, units)["lin"], 3)
+    0.5
+    """
+    changes = {}
+    for unit, paths in units.items():
+        params = unit_parameters(root, paths)
+        if not _same_shapes(params, initial):
+            changes[unit] = math.nan
+            continue
+        moved, norm = 0.0, 0.0
+        for name, param in params.items():
+            start = initial[name].to(param.device, param.dtype)
+            moved += float((param.detach() - start).pow(2).sum())
+            norm += float(start.pow(2).sum())
+        changes[unit] = math.sqrt(moved) / max(math.sqrt(norm), 1e-12)
+    return changes
+
+
+def reset_unit_(root, paths, state):
+    """Copy saved weights into one unit, in place.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model.
+    paths : list of str
+        The unit's module paths.
+    state : dict
+        A :func:`snapshot` holding the unit's parameters.
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> theta0 = snapshot(net, {"lin": ["0"]})
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.add_(1.0)
+    >>> reset_unit_(net, ["0"], theta0)
+    >>> torch.equal(net[0].weight, theta0["0.weight"])
+    True
+    """
+    params = unit_parameters(root, paths)
+    if not _same_shapes(params, state):
+        raise ValueError(
+            f"The saved weights do not fit the unit {paths}: the model was "
+            "pruned or built differently since they were saved"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
+
+
+def _reset_module(module):
+    for method in ("reset_parameters", "_reset_parameters"):
+        if callable(getattr(module, method, None)):
+            getattr(module, method)()
+            return
+
+
+def rerandomize_unit_(root, paths, init="speechbrain", seed=0):
+    """Draw one unit's weights afresh from the initialiser, in place.
+
+    ``init="speechbrain"`` reproduces how ``TransformerASR`` initialises
+    its encoder: every sub-module gets its PyTorch default (its
+    ``reset_parameters``: uniform Linear/Conv weights and biases, LayerNorm
+    ones and zeros, ``RelPosMHAXL._reset_parameters``), then
+    ``TransformerASR._init_params`` applies ``xavier_normal_`` to every
+    parameter with more than one dimension. ``init="pytorch"`` stops after
+    the defaults (modules built outside ``TransformerASR``). sb_prune's
+    prunable attention stores its projections per unit: xavier is then
+    drawn for the per-unit shapes (same fan-in, a larger fan-out for the
+    fused input projection), and its 1-D positional biases, which no
+    reset covers, keep their values. Buffers (e.g. BatchNorm statistics)
+    are not touched.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model.
+    paths : list of str
+        The unit's module paths.
+    init : str
+        ``speechbrain`` or ``pytorch``.
+    seed : int
+        Seed of the draw (the global RNG state is left as it was).
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> before = net[0].weight.detach().clone()
+    >>> rerandomize_unit_(net, ["0"], seed=3)
+    >>> bool((net[0].weight != before).all())
+    True
+    """
+    if init not in RERANDOMIZE_INITS:
+        raise ValueError(
+            f"rerandomize_init must be one of {list(RERANDOMIZE_INITS)}, "
+            f"got {init!r}"
+        )
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for path in paths:
+            for module in root.get_submodule(path).modules():
+                _reset_module(module)
+        if init == "speechbrain":
+            for param in unit_parameters(root, paths).values():
+                if param.dim() > 1:
+                    torch.nn.init.xavier_normal_(param)
+
+
+def _check_thresholds(ambient, critical):
+    if ambient < 0:
+        raise ValueError(f"ambient_threshold must be >= 0, got {ambient}")
+    if critical <= ambient:
+        raise ValueError(
+            f"critical_threshold ({critical}) must be larger than "
+            f"ambient_threshold ({ambient})"
+        )
+
+
+def classify(delta, ambient_threshold, critical_threshold):
+    """Label a unit from the metric increase its reset causes.
+
+    Arguments
+    ---------
+    delta : float
+        Metric after the reset minus the trained model's metric (e.g. WER
+        points; higher is worse).
+    ambient_threshold : float
+        Ambient when ``delta <= ambient_threshold``.
+    critical_threshold : float
+        Critical when ``delta >= critical_threshold``.
+
+    Returns
+    -------
+    str
+        ``ambient``, ``critical`` or ``intermediate``.
+
+    Example
+    -------
+    >>> [classify(d, 1.0, 20.0) for d in (0.5, 5.0, 60.0)]
+    ['ambient', 'intermediate', 'critical']
+    """
+    _check_thresholds(ambient_threshold, critical_threshold)
+    if delta <= ambient_threshold:
+        return "ambient"
+    if delta >= critical_threshold:
+        return "critical"
+    return "intermediate"
+
+
+def spearman(x, y):
+    """Spearman rank correlation of two sequences, NaN entries dropped.
+
+    Arguments
+    ---------
+    x, y : sequence of float
+        Paired values, e.g. robustness and weight change per unit.
+
+    Returns
+    -------
+    dict
+        ``rho`` and ``p`` (None when fewer than 3 pairs or a constant).
+
+    Example
+    -------
+    >>> spearman([1, 2, 3, 4], [10, 20, 30, 45])["rho"]
+    1.0
+    """
+    pairs = [
+        (a, b)
+        for a, b in zip(x, y)
+        if not (math.isnan(float(a)) or math.isnan(float(b)))
+    ]
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2:
+        return {"rho": None, "p": None}
+    if len({b for _, b in pairs}) < 2:
+        return {"rho": None, "p": None}
+    result = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+    return {"rho": float(result[0]), "p": float(result[1])}
+
+
+class LayerImportance:
+    """Tamper tests of every unit, ambient/critical labels, correlation.
+
+    For every unit and every *reference* the unit is reset (to saved
+    weights, or re-drawn for the reference ``random``), the model is
+    evaluated, and the unit is put back exactly. The metric increase
+    against the trained model labels each unit (see :func:`classify`),
+    using the reference ``init`` (theta_0: the re-initialisation test).
+
+    Arguments
+    ---------
+    granularity, layers, modules, units
+        Which units to test, see :func:`find_units`.
+    metric : str
+        The key of ``evaluate``'s result used for the labels (higher is
+        worse), e.g. ``WER`` or ``loss``.
+    ambient_threshold : float
+        A unit is ambient when resetting it raises the metric by at most
+        this much (in the metric's unit, e.g. WER points), >= 0.
+    critical_threshold : float
+        A unit is critical when resetting it raises the metric by at least
+        this much, > ``ambient_threshold``.
+    max_metric : float, optional
+        The metric's upper bound (100 for error rates in percent):
+        thresholds must stay below it. None for unbounded metrics.
+    rerandomize_init : str
+        The initialiser of the re-randomisation test, see
+        :func:`rerandomize_unit_`.
+    seed : int
+        Seed of the re-randomisation draws.
+
+    Example
+    -------
+    >>> net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
+    >>> importance = LayerImportance(
+    ...     units={"first": "0", "second": "1"}, metric="loss",
+    ...     ambient_threshold=0.1, critical_threshold=1.0, max_metric=None,
+    ... )
+    >>> importance.units(net)
+    {'first': ['0'], 'second': ['1']}
+    """
+
+    def __init__(
+        self,
+        granularity="both",
+        layers=None,
+        modules=None,
+        units=None,
+        metric="WER",
+        ambient_threshold=1.0,
+        critical_threshold=20.0,
+        max_metric=100.0,
+        rerandomize_init="speechbrain",
+        seed=0,
+    ):
+        if granularity not in GRANULARITIES:
+            raise ValueError(
+                f"granularity must be one of {list(GRANULARITIES)}, got "
+                f"{granularity!r}"
+            )
+        _check_thresholds(ambient_threshold, critical_threshold)
+        if max_metric is not None and critical_threshold >= max_metric:
+            raise ValueError(
+                f"critical_threshold must be below {max_metric} (the "
+                f"largest {metric}), got {critical_threshold}"
+            )
+        if rerandomize_init not in RERANDOMIZE_INITS:
+            raise ValueError(
+                f"rerandomize_init must be one of {list(RERANDOMIZE_INITS)},"
+                f" got {rerandomize_init!r}"
+            )
+        self.granularity = granularity
+        self.layers = layers
+        self.modules = modules
+        self.explicit_units = units
+        self.metric = metric
+        self.ambient_threshold = ambient_threshold
+        self.critical_threshold = critical_threshold
+        self.rerandomize_init = rerandomize_init
+        self.seed = seed
+
+    def units(self, root):
+        """Return the units of ``root`` to test (see :func:`find_units`)."""
+        return find_units(
+            root,
+            granularity=self.granularity,
+            layers=self.layers,
+            modules=self.modules,
+            units=self.explicit_units,
+        )
+
+    def _tamper(self, root, paths, reference, unit_index):
+        if isinstance(reference, str):
+            seed = self.seed + unit_index
+            rerandomize_unit_(root, paths, self.rerandomize_init, seed)
+        else:
+            reset_unit_(root, paths, reference)
+
+    def run(self, root, evaluate, references, initial=None, progress=True):
+        """Run the tamper tests and return the report.
+
+        Arguments
+        ---------
+        root : torch.nn.Module
+            The trained model (restored exactly after each test).
+        evaluate : callable
+            ``evaluate() -> {metric: value}`` on the current weights of
+            ``root`` (e.g. validation WER and loss).
+        references : dict
+            ``{label: snapshot or "random"}``, e.g. ``{"init": theta_0,
+            "random": "random", "epoch2": theta_2}``. ``init`` (theta_0)
+            gives the labels; without it, the first reference does.
+        initial : dict, optional
+            theta_0, for the weight change of each unit (default:
+            ``references["init"]`` when given).
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        dict
+            ``base`` (metrics of the trained model), ``units`` (per unit:
+            ``paths``, ``params``, ``weight_change``, ``tests``
+            (metrics per reference), ``delta`` (metric increase per
+            reference) and ``class``), ``labelled_by``, ``spearman``
+            (robustness vs weight change), ``thresholds`` and ``metric``.
+        """
+        if not references:
+            raise ValueError("references: give at least one test")
+        for label, reference in references.items():
+            if isinstance(reference, str) and reference != RANDOM:
+                raise ValueError(
+                    f"references.{label}: unknown test {reference!r}; give "
+                    f"saved weights or '{RANDOM}'"
+                )
+        units = self.units(root)
+        if initial is None:
+            initial = references.get("init")
+        labelled_by = "init" if "init" in references else next(iter(references))
+        base = dict(evaluate())
+        if self.metric not in base:
+            raise ValueError(
+                f"metric: evaluate() returned {sorted(base)}, not "
+                f"{self.metric!r}"
+            )
+        changes = weight_change(root, initial, units) if initial else {}
+        report_units = {}
+        jobs = [(u, label) for u in units for label in references]
+        bar = tqdm(jobs, disable=not progress, desc="tamper tests")
+        for index, (unit, label) in enumerate(bar):
+            paths = units[unit]
+            saved = snapshot(root, {unit: paths})
+            self._tamper(root, paths, references[label], index)
+            metrics = dict(evaluate())
+            reset_unit_(root, paths, saved)
+            entry = report_units.setdefault(
+                unit,
+                {
+                    "paths": paths,
+                    "params": sum(
+                        p.numel() for p in unit_parameters(root, paths).values()
+                    ),
+                    "weight_change": changes.get(unit),
+                    "tests": {},
+                    "delta": {},
+                },
+            )
+            entry["tests"][label] = metrics
+            entry["delta"][label] = metrics[self.metric] - base[self.metric]
+        for entry in report_units.values():
+            entry["class"] = classify(
+                entry["delta"][labelled_by],
+                self.ambient_threshold,
+                self.critical_threshold,
+            )
+        names = list(report_units)
+        return {
+            "metric": self.metric,
+            "base": base,
+            "labelled_by": labelled_by,
+            "thresholds": {
+                "ambient": self.ambient_threshold,
+                "critical": self.critical_threshold,
+            },
+            "units": report_units,
+            "spearman": spearman(
+                [report_units[n]["delta"][labelled_by] for n in names],
+                [
+                    math.nan
+                    if report_units[n]["weight_change"] is None
+                    else report_units[n]["weight_change"]
+                    for n in names
+                ],
+            ),
+        }
+
+
+def ambient_units(report):
+    """Return the names of the units a report labels ambient.
+
+    Arguments
+    ---------
+    report : dict
+        From :meth:`LayerImportance.run`.
+
+    Returns
+    -------
+    list of str
+        In model order.
+
+    Example
+    -------
+    >>> ambient_units({"units": {"a": {"class": "ambient"},
+    ...                          "b": {"class": "critical"}}})
+    ['a']
+    """
+    return [
+        name
+        for name, entry in report["units"].items()
+        if entry["class"] == "ambient"
+    ]

@@ -1,0 +1,130 @@
+"""Find encoders, their layer stacks and their layers: one way, everywhere.
+
+A *layer stack* is a module whose type the registry knows as one
+(``ConformerEncoder``, ``TransformerEncoder``, the Hugging Face wav2vec2,
+HuBERT and WavLM encoders, or a type registered with
+:func:`sb_prune.core.registry.register_layer_stack`); an *encoder layer*
+is a module whose type has a :class:`~sb_prune.core.registry.LayerSpec`.
+Criteria, importance analysis, federated dropout, layer cuts, convexity,
+reports and converters all find them here.
+
+Authors
+ * sb_prune developers
+"""
+
+from sb_prune.core.registry import layer_spec, module_spec
+
+
+def layer_stacks(root):
+    """Return ``[(path, stack)]`` of every layer stack under ``root``.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        A model or the Brain's ModuleDict.
+
+    Returns
+    -------
+    list of tuple
+        Paths relative to ``root``, in module order.
+
+    Example
+    -------
+    >>> import torch
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder)
+    >>> root = torch.nn.ModuleDict(
+    ...     {"enc": TransformerEncoder(2, 2, 8, d_model=4)})
+    >>> [path for path, _ in layer_stacks(root)]
+    ['enc']
+    """
+    stacks = []
+    for path, module in root.named_modules():
+        spec = module_spec(module)
+        if spec is not None and spec.is_layer_stack:
+            stacks.append((path, module))
+    return stacks
+
+
+def find_layer_stack(root, path=None, key="encoder"):
+    """Return ``(path, stack)`` of the encoder's layer stack.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        Usually the Brain's unwrapped ModuleDict.
+    path : str, optional
+        Dotted path of the stack (e.g. ``Transformer.encoder`` or, for a
+        SpeechBrain wav2vec2 wrapper, ``wav2vec2.model.encoder``). Default:
+        the only layer stack under ``root``.
+    key : str
+        The YAML key or argument that sets ``path``, for the messages.
+
+    Returns
+    -------
+    path : str
+        The stack's path (relative to ``root``).
+    stack : torch.nn.Module
+        The stack.
+
+    Example
+    -------
+    >>> import torch
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder)
+    >>> modules = torch.nn.ModuleDict(
+    ...     {"model": torch.nn.ModuleDict(
+    ...         {"encoder": TransformerEncoder(2, 2, 8, d_model=4)})})
+    >>> find_layer_stack(modules)[0]
+    'model.encoder'
+    >>> find_layer_stack(modules, "model")
+    Traceback (most recent call last):
+    ...
+    ValueError: encoder: 'model' is a ModuleDict, not a layer stack ...
+    """
+    if path is not None:
+        try:
+            module = root.get_submodule(path)
+        except AttributeError:
+            raise ValueError(
+                f"{key}: the model has no module '{path}'"
+            ) from None
+        spec = module_spec(module)
+        if spec is None or not spec.is_layer_stack:
+            raise ValueError(
+                f"{key}: '{path}' is a {type(module).__name__}, not a layer "
+                "stack sb_prune knows (register its type with "
+                "sb_prune.core.registry.register_layer_stack)"
+            )
+        return path, module
+    stacks = layer_stacks(root)
+    if len(stacks) != 1:
+        found = [p for p, _ in stacks]
+        raise ValueError(
+            f"{key}: found {len(stacks)} layer stacks {found}; set {key} to "
+            "the path of the one to use (e.g. Transformer.encoder)"
+        )
+    return stacks[0]
+
+
+def encoder_layers(root):
+    """Return every encoder layer under ``root``, in module order.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        A model or the Brain's ModuleDict.
+
+    Returns
+    -------
+    list of torch.nn.Module
+        The modules whose type has a LayerSpec.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Conformer import (
+    ...     ConformerEncoder)
+    >>> len(encoder_layers(ConformerEncoder(2, 8, 2, 8)))
+    2
+    """
+    return [m for m in root.modules() if layer_spec(m) is not None]

@@ -1,0 +1,304 @@
+"""The built-in entries of the registry: one per module type.
+
+Loaded by :mod:`sb_prune.core.registry` on the first look-up. Each entry
+says, for one module type, what :class:`~sb_prune.core.registry.ModuleSpec`
+describes (groups, removal, structure record, members for criteria,
+adaptive dropout, low rank) or, for encoder layers, which modules a
+:class:`~sb_prune.core.registry.LayerSpec` names. Groups per type:
+
+* ``PositionalwiseFeedForward``: ``hidden`` (rows of the up projection,
+  columns of the down projection); criterion group ``ffn``;
+* :class:`~sb_prune.nn.PrunableRelPosMHA`, :class:`~sb_prune.nn.PrunableMHA`:
+  ``qk`` and ``v`` (per-unit query/key and value dimensions); criterion
+  group ``heads``;
+* Conformer ``ConvolutionModule``: ``inputs`` (input channels of the
+  pointwise convolution after its layer norm, gathered by adaptive
+  dropout);
+* :class:`~sb_prune.nn.LowRankLinear`: ``rank`` (the directions to keep);
+* ``ConformerEncoder``, ``TransformerEncoder`` and the Hugging Face
+  wav2vec2, HuBERT and WavLM encoders: ``layers``; criterion group
+  ``layers``.
+
+Authors
+ * sb_prune developers
+"""
+
+import torch
+from speechbrain.lobes.models.transformer.Conformer import (
+    ConformerEncoder,
+    ConformerEncoderLayer,
+    ConvolutionModule,
+)
+from speechbrain.lobes.models.transformer.Transformer import (
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+from speechbrain.nnet.attention import PositionalwiseFeedForward
+
+from sb_prune.core.inplace import resize_linear_, select_linear_
+from sb_prune.core.registry import (
+    LayerSpec,
+    ModuleSpec,
+    register,
+    register_layer_stack,
+)
+from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout, UnitSelect
+from sb_prune.methods.attention.relpos import PrunableHeads, PrunableRelPosMHA
+from sb_prune.methods.conv_norm.group_norm import ConvGroupNorm
+from sb_prune.methods.low_rank.layer import LowRankLinear
+
+
+def _own_structure(module_type, groups=(), prune=None, **more):
+    """A spec for a module that records its own structure (sb_prune's)."""
+    return ModuleSpec(
+        groups=groups,
+        prune=prune,
+        get_structure=module_type.get_structure,
+        set_structure=module_type.set_structure,
+        **more,
+    )
+
+
+def _first_dropout(module):
+    return next(
+        (m for m in module.modules() if isinstance(m, AdaptiveDropout)), None
+    )
+
+
+def _dropouts_under(module):
+    return [m for m in module.modules() if isinstance(m, AdaptiveDropout)]
+
+
+# Feed-forward blocks: group "hidden".
+
+
+def _ffn_up_down(ffn):
+    return ffn.ffn[0], ffn.ffn[-1]
+
+
+def _prune_ffn(ffn, hidden):
+    up, down = _ffn_up_down(ffn)
+    select_linear_(up, rows=hidden)
+    select_linear_(down, cols=hidden)
+    for adl in _dropouts_under(ffn):
+        adl.select_units(hidden)
+
+
+def _set_ffn(ffn, spec):
+    up, down = _ffn_up_down(ffn)
+    resize_linear_(up, spec["hidden"], up.in_features)
+    resize_linear_(down, down.out_features, spec["hidden"])
+
+
+def _ffn_magnitude(ffn):
+    up, down = _ffn_up_down(ffn)
+    with torch.no_grad():
+        rows = up.weight.pow(2).sum(1)
+        if up.bias is not None:
+            rows = rows + up.bias.pow(2)
+        return (rows + down.weight.pow(2).sum(0)).sqrt()
+
+
+register(
+    PositionalwiseFeedForward,
+    ModuleSpec(
+        groups=("hidden",),
+        prune=_prune_ffn,
+        get_structure=lambda ffn: {"hidden": ffn.ffn[0].out_features},
+        set_structure=_set_ffn,
+        criterion_group="ffn",
+        count=lambda ffn: ffn.ffn[0].out_features,
+        member_plan=lambda ffn, kept: {"hidden": kept},
+        consumer=lambda ffn: ffn.ffn[-1],
+        magnitude=_ffn_magnitude,
+        group_size=lambda ffn, group: ffn.ffn[0].out_features,
+        dropouts=lambda ffn: {"hidden": _first_dropout(ffn)},
+        linears=lambda ffn: [(ffn.ffn, "0"), (ffn.ffn, str(len(ffn.ffn) - 1))],
+        low_rank_point="ffn",
+    ),
+)
+
+
+# Prunable attention: groups "qk" and "v", criterion members are heads.
+
+
+def _head_units(dims, heads):
+    starts = torch.tensor([0] + list(dims)).cumsum(0)
+    return torch.cat(
+        [torch.arange(starts[h], starts[h + 1]) for h in heads.tolist()]
+    )
+
+
+def _per_head(values, dims):
+    index = torch.repeat_interleave(torch.tensor(dims)).to(values.device)
+    return values.new_zeros(len(dims)).index_add_(0, index, values)
+
+
+def _prune_attention(mha, qk=None, v=None):
+    if qk is None:
+        qk = torch.arange(sum(mha.qk_dims))
+    if v is None:
+        v = torch.arange(sum(mha.v_dims))
+    mha.select_units(qk, v)
+
+
+def _head_magnitude(mha):
+    """The L2 norm of every parameter that belongs to each head."""
+    with torch.no_grad():
+        n_qk = sum(mha.qk_dims)
+        rows = mha.in_proj.weight.pow(2).sum(1)
+        if mha.in_proj.bias is not None:
+            rows = rows + mha.in_proj.bias.pow(2)
+        qk = rows[:n_qk] + rows[n_qk : 2 * n_qk]
+        if isinstance(mha, PrunableRelPosMHA):
+            qk = qk + mha.linear_pos.weight.pow(2).sum(1)
+            qk = qk + mha.pos_bias_u.pow(2) + mha.pos_bias_v.pow(2)
+        v = rows[2 * n_qk :] + mha.out_proj.weight.pow(2).sum(0)
+        return (_per_head(qk, mha.qk_dims) + _per_head(v, mha.v_dims)).sqrt()
+
+
+register(
+    PrunableHeads,
+    _own_structure(
+        PrunableHeads,
+        groups=("qk", "v"),
+        prune=_prune_attention,
+        criterion_group="heads",
+        count=lambda mha: mha.num_heads,
+        member_plan=lambda mha, kept: {
+            "qk": _head_units(mha.qk_dims, kept),
+            "v": _head_units(mha.v_dims, kept),
+        },
+        consumer=lambda mha: mha.out_proj,
+        per_member=lambda mha, values: _per_head(values, mha.v_dims),
+        magnitude=_head_magnitude,
+        group_size=lambda mha, group: sum(
+            mha.qk_dims if group == "qk" else mha.v_dims
+        ),
+        dropouts=lambda mha: {
+            "qk": getattr(mha, "query_dropout", None),
+            "v": getattr(mha, "value_dropout", None),
+        },
+        linears=lambda mha: [(mha, "in_proj"), (mha, "out_proj")],
+        low_rank_point="attention",
+    ),
+)
+
+
+# Conformer convolution module: group "inputs".
+
+
+def bottleneck_conv(conv_module):
+    """Return the pointwise Conv1d that opens a Conformer conv module.
+
+    Arguments
+    ---------
+    conv_module : ConvolutionModule
+        A SpeechBrain Conformer convolution module.
+
+    Returns
+    -------
+    torch.nn.Conv1d
+        The ``input -> 2 * input`` pointwise convolution before the GLU.
+
+    Example
+    -------
+    >>> bottleneck_conv(ConvolutionModule(8, kernel_size=3)).in_channels
+    8
+    """
+    return next(
+        m for m in conv_module.bottleneck if isinstance(m, torch.nn.Conv1d)
+    )
+
+
+def _prune_conv_inputs(conv_module, inputs):
+    gathers = [a for a in _dropouts_under(conv_module) if a.index is not None]
+    if not gathers:
+        raise ValueError(
+            "Pruning the inputs of a convolution module needs the "
+            "AdaptiveDropout that gathers them: use sb_prune.convert with "
+            "the 'conv' application point"
+        )
+    select_linear_(bottleneck_conv(conv_module), cols=inputs)
+    for adl in _dropouts_under(conv_module):
+        adl.select_units(inputs)
+
+
+def _set_conv_inputs(conv_module, spec):
+    conv = bottleneck_conv(conv_module)
+    resize_linear_(conv, conv.out_channels, spec["inputs"])
+
+
+register(
+    ConvolutionModule,
+    ModuleSpec(
+        groups=("inputs",),
+        prune=_prune_conv_inputs,
+        get_structure=lambda conv: {
+            "inputs": bottleneck_conv(conv).in_channels
+        },
+        set_structure=_set_conv_inputs,
+        group_size=lambda conv, group: bottleneck_conv(conv).in_channels,
+        dropouts=lambda conv: {"inputs": _first_dropout(conv)},
+    ),
+)
+
+
+# sb_prune's own modules: low rank (group "rank") and what rides along.
+
+
+def _prune_rank(module, rank):
+    module.select_ranks(torch.as_tensor(rank, dtype=torch.long))
+
+
+register(
+    LowRankLinear,
+    _own_structure(
+        LowRankLinear,
+        groups=("rank",),
+        prune=_prune_rank,
+        group_size=lambda module, group: module.rank,
+    ),
+)
+for _type in (AdaptiveDropout, UnitSelect, ConvGroupNorm):
+    register(_type, _own_structure(_type))
+
+
+# Layer stacks: group "layers".
+
+for _stack in (
+    ConformerEncoder,
+    TransformerEncoder,
+    "transformers.models.wav2vec2.modeling_wav2vec2.Wav2Vec2Encoder",
+    "transformers.models.wav2vec2.modeling_wav2vec2."
+    "Wav2Vec2EncoderStableLayerNorm",
+    "transformers.models.hubert.modeling_hubert.HubertEncoder",
+    "transformers.models.hubert.modeling_hubert.HubertEncoderStableLayerNorm",
+    "transformers.models.wavlm.modeling_wavlm.WavLMEncoder",
+    "transformers.models.wavlm.modeling_wavlm.WavLMEncoderStableLayerNorm",
+):
+    register_layer_stack(_stack)
+
+
+# Encoder layers: their modules, for importance and federated dropout.
+
+register(
+    ConformerEncoderLayer,
+    LayerSpec(
+        {
+            "ffn1": ["ffn_module1"],
+            "attention": ["norm1", "mha_layer"],
+            "conv": ["convolution_module"],
+            "ffn2": ["ffn_module2"],
+        }
+    ),
+)
+register(
+    TransformerEncoderLayer,
+    LayerSpec(
+        {
+            "attention": ["norm1", "self_att"],
+            "ffn": ["norm2", "pos_ffn"],
+        }
+    ),
+)

@@ -1,0 +1,83 @@
+"""Save a pruned model as its own smaller checkpoint, and load it back.
+
+An exported folder holds ``model.ckpt`` (the state dict, physically
+smaller tensors) and ``structure.json`` (the structure record). To load
+it, build the model as for training (same ``sb_prune.convert`` options),
+then :func:`load_exported` reshapes it to the record and loads the
+tensors.
+
+Authors
+ * sb_prune developers
+"""
+
+import json
+import os
+
+import torch
+
+from sb_prune.core.structure import describe, restore
+
+MODEL_FILE = "model.ckpt"
+STRUCTURE_FILE = "structure.json"
+
+
+def export_model(model, folder):
+    """Write ``model``'s tensors and structure record to ``folder``.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The (pruned) model.
+    folder : str
+        Created if missing.
+
+    Returns
+    -------
+    str
+        The folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> from sb_prune.core.surgery import apply_plan
+    >>> ffn = PositionalwiseFeedForward(d_ffn=8, input_size=4)
+    >>> apply_plan(ffn, {"": {"hidden": torch.tensor([1, 5])}})
+    >>> folder = export_model(ffn, tempfile.mkdtemp())
+    >>> fresh = load_exported(
+    ...     PositionalwiseFeedForward(d_ffn=8, input_size=4), folder
+    ... )
+    >>> fresh.ffn[0].out_features
+    2
+    """
+    os.makedirs(folder, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(folder, MODEL_FILE))
+    with open(os.path.join(folder, STRUCTURE_FILE), "w") as handle:
+        json.dump(describe(model), handle, indent=1)
+    return folder
+
+
+def load_exported(model, folder):
+    """Reshape ``model`` to an exported structure and load its tensors.
+
+    Usable from hyperpyyaml:
+    ``!apply:sb_prune.deploy.checkpoint.load_exported``.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Built as the exported model was before pruning.
+    folder : str
+        A folder written by :func:`export_model`.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, reshaped and loaded in place.
+    """
+    with open(os.path.join(folder, STRUCTURE_FILE)) as handle:
+        restore(model, json.load(handle))
+    device = next(model.parameters()).device
+    state = torch.load(os.path.join(folder, MODEL_FILE), map_location=device)
+    model.load_state_dict(state)
+    return model

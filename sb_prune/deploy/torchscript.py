@@ -1,0 +1,157 @@
+"""TorchScript export of a (pruned) CTC encoder, with its measured latency.
+
+A pruned model is an ordinary PyTorch model with smaller tensors, so it
+traces like the dense one: :func:`trace_ctc_encoder` records front end,
+encoder and CTC layer (features in, log-probabilities out) with
+``torch.jit.trace``; the trace is checked on a second input of another
+batch size and length before it is returned. Encoders whose computation
+depends on the input in Python (the I3D gated layers decide per utterance
+which modules run) cannot be traced faithfully and are refused.
+
+Authors
+ * sb_prune developers
+"""
+
+import torch
+
+from sb_prune.methods.i3d.gated import GatedConformerLayer
+from sb_prune.reporting.profiling import measure_latency
+
+#: Trace inputs: (batch, seconds) of the example and of the check.
+_EXAMPLE, _CHECK = (1, 4.0), (3, 6.5)
+_FRAMES_PER_SECOND = 100  # SpeechBrain's Fbank hop: 10 ms
+
+
+class CTCEncoder(torch.nn.Module):
+    """Features -> CTC log-probabilities, as the ASR recipe computes them.
+
+    Arguments
+    ---------
+    front_end : torch.nn.Module
+        The recipe's ``CNN`` (frame stacking).
+    transformer : TransformerASR
+        The (pruned) encoder model.
+    ctc_lin : torch.nn.Module
+        The CTC output layer.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.TransformerASR import (
+    ...     TransformerASR,
+    ... )
+    >>> model = CTCEncoder(
+    ...     torch.nn.Linear(10, 16),
+    ...     TransformerASR(
+    ...         8, 16, 16, 2, 1, 0, 32, encoder_module="conformer",
+    ...         attention_type="RelPosMHAXL", normalize_before=True,
+    ...     ),
+    ...     torch.nn.Linear(16, 8),
+    ... ).eval()
+    >>> model(torch.randn(2, 30, 10), torch.ones(2)).shape
+    torch.Size([2, 30, 8])
+    """
+
+    def __init__(self, front_end, transformer, ctc_lin):
+        super().__init__()
+        self.front_end = front_end
+        self.transformer = transformer
+        self.ctc_lin = ctc_lin
+
+    def forward(self, feats, lens):
+        """Log-probabilities ``[batch, steps, tokens]`` of features."""
+        encoded = self.transformer.encode(self.front_end(feats), lens)
+        return torch.log_softmax(self.ctc_lin(encoded), dim=-1)
+
+
+def _features(batch, seconds, n_mels, seed):
+    generator = torch.Generator().manual_seed(seed)
+    frames = int(seconds * _FRAMES_PER_SECOND)
+    feats = torch.randn(batch, frames, n_mels, generator=generator)
+    lens = torch.linspace(1.0, 0.6, batch) if batch > 1 else torch.ones(1)
+    return feats, lens
+
+
+def trace_ctc_encoder(hparams, atol=1e-4):
+    """Trace the CTC encoder of loaded recipe hparams with TorchScript.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded hparams of an ASR run or exported folder (``CNN``,
+        ``Transformer``, ``ctc_lin``, ``n_mels``), weights loaded.
+    atol : float
+        Largest difference allowed between trace and model on the check
+        input.
+
+    Returns
+    -------
+    tuple
+        ``(traced module, eager CTCEncoder)``, both in eval mode.
+
+    Raises
+    ------
+    ValueError
+        For I3D gated encoders, or when the trace does not reproduce the
+        model on the check input.
+    """
+    if any(
+        isinstance(m, GatedConformerLayer)
+        for m in hparams["Transformer"].modules()
+    ):
+        raise ValueError(
+            "I3D gated encoders choose per utterance which modules run; a "
+            "TorchScript trace would freeze those choices: export them "
+            "without --torchscript"
+        )
+    model = CTCEncoder(
+        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
+    ).eval()
+    n_mels = hparams["n_mels"]
+    with torch.no_grad():
+        traced = torch.jit.trace(
+            model, _features(*_EXAMPLE, n_mels, 0), check_trace=False
+        )
+        check = _features(*_CHECK, n_mels, 1)
+        difference = (traced(*check) - model(*check)).abs().max().item()
+    if difference > atol:
+        raise ValueError(
+            f"The TorchScript trace differs from the model by {difference:.2e} "
+            "on an input of another shape: not exported"
+        )
+    return traced, model
+
+
+def compare_latency(traced, model, n_mels, seconds=10.0, repeats=10):
+    """Median CPU latency of the eager model and its trace, interleaved.
+
+    Arguments
+    ---------
+    traced : torch.jit.ScriptModule
+        The trace of ``model``.
+    model : torch.nn.Module
+        The eager model.
+    n_mels : int
+        Feature dimension.
+    seconds : float
+        Input length (batch 1).
+    repeats : int
+        Timed calls of each.
+
+    Returns
+    -------
+    dict
+        ``eager_s``, ``torchscript_s`` and their ratio ``speedup``.
+    """
+    inputs = _features(1, seconds, n_mels, 2)
+    with torch.no_grad():
+        times = measure_latency(
+            {"eager": model, "torchscript": traced},
+            lambda: inputs,
+            repeats=repeats,
+        )
+    return {
+        "input_seconds": seconds,
+        "eager_s": times["eager"],
+        "torchscript_s": times["torchscript"],
+        "speedup": times["eager"] / times["torchscript"],
+    }

@@ -1,0 +1,148 @@
+"""The hook that trains adaptive dropout and removes the dropped units.
+
+Authors
+ * sb_prune developers
+"""
+
+from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
+from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
+from sb_prune.training.hooks import PruningHook, prune_by_plan
+
+
+class AdaptiveDropoutPruning(PruningHook):
+    """Lower adaptive-dropout retention during training and prune.
+
+    The regulariser ``weight * sum_d (beta_d - c(t))^2`` pulls every
+    retention logit ``beta_d`` towards a target ``c(t)`` that decreases
+    linearly from ``target_start`` to ``target_end`` over the first
+    ``ramp_epochs`` epochs (counted per batch), then stays at
+    ``target_end``. Units whose retention falls to the AdaptiveDropout
+    threshold are removed at the end of every training epoch (and, if set,
+    every ``prune_every_n_steps`` optimizer steps) and when training ends.
+
+    Arguments
+    ---------
+    regularization_weight : float
+        The weight of the regulariser, >= 0.
+    target_start : float
+        Logit target at the start of training.
+    target_end : float
+        Logit target after ``ramp_epochs`` (<= ``target_start``).
+    ramp_epochs : float
+        Number of epochs over which the target decreases, > 0.
+    prune_every_epoch : bool
+        Prune at the end of every training epoch.
+    prune_every_n_steps : int, optional
+        Also prune every that many optimizer steps.
+
+    Example
+    -------
+    >>> hook = AdaptiveDropoutPruning(1e-3, 3.0, -5.0, ramp_epochs=4)
+    >>> hook.target(0.0), hook.target(2.0), hook.target(10.0)
+    (3.0, -1.0, -5.0)
+    """
+
+    def __init__(
+        self,
+        regularization_weight=1e-3,
+        target_start=3.0,
+        target_end=-6.0,
+        ramp_epochs=10,
+        prune_every_epoch=True,
+        prune_every_n_steps=None,
+    ):
+        if regularization_weight < 0:
+            raise ValueError(
+                "regularization_weight must be >= 0, got "
+                f"{regularization_weight}"
+            )
+        if target_end > target_start:
+            raise ValueError(
+                f"target_end ({target_end}) must not exceed target_start "
+                f"({target_start}): the target decreases during training"
+            )
+        if ramp_epochs <= 0:
+            raise ValueError(f"ramp_epochs must be > 0, got {ramp_epochs}")
+        if prune_every_n_steps is not None and prune_every_n_steps < 1:
+            raise ValueError(
+                f"prune_every_n_steps must be >= 1, got {prune_every_n_steps}"
+            )
+        self.regularization_weight = regularization_weight
+        self.target_start = target_start
+        self.target_end = target_end
+        self.ramp_epochs = ramp_epochs
+        self.prune_every_epoch = prune_every_epoch
+        self.prune_every_n_steps = prune_every_n_steps
+        self.history = []
+
+    def target(self, progress):
+        """Return the logit target ``c(t)`` after ``progress`` epochs.
+
+        Arguments
+        ---------
+        progress : float
+            Training progress in epochs.
+
+        Returns
+        -------
+        float
+            The target.
+        """
+        fraction = min(max(progress / self.ramp_epochs, 0.0), 1.0)
+        return self.target_start + fraction * (
+            self.target_end - self.target_start
+        )
+
+    @staticmethod
+    def _layers(brain):
+        return [
+            m
+            for m in brain.unwrapped_modules().modules()
+            if isinstance(m, AdaptiveDropout)
+        ]
+
+    def on_fit_start(self, brain):
+        """Check that the model has AdaptiveDropout layers."""
+        if not self._layers(brain):
+            raise ValueError(
+                "prune_hooks has AdaptiveDropoutPruning but the model has "
+                "no AdaptiveDropout layers: add adaptive_dropout to "
+                "sb_prune.convert"
+            )
+
+    def on_batch_start(self, brain):
+        """Set the regulariser's weight and current target."""
+        target = self.target(brain.epoch_progress or 0.0)
+        for layer in self._layers(brain):
+            layer.regularization_weight = self.regularization_weight
+            layer.regularization_target = target
+
+    def _prune(self, brain, when):
+        root = brain.unwrapped_modules()
+        pruned = prune_by_plan(brain, adaptive_dropout_plan(root))
+        units = sum(layer.n_units for layer in self._layers(brain))
+        self.history.append({"when": when, "units": units})
+        return pruned
+
+    def on_train_epoch_end(self, brain, epoch):
+        """Prune dropped units at the end of each training epoch."""
+        return self.prune_every_epoch and self._prune(brain, f"epoch {epoch}")
+
+    def on_optimizer_step(self, brain):
+        """Prune every ``prune_every_n_steps`` optimizer steps."""
+        n = self.prune_every_n_steps
+        if n and brain.optimizer_step % n == 0:
+            return self._prune(brain, f"step {brain.optimizer_step}")
+        return False
+
+    def on_fit_end(self, brain):
+        """Prune whatever is still dropped when training ends."""
+        return self._prune(brain, "end")
+
+    def state_dict(self):
+        """Return the pruning history."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state):
+        """Restore the pruning history."""
+        self.history = list(state["history"])

@@ -1,0 +1,5 @@
+"""Group normalisation for the Conformer convolution module.
+
+Authors
+ * sb_prune developers
+"""

@@ -1,0 +1,661 @@
+"""Importance criteria: which units, heads, layers or weights to remove.
+
+A criterion scores the members of *groups* of a model; the lowest-scored
+members are pruned (see :class:`sb_prune.hooks.CriterionPruning`). Groups:
+
+* ``ffn``: the hidden units of every feed-forward block
+  (``PositionalwiseFeedForward``);
+* ``heads``: the heads of every prunable attention
+  (:class:`~sb_prune.nn.PrunableMHA`, :class:`~sb_prune.nn.PrunableRelPosMHA`;
+  convert with ``sb_prune.convert(model, prunable_attention={})``);
+* ``layers``: the layers of every encoder stack (``ConformerEncoder``,
+  ``TransformerEncoder``, which also holds the layers of a TransformerLM);
+* ``weights``: the single weights of every ``Linear`` inside an encoder
+  layer (unstructured: pruning them zeroes entries, which saves time only
+  with sparse kernels).
+
+Criteria (Emili et al. 2023 compare magnitude with data-driven ones):
+
+* :class:`Magnitude`: the L2 norm of a member's weights (all the rows and
+  columns that are removed with it);
+* :class:`Taylor`: the first-order estimate of the loss change when the
+  member is removed, ``|sum_i w_i dL/dw_i|`` over the member's outgoing
+  weights, averaged over training batches. For a hidden unit or a head the
+  outgoing weights are the columns of the next projection, which makes the
+  estimate exact to first order (removing the unit zeroes its activation
+  ``a`` and ``sum_o W_oj dL/dW_oj = sum_t a_j dL/da_j``). For a layer it is
+  ``|sum (x_in - x_out) . dL/dx_out|``, for a single weight ``|w dL/dw|``;
+* :class:`Activation`: the mean absolute activation of a unit or head (the
+  mean relative update ``||x_out - x_in|| / ||x_in||`` of a layer,
+  ``|W_ij| mean|x_j|`` of a weight);
+* :class:`Wanda`: ``sum_o |W_oj| ||x_j||_2`` over the outgoing weights
+  (Sun et al. 2023; ``|W_ij| ||x_j||_2`` for single weights).
+
+Data-driven criteria accumulate statistics during training batches (never
+during validation). Their statistics are sums, so under DDP they are summed
+over processes before a decision (:meth:`Criterion.all_reduce`), and every
+process takes the same decision.
+
+Authors
+ * sb_prune developers
+"""
+
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import ddp_all_reduce
+from torch import nn
+
+from sb_prune.core.registry import layer_spec, module_spec
+from sb_prune.methods.attention.relpos import PrunableRelPosMHA
+from sb_prune.methods.low_rank.layer import LowRankLinear
+
+GROUPS = ("ffn", "heads", "layers", "weights")
+STRUCTURED_GROUPS = ("ffn", "heads", "layers")
+
+
+class Members:
+    """The prunable members of one module, of one group.
+
+    Arguments
+    ---------
+    path : str
+        The module's path under the root given to :func:`find_members`.
+    group : str
+        One of ``GROUPS``.
+    module : torch.nn.Module
+        The module whose members these are.
+    owner : sb_prune.nn.PrunableRelPosMHA, optional
+        For a Linear of that attention (``weights``): the attention, which
+        applies it functionally (its forward hooks do not fire).
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> Members("f", "ffn", PositionalwiseFeedForward(6, input_size=2))
+    Members('f', 'ffn', 6)
+    """
+
+    def __init__(self, path, group, module, owner=None):
+        self.path = path
+        self.group = group
+        self.module = module
+        self.owner = owner
+        self.spec = None if group == "weights" else module_spec(module)
+
+    def __repr__(self):
+        return f"Members({self.path!r}, {self.group!r}, {self.count})"
+
+    @property
+    def count(self):
+        """Number of members (units, heads, layers or weights)."""
+        if self.spec is None:
+            return self.module.weight.numel()
+        return self.spec.count(self.module)
+
+    def plan(self, kept):
+        """Return the plan entry that keeps the members ``kept``.
+
+        Arguments
+        ---------
+        kept : torch.LongTensor
+            Sorted indices of the members to keep (not for ``weights``).
+
+        Returns
+        -------
+        dict
+            ``{group name: kept indices}`` for
+            :func:`sb_prune.core.surgery.apply_plan`.
+        """
+        if self.spec is None:
+            raise ValueError("single weights are masked, not planned")
+        return self.spec.member_plan(self.module, kept)
+
+    def consumer(self):
+        """The module that reads the members' activations.
+
+        Returns
+        -------
+        torch.nn.Module
+            The Linear whose input columns are the members' outgoing
+            weights (the Linear itself for ``weights``; the layer stack
+            for ``layers``).
+        """
+        if self.group == "layers" or self.spec is None:
+            return self.module
+        return self.spec.require(
+            "consumer", f"groups: {self.group}", type(self.module).__name__
+        )(self.module)
+
+    def per_member(self, per_unit):
+        """Sum per-unit values into per-member values (units of heads).
+
+        Arguments
+        ---------
+        per_unit : torch.Tensor
+            One value per consumer input column.
+
+        Returns
+        -------
+        torch.Tensor
+            One value per member.
+        """
+        return self.spec.per_member(self.module, per_unit)
+
+
+def find_members(root, groups):
+    """Return the prunable members of ``root`` for the given groups.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model (or ModuleDict of modules).
+    groups : list of str
+        A subset of ``GROUPS``.
+
+    Returns
+    -------
+    list of Members
+        In module order, grouped by module.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder,
+    ... )
+    >>> enc = TransformerEncoder(2, 2, 8, d_model=4)
+    >>> find_members(enc, ["layers", "ffn"])
+    [Members('', 'layers', 2), Members('layers.0.pos_ffn', 'ffn', 8), \
+Members('layers.1.pos_ffn', 'ffn', 8)]
+    """
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown or not groups:
+        raise ValueError(
+            f"groups: unknown or empty {unknown or list(groups)}; choose "
+            f"from {list(GROUPS)}"
+        )
+    found = []
+    for path, module in root.named_modules():
+        spec = module_spec(module)
+        if spec is not None and spec.criterion_group in groups:
+            found.append(Members(path, spec.criterion_group, module))
+        if "weights" in groups and layer_spec(module) is not None:
+            for name, linear in module.named_modules():
+                if type(linear) is not nn.Linear:
+                    continue
+                parent = module.get_submodule(name.rpartition(".")[0])
+                owner = (
+                    parent if isinstance(parent, PrunableRelPosMHA) else None
+                )
+                found.append(
+                    Members(f"{path}.{name}", "weights", linear, owner)
+                )
+    for members in found:
+        if members.spec is None or members.spec.linears is None:
+            continue
+        linears = [
+            getattr(parent, name)
+            for parent, name in members.spec.linears(members.module)
+        ]
+        if any(isinstance(linear, LowRankLinear) for linear in linears):
+            raise ValueError(
+                f"groups: '{members.path}' is low rank; prune its rank "
+                f"(LowRankCompression), not its {members.group}"
+            )
+    return found
+
+
+def _outgoing(members, weight):
+    """Per-member sum over the outgoing weights (columns of the consumer)."""
+    return members.per_member(weight.sum(0))
+
+
+class Criterion:
+    """Base class of importance criteria.
+
+    Subclasses implement :meth:`score`, and the statistics they need:
+    gradients (:meth:`observe_gradients`, called before each optimizer
+    step) or activations (forward hooks registered by :meth:`attach`).
+    Statistics are sums kept in ``self.stats``, keyed by
+    ``(members path, name)``.
+    """
+
+    #: Whether the criterion needs training batches before it can score.
+    data_driven = False
+
+    def __init__(self):
+        self.stats = {}
+        self.batches = 0
+        self._handles = []
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def _add(self, key, value):
+        value = value.detach().float()
+        if key in self.stats:
+            self.stats[key] = self.stats[key] + value
+        else:
+            self.stats[key] = value.clone()
+
+    def attach(self, members):
+        """Start collecting statistics for these members (forward hooks).
+
+        Arguments
+        ---------
+        members : list of Members
+            From :func:`find_members`.
+        """
+        self.detach()
+
+    def detach(self):
+        """Remove the forward hooks registered by :meth:`attach`."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def reset(self):
+        """Forget the statistics (after a pruning step)."""
+        self.stats = {}
+        self.batches = 0
+
+    def observe_gradients(self, members, scale=1.0):
+        """Accumulate gradient statistics (``.grad`` still populated).
+
+        Arguments
+        ---------
+        members : list of Members
+            From :func:`find_members`.
+        scale : float
+            The loss scale that multiplies the gradients.
+        """
+        self.batches += 1
+
+    def all_reduce(self):
+        """Sum the statistics over DDP processes (no-op otherwise)."""
+        for key in sorted(self.stats):
+            self.stats[key] = ddp_all_reduce(
+                self.stats[key], torch.distributed.ReduceOp.SUM
+            )
+
+    def score(self, members):
+        """Return one importance score per member (higher: keep).
+
+        Arguments
+        ---------
+        members : Members
+            From :func:`find_members`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[members.count]`` (weight-shaped for ``weights``).
+        """
+        raise NotImplementedError
+
+    def _stat(self, members, name):
+        key = (members.path, name)
+        if key not in self.stats:
+            raise ValueError(
+                f"criterion {type(self).__name__} has no statistics for "
+                f"'{members.path}': data-driven criteria need at least one "
+                "training batch before a pruning step"
+            )
+        return self.stats[key]
+
+
+class Magnitude(Criterion):
+    """The L2 norm of each member's weights (data-free).
+
+    Units and heads: every row and column removed with them (and biases);
+    layers: the root-mean-square of the layer's weight matrices (a weak
+    baseline: it says nothing about what the layer computes); weights:
+    ``|w|``.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> ffn = PositionalwiseFeedForward(d_ffn=3, input_size=2)
+    >>> with torch.no_grad():
+    ...     for p in ffn.parameters():
+    ...         _ = p.fill_(0.1)
+    ...     ffn.ffn[0].weight[1] = 5.0
+    >>> Magnitude().score(Members("", "ffn", ffn)).argmax().item()
+    1
+    """
+
+    def score(self, members):
+        if members.group == "weights":
+            return members.module.weight.detach().abs()
+        magnitude = members.spec.require(
+            "magnitude", "criterion magnitude", type(members.module).__name__
+        )
+        return magnitude(members.module)
+
+
+class Taylor(Criterion):
+    """First-order Taylor estimate of the loss change of a removal.
+
+    ``|sum_i w_i dL/dw_i|`` over each member's outgoing weights per
+    optimizer step, summed over steps (see the module docstring); for
+    layers ``|sum (x_in - x_out) . dL/dx_out|``. Gradients are read before
+    each optimizer step, because SpeechBrain clears them after it.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> ffn = PositionalwiseFeedForward(d_ffn=4, input_size=3)
+    >>> members = [Members("", "ffn", ffn)]
+    >>> taylor = Taylor()
+    >>> ffn(torch.rand(2, 5, 3)).pow(2).sum().backward()
+    >>> taylor.observe_gradients(members)
+    >>> taylor.score(members[0]).shape
+    torch.Size([4])
+    """
+
+    data_driven = True
+
+    def __init__(self):
+        super().__init__()
+        self._pending = {}
+
+    def attach(self, members):
+        """Register the layer hooks that collect ``(x_in - x_out) . g``."""
+        super().attach(members)
+        for item in members:
+            if item.group == "layers":
+                for index, layer in enumerate(item.module.layers):
+                    hook = _LayerTaylorHook(
+                        self._pending, item.path, index, item.count
+                    )
+                    self._handles.append(layer.register_forward_hook(hook))
+
+    def reset(self):
+        super().reset()
+        self._pending.clear()
+
+    def observe_gradients(self, members, scale=1.0):
+        super().observe_gradients(members, scale)
+        for item in members:
+            if item.group == "layers":
+                pending = self._pending.pop(item.path, None)
+                if pending is not None:
+                    self._add((item.path, "taylor"), pending.abs() / scale)
+                continue
+            weight = item.consumer().weight
+            if weight.grad is None:
+                continue
+            products = weight.detach() * weight.grad / scale
+            if item.group == "weights":
+                self._add((item.path, "taylor"), products.abs())
+            else:
+                self._add(
+                    (item.path, "taylor"), _outgoing(item, products).abs()
+                )
+
+    def score(self, members):
+        return self._stat(members, "taylor")
+
+
+class _LayerTaylorHook:
+    """Forward hook adding ``(x_in - x_out) . dL/dx_out`` per layer."""
+
+    def __init__(self, pending, path, index, count):
+        self.pending, self.path = pending, path
+        self.index, self.count = index, count
+
+    def __call__(self, layer, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        if not (layer.training and out.requires_grad):
+            return
+        delta = (args[0] - out).detach()
+
+        def on_grad(grad):
+            value = (delta * grad).sum().detach().float()
+            if self.path not in self.pending:
+                self.pending[self.path] = torch.zeros(
+                    self.count, device=value.device
+                )
+            self.pending[self.path][self.index] += value
+
+        out.register_hook(on_grad)
+
+
+class _ActivationCriterion(Criterion):
+    """Collects input statistics of the members' consumer layers."""
+
+    data_driven = True
+
+    def attach(self, members):
+        """Register forward hooks on the consumers (and layers)."""
+        super().attach(members)
+        # PrunableRelPosMHA applies its projections with F.linear on padded
+        # weights: their inputs are observed by one hook on the attention.
+        relpos = {}
+        for item in members:
+            if item.group == "layers":
+                for index, layer in enumerate(item.module.layers):
+                    hook = _LayerUpdateHook(self, item.path, index, item.count)
+                    self._handles.append(layer.register_forward_hook(hook))
+            elif isinstance(item.module, PrunableRelPosMHA):
+                relpos.setdefault(item.module, {})["heads"] = item.path
+            elif item.owner is not None:
+                role = item.path.rpartition(".")[2]
+                relpos.setdefault(item.owner, {})[role] = item.path
+            else:
+                hook = _InputStatsHook(self, item.path)
+                self._handles.append(
+                    item.consumer().register_forward_pre_hook(hook)
+                )
+        for mha, paths in relpos.items():
+            hook = _RelPosInputsHook(self, paths)
+            self._handles.append(
+                mha.register_forward_hook(hook, with_kwargs=True)
+            )
+
+    def observe_gradients(self, members, scale=1.0):
+        self.batches += 1
+
+    def _input_norms(self, members):
+        """Mean absolute input and input L2 norm per consumer column."""
+        count = self._stat(members, "count")
+        return self._stat(members, "abs") / count, self._stat(members, "sq")
+
+    def _layer_score(self, members):
+        return self._stat(members, "update") / self._stat(members, "count")
+
+
+def _add_input_stats(criterion, path, x):
+    """Per-column sums of ``|x|`` and ``x^2``, and the row count."""
+    x = x.detach().reshape(-1, x.shape[-1])
+    criterion._add((path, "abs"), x.abs().sum(0))
+    criterion._add((path, "sq"), x.pow(2).sum(0))
+    criterion._add((path, "count"), torch.tensor(float(x.shape[0])))
+
+
+class _InputStatsHook:
+    """Forward pre-hook: statistics of a consumer Linear's input."""
+
+    def __init__(self, criterion, path):
+        self.criterion, self.path = criterion, path
+
+    def __call__(self, module, args):
+        if module.training:
+            _add_input_stats(self.criterion, self.path, args[0])
+
+
+class _RelPosInputsHook:
+    """Forward hook on a PrunableRelPosMHA: inputs of its projections.
+
+    ``paths`` maps roles to statistics keys: ``in_proj`` (the query),
+    ``linear_pos`` (the positional embeddings), ``out_proj`` and ``heads``
+    (the attention context of each value unit, ``attn_h @ v_j``, recomputed
+    from the value input and the per-head attention weights returned).
+    """
+
+    def __init__(self, criterion, paths):
+        self.criterion, self.paths = criterion, paths
+
+    @torch.no_grad()
+    def __call__(self, mha, args, kwargs, output):
+        if not mha.training:
+            return
+        names = ("query", "key", "value", "pos_embs")
+        inputs = dict(zip(names, args), **kwargs)
+        for role, name in (("in_proj", "query"), ("linear_pos", "pos_embs")):
+            if role in self.paths:
+                _add_input_stats(self.criterion, self.paths[role], inputs[name])
+        roles = [r for r in ("out_proj", "heads") if r in self.paths]
+        if not roles or not isinstance(output, tuple):
+            return
+        n_qk = sum(mha.qk_dims)
+        v = F.linear(inputs["value"], mha.in_proj.weight[2 * n_qk :])
+        contexts, start = [], 0
+        for head, width in enumerate(mha.v_dims):
+            unit_values = v[..., start : start + width]
+            contexts.append(output[1][:, head].to(v.dtype) @ unit_values)
+            start += width
+        contexts = torch.cat(contexts, -1)
+        for role in roles:
+            _add_input_stats(self.criterion, self.paths[role], contexts)
+
+
+class _LayerUpdateHook:
+    def __init__(self, criterion, path, index, count):
+        self.criterion, self.path = criterion, path
+        self.index, self.count = index, count
+
+    def __call__(self, layer, args, output):
+        if not layer.training:
+            return
+        out = (output[0] if isinstance(output, tuple) else output).detach()
+        x = args[0].detach()
+        update = (out - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
+        one_hot = torch.zeros(self.count, device=update.device)
+        one_hot[self.index] = 1.0
+        self.criterion._add((self.path, "update"), one_hot * update.sum())
+        self.criterion._add(
+            (self.path, "count"), one_hot * float(update.numel())
+        )
+
+
+class Activation(_ActivationCriterion):
+    """Mean absolute activation of each member (data-driven).
+
+    Units: ``mean |a_j|``; heads: the sum of that over the head's value
+    units; layers: the mean relative update ``||x_out - x_in|| /
+    ||x_in||``; weights: ``|W_ij| mean |x_j|``.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> ffn = PositionalwiseFeedForward(d_ffn=4, input_size=3)
+    >>> members = [Members("", "ffn", ffn)]
+    >>> activation = Activation()
+    >>> activation.attach(members)
+    >>> _ = ffn(torch.rand(2, 5, 3))
+    >>> activation.score(members[0]).shape
+    torch.Size([4])
+    """
+
+    def score(self, members):
+        if members.group == "layers":
+            return self._layer_score(members)
+        mean_abs, _ = self._input_norms(members)
+        if members.group == "weights":
+            return members.module.weight.detach().abs() * mean_abs
+        if members.group == "heads":
+            return members.per_member(mean_abs)
+        return mean_abs
+
+
+class Wanda(_ActivationCriterion):
+    """Weights times input norms, ``|W| ||x||_2`` (Sun et al. 2023).
+
+    Units and heads: ``sum_o |W_oj| ||x_j||_2`` over their outgoing
+    weights; weights: ``|W_ij| ||x_j||_2``. Layers have no such form: use
+    ``activation`` or ``taylor`` for them.
+
+    Example
+    -------
+    >>> Wanda().attach([Members("", "layers", None)])
+    Traceback (most recent call last):
+    ...
+    ValueError: criterion wanda scores ffn, heads and weights, not layers; ...
+    """
+
+    def attach(self, members):
+        if any(item.group == "layers" for item in members):
+            raise ValueError(
+                "criterion wanda scores ffn, heads and weights, not layers; "
+                "use activation or taylor for groups: [layers]"
+            )
+        super().attach(members)
+
+    def score(self, members):
+        _, squares = self._input_norms(members)
+        norms = squares.sqrt()
+        weight = members.consumer().weight.detach().abs()
+        if members.group == "weights":
+            return weight * norms
+        return _outgoing(members, weight * norms)
+
+
+CRITERIA = {
+    "magnitude": Magnitude,
+    "taylor": Taylor,
+    "activation": Activation,
+    "wanda": Wanda,
+}
+
+
+def make_criterion(name):
+    """Return the criterion called ``name``.
+
+    Arguments
+    ---------
+    name : str
+        One of ``magnitude``, ``taylor``, ``activation``, ``wanda``.
+
+    Returns
+    -------
+    Criterion
+        A new instance.
+
+    Example
+    -------
+    >>> make_criterion("taylor")
+    Taylor()
+    >>> make_criterion("l1")
+    Traceback (most recent call last):
+    ...
+    ValueError: criterion: unknown name 'l1'; choose from [...]
+    """
+    if name not in CRITERIA:
+        raise ValueError(
+            f"criterion: unknown name {name!r}; choose from {sorted(CRITERIA)}"
+        )
+    return CRITERIA[name]()
+
+
+def keep_top(scores, n_keep):
+    """Indices of the ``n_keep`` highest scores, sorted (ties: lower index).
+
+    Arguments
+    ---------
+    scores : torch.Tensor
+        One score per member.
+    n_keep : int
+        How many to keep.
+
+    Returns
+    -------
+    torch.LongTensor
+        Sorted indices.
+
+    Example
+    -------
+    >>> keep_top(torch.tensor([0.5, 2.0, 0.5, 1.0]), 3)
+    tensor([0, 1, 3])
+    """
+    order = torch.sort(-scores.detach().cpu().float(), stable=True).indices
+    return order[:n_keep].sort().values

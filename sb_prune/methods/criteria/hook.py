@@ -1,0 +1,261 @@
+"""The hook that prunes the lowest-scored groups on a schedule.
+
+Authors
+ * sb_prune developers
+"""
+
+import logging
+
+import torch
+from speechbrain.utils.distributed import ddp_broadcast
+
+from sb_prune.methods.criteria.criteria import (
+    GROUPS,
+    Criterion,
+    find_members,
+    keep_top,
+    make_criterion,
+)
+from sb_prune.training.hooks import (
+    PruningHook,
+    check_epochs,
+    checked_schedule,
+    prune_by_plan,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CriterionPruning(PruningHook):
+    """Prune the lowest-scored members of groups, following a schedule.
+
+    At the end of each training epoch where the schedule takes a step, the
+    criterion scores every member (units of each feed-forward block, heads
+    of each attention, layers of each encoder, or single weights) and each
+    module keeps its ``round(n_0 (1 - s_k))`` best members (``n_0``: what it
+    had when the schedule started; at least ``min_units``). Scores of
+    data-driven criteria are collected during the training batches since
+    the previous step and summed over DDP processes; the plan is broadcast
+    from the main process. Structured groups are removed physically;
+    ``weights`` are zeroed and kept at zero by a mask (no speed-up without
+    sparse kernels).
+
+    Arguments
+    ---------
+    criterion : str or sb_prune.methods.criteria.criteria.Criterion
+        ``magnitude``, ``taylor``, ``activation``, ``wanda``, or an
+        instance (``!new:sb_prune.methods.criteria.Taylor``).
+    schedule : sb_prune.training.schedules.Schedule
+        ``!new:sb_prune.training.schedules.OneShot`` or ``Incremental``.
+    groups : list of str
+        A subset of ``ffn, heads, layers`` (structured), or ``[weights]``
+        (unstructured).
+    min_units : int
+        Members each module always keeps, >= 1.
+
+    Example
+    -------
+    >>> from sb_prune.training.schedules import Incremental
+    >>> hook = CriterionPruning(
+    ...     "taylor", Incremental(0.5, steps=2), groups=["ffn", "heads"]
+    ... )
+    >>> hook.schedule.sparsity(1), hook.keep_count(8, count=8, step=1)
+    (0.4375, 5)
+    >>> CriterionPruning("taylor", Incremental(0.5), groups=["rows"])
+    Traceback (most recent call last):
+    ...
+    ValueError: groups: unknown or empty ['rows']; choose from [...]
+    """
+
+    def __init__(self, criterion, schedule, groups=("ffn",), min_units=1):
+        if isinstance(criterion, str):
+            criterion = make_criterion(criterion)
+        if not isinstance(criterion, Criterion):
+            raise ValueError(
+                "criterion must be a name or an sb_prune.methods.criteria "
+                f"Criterion, got {type(criterion).__name__}"
+            )
+        groups = list(groups)
+        unknown = sorted(set(groups) - set(GROUPS))
+        if unknown or not groups:
+            raise ValueError(
+                f"groups: unknown or empty {unknown or groups}; choose from "
+                f"{list(GROUPS)}"
+            )
+        if "weights" in groups and len(groups) > 1:
+            raise ValueError(
+                "groups: 'weights' (unstructured masks) cannot be combined "
+                "with structured groups: masks do not follow their surgery"
+            )
+        if isinstance(min_units, bool) or not (
+            isinstance(min_units, int) and min_units >= 1
+        ):
+            raise ValueError(
+                f"min_units must be an integer >= 1, got {min_units}"
+            )
+        self.criterion = criterion
+        self.schedule = checked_schedule(schedule)
+        self.groups = groups
+        self.min_units = min_units
+        self.step = 0
+        self.history = []
+        self.initial = {}
+        self._members = []
+        self._masks = {}
+
+    @property
+    def unstructured(self):
+        """Whether the hook masks single weights."""
+        return self.groups == ["weights"]
+
+    def keep_count(self, initial, count, step):
+        """How many members a module keeps after step ``step``.
+
+        Arguments
+        ---------
+        initial : int
+            Members the module had when the schedule started.
+        count : int
+            Members it has now.
+        step : int
+            The step being taken (1-based).
+
+        Returns
+        -------
+        int
+            ``round(initial * (1 - s_step))`` (halves up), at least
+            ``min_units`` and at most ``count``.
+        """
+        kept = int(initial * (1.0 - self.schedule.sparsity(step)) + 0.5)
+        return min(count, max(self.min_units, kept))
+
+    def _renumber(self, plan):
+        """Follow layer cuts in the paths of ``self.initial``."""
+        for path, groups in plan.items():
+            if "layers" not in groups:
+                continue
+            prefix = f"{path}.layers." if path else "layers."
+            moved = {int(old): new for new, old in enumerate(groups["layers"])}
+            renamed = {}
+            for key, count in self.initial.items():
+                if key.startswith(prefix):
+                    index, _, rest = key[len(prefix) :].partition(".")
+                    if int(index) not in moved:
+                        continue
+                    key = f"{prefix}{moved[int(index)]}" + (
+                        f".{rest}" if rest else ""
+                    )
+                renamed[key] = count
+            self.initial = renamed
+
+    def _find(self, brain):
+        root = brain.unwrapped_modules()
+        self._members = find_members(root, self.groups)
+        found = {members.group for members in self._members}
+        for group in self.groups:
+            if group not in found:
+                hint = {
+                    "heads": ": add prunable_attention to sb_prune.convert",
+                }.get(group, "")
+                raise ValueError(
+                    f"groups has '{group}' but the model has nothing to prune "
+                    f"there{hint}"
+                )
+        self.criterion.attach(self._members)
+
+    def on_fit_start(self, brain):
+        """Check the model and schedule; attach the criterion; re-mask."""
+        check_epochs(self.schedule, brain)
+        self._find(brain)
+        for members in self._members:
+            self.initial.setdefault(members.path, members.count)
+        if self.unstructured and self.step > 0:
+            self._masks = {
+                members.module.weight: members.module.weight != 0
+                for members in self._members
+            }
+
+    def on_gradients(self, brain):
+        """Let data-driven criteria read the gradients."""
+        self.criterion.observe_gradients(
+            self._members, brain.scaler.get_scale()
+        )
+
+    def on_optimizer_step(self, brain):
+        """Keep masked weights at zero."""
+        for weight, mask in self._masks.items():
+            weight.data.mul_(mask)
+        return False
+
+    def on_train_epoch_end(self, brain, epoch):
+        """Take the schedule's step(s) due at the end of this epoch."""
+        steps = self.schedule.due(self.step, epoch)
+        for step in steps:
+            self._take_step(brain, step, epoch)
+        return bool(steps) and not self.unstructured
+
+    def _take_step(self, brain, step, epoch):
+        if self.criterion.data_driven:
+            self.criterion.all_reduce()
+        if self.unstructured:
+            self._mask_weights(step)
+        else:
+            plan = {}
+            # Layer cuts renumber the paths below them: apply them last.
+            for members in sorted(
+                self._members, key=lambda m: m.group == "layers"
+            ):
+                initial = self.initial[members.path]
+                keep = self.keep_count(initial, members.count, step)
+                if keep < members.count:
+                    scores = self.criterion.score(members)
+                    plan[members.path] = members.plan(keep_top(scores, keep))
+            prune_by_plan(brain, plan)
+            self._renumber(plan)
+        self.step = step
+        self.criterion.reset()
+        self._find(brain)
+        counts = {}
+        for members in self._members:
+            counts[members.group] = counts.get(members.group, 0) + (
+                int((members.module.weight != 0).sum())
+                if self.unstructured
+                else members.count
+            )
+        self.history.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "sparsity": self.schedule.sparsity(step),
+                "kept": counts,
+            }
+        )
+        logger.info(
+            f"sb_prune: {self.criterion!r} step {step}/"
+            f"{self.schedule.steps} at epoch {epoch}, kept {counts}"
+        )
+
+    def _mask_weights(self, step):
+        for members in self._members:
+            weight = members.module.weight
+            keep = self.keep_count(weight.numel(), weight.numel(), step)
+            scores = self.criterion.score(members).flatten()
+            mask = torch.zeros(weight.numel(), dtype=torch.bool)
+            mask[keep_top(scores, keep)] = True
+            mask = ddp_broadcast(mask.view_as(weight.data.cpu()))
+            self._masks[weight] = mask.to(weight.device)
+            weight.data.mul_(self._masks[weight])
+
+    def state_dict(self):
+        """Return the steps taken, the original counts and the history."""
+        return {
+            "step": self.step,
+            "initial": self.initial,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state):
+        """Restore the steps taken (training resumes mid-schedule)."""
+        self.step = int(state["step"])
+        self.initial = dict(state["initial"])
+        self.history = list(state["history"])

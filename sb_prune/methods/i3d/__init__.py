@@ -1,0 +1,5 @@
+"""I3D dynamic depth (Peng et al. 2023): gated encoders and gate analysis.
+
+Authors
+ * sb_prune developers
+"""

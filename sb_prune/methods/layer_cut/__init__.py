@@ -1,0 +1,5 @@
+"""Layer cuts: the rules that choose layers, and the hook.
+
+Authors
+ * sb_prune developers
+"""

@@ -1,0 +1,125 @@
+"""Replace Linear layers by truncated-SVD low-rank factors.
+
+Authors
+ * sb_prune developers
+"""
+
+from speechbrain.nnet.attention import PositionalwiseFeedForward
+
+from sb_prune.methods.attention.convert import add_prunable_attention
+from sb_prune.methods.attention.mha import PrunableMHA
+from sb_prune.methods.attention.relpos import PrunableRelPosMHA
+from sb_prune.methods.low_rank.layer import LowRankLinear, rank_for_compression
+
+LOW_RANK_POINTS = ("ffn", "attention")
+
+
+def _low_rank_targets(model, points):
+    """``(parent, attribute name, path)`` of each Linear to factorise."""
+    targets = []
+    for path, module in model.named_modules():
+        names = []
+        if "ffn" in points and isinstance(module, PositionalwiseFeedForward):
+            module, path = module.ffn, f"{path}.ffn"
+            names = ["0", str(len(module) - 1)]
+        elif "attention" in points and isinstance(
+            module, (PrunableMHA, PrunableRelPosMHA)
+        ):
+            names = ["in_proj", "out_proj"]
+        for name in names:
+            if isinstance(getattr(module, name), LowRankLinear):
+                raise ValueError("low_rank: the model is already converted")
+            targets.append((module, name, f"{path}.{name}".lstrip(".")))
+    return targets
+
+
+def add_low_rank(model, points=("ffn",), rank=None, compression=None):
+    """Replace Linear layers by :class:`~sb_prune.nn.LowRankLinear`.
+
+    Each layer is factorised by truncated SVD of its current weights, so
+    load trained weights before converting (a full-rank conversion is
+    exact). Application points:
+
+    * ``ffn``: both Linear layers of every feed-forward block
+      (``PositionalwiseFeedForward``: Conformer macaron FFNs, Transformer
+      encoder/LM FFNs);
+    * ``attention``: the input (query/key/value) and output projections of
+      every self-attention, made prunable first (see
+      :func:`add_prunable_attention`). Low-rank projections cannot have
+      their heads pruned afterwards. :class:`~sb_prune.nn.PrunableMHA`
+      (regularMHA: Transformer encoders, TransformerLM) applies them as
+      modules, so they save time; :class:`~sb_prune.nn.PrunableRelPosMHA`
+      (Conformers) builds padded dense weights on every call, so there they
+      save parameters but not time.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A SpeechBrain model.
+    points : list of str
+        A subset of ``ffn, attention``.
+    rank : int, optional
+        The rank of every converted layer, in ``[1, min(in, out)]``.
+    compression : float, optional
+        Instead of ``rank``: the fraction of each dense weight matrix's
+        entries that the factors remove, in [0, 1) (0 is the break-even
+        rank, see
+        :func:`~sb_prune.methods.low_rank.layer.rank_for_compression`).
+        Without ``rank`` and ``compression`` the conversion is full rank
+        (exact, but larger than the dense layer until compressed).
+
+    Returns
+    -------
+    torch.nn.Module
+        The same model, converted in place.
+
+    Example
+    -------
+    >>> from torch import nn
+    >>> ffn = PositionalwiseFeedForward(d_ffn=8, input_size=4)
+    >>> block = add_low_rank(nn.Sequential(ffn), compression=0.5)
+    >>> ffn.ffn[0].rank, ffn.ffn[3].rank
+    (1, 1)
+    >>> add_low_rank(
+    ...     nn.Sequential(PositionalwiseFeedForward(d_ffn=8, input_size=4)),
+    ...     rank=5,
+    ... )
+    Traceback (most recent call last):
+    ...
+    ValueError: low_rank.rank (0.ffn.0) must be in [1, ...4], got 5
+    """
+    points = list(points)
+    unknown = sorted(set(points) - set(LOW_RANK_POINTS))
+    if unknown or not points:
+        raise ValueError(
+            f"low_rank.points: unknown or empty {unknown or points}; choose "
+            f"from {list(LOW_RANK_POINTS)}"
+        )
+    if rank is not None and compression is not None:
+        raise ValueError("low_rank: give rank or compression, not both")
+    if "attention" in points:
+        add_prunable_attention(model)
+    targets = _low_rank_targets(model, points)
+    if not targets:
+        raise ValueError(
+            f"low_rank: the model has no Linear layer at points {points}"
+        )
+    for parent, name, path in targets:
+        dense = getattr(parent, name)
+        layer_rank = rank
+        if compression is not None:
+            layer_rank = rank_for_compression(
+                dense.in_features, dense.out_features, compression
+            )
+        if layer_rank is not None and not (
+            1 <= layer_rank <= min(dense.in_features, dense.out_features)
+        ):
+            raise ValueError(
+                f"low_rank.rank ({path}) must be in [1, min(in_features, "
+                f"out_features) = "
+                f"{min(dense.in_features, dense.out_features)}], got "
+                f"{layer_rank}"
+            )
+        low = LowRankLinear.from_linear(dense, layer_rank)
+        setattr(parent, name, low.train(dense.training))
+    return model

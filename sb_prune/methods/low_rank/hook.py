@@ -1,0 +1,146 @@
+"""The hook that lowers the rank of low-rank layers on a schedule.
+
+Authors
+ * sb_prune developers
+"""
+
+import logging
+import os
+
+import torch
+from speechbrain.utils.distributed import if_main_process
+
+from sb_prune.deploy.checkpoint import export_model
+from sb_prune.methods.low_rank.layer import LowRankLinear, rank_for_compression
+from sb_prune.training.hooks import (
+    PruningHook,
+    check_epochs,
+    checked_schedule,
+    prune_by_plan,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class LowRankCompression(PruningHook):
+    """Lower the rank of LowRankLinear layers step by step.
+
+    At each step of the schedule, every :class:`~sb_prune.nn.LowRankLinear`
+    is re-factorised so its directions are ordered again
+    (:meth:`~sb_prune.nn.LowRankLinear.reorder_`), then cut to the rank
+    that removes a fraction ``s_k`` of its dense weight matrix (see
+    :func:`~sb_prune.methods.low_rank.layer.rank_for_compression`); the
+    epochs in between fine-tune it. The optimizer state of the factors is reset,
+    since re-factorising changes their basis. With ``export_folder``, the
+    model of every stage (fine-tuned at its rank, just before the next
+    cut, and at the end of training) is written there as its own smaller
+    checkpoint (:func:`sb_prune.deploy.checkpoint.export_model`), in
+    ``compression_<s>``: one run delivers several model sizes.
+
+    Arguments
+    ---------
+    schedule : sb_prune.training.schedules.Schedule
+        Target compression of the converted layers and when to step.
+    export_folder : str, optional
+        Where to export every stage.
+    export_module : str, optional
+        Export only this module of the Brain (e.g. ``model``), so a stage
+        loads into that module alone; default: all the Brain's modules.
+
+    Example
+    -------
+    >>> from sb_prune.training.schedules import Incremental
+    >>> hook = LowRankCompression(Incremental(0.75, steps=3, ramp="linear"))
+    >>> [hook.schedule.sparsity(k) for k in (1, 2, 3)]
+    [0.25, 0.5, 0.75]
+    """
+
+    def __init__(self, schedule, export_folder=None, export_module=None):
+        self.schedule = checked_schedule(schedule)
+        self.export_folder = export_folder
+        self.export_module = export_module
+        self.step = 0
+        self.history = []
+
+    @staticmethod
+    def _layers(brain):
+        return [
+            (path, module)
+            for path, module in brain.unwrapped_modules().named_modules()
+            if isinstance(module, LowRankLinear)
+        ]
+
+    def on_fit_start(self, brain):
+        """Check the model and the schedule."""
+        check_epochs(self.schedule, brain)
+        modules = brain.unwrapped_modules()
+        if self.export_module is not None and self.export_module not in modules:
+            raise ValueError(
+                f"export_module: the Brain has no module {self.export_module!r}"
+                f"; it has {sorted(modules)}"
+            )
+        if not self._layers(brain):
+            raise ValueError(
+                "prune_hooks has LowRankCompression but the model has no "
+                "LowRankLinear layers: add low_rank to sb_prune.convert"
+            )
+
+    def on_train_epoch_end(self, brain, epoch):
+        """Export the current stage, then cut the ranks, if a step is due."""
+        steps = self.schedule.due(self.step, epoch)
+        for step in steps:
+            self._export(brain)
+            self._take_step(brain, step, epoch)
+        return bool(steps)
+
+    def _take_step(self, brain, step, epoch):
+        compression = self.schedule.sparsity(step)
+        plan = {}
+        optimizer = getattr(brain, "optimizer", None)
+        for path, layer in self._layers(brain):
+            layer.reorder_()
+            rank = rank_for_compression(
+                layer.in_features, layer.out_features, compression
+            )
+            if rank < layer.rank:
+                plan[path] = {"rank": torch.arange(rank)}
+            if optimizer is not None:
+                for param in layer.parameters():
+                    optimizer.state.pop(param, None)
+        prune_by_plan(brain, plan)
+        self.step = step
+        ranks = [layer.rank for _, layer in self._layers(brain)]
+        self.history.append(
+            {"epoch": epoch, "compression": compression, "ranks": ranks}
+        )
+        logger.info(
+            f"sb_prune: low-rank step {step}/{self.schedule.steps} at epoch "
+            f"{epoch}: compression {compression:.2f}, ranks {ranks}"
+        )
+
+    def _export(self, brain):
+        if self.export_folder is None or self.step == 0:
+            return
+        compression = self.schedule.sparsity(self.step)
+        folder = os.path.join(
+            self.export_folder, f"compression_{compression:.2f}"
+        )
+        modules = brain.unwrapped_modules()
+        if self.export_module is not None:
+            modules = modules[self.export_module]
+        if if_main_process():
+            export_model(modules, folder)
+
+    def on_fit_end(self, brain):
+        """Export the last stage."""
+        self._export(brain)
+        return False
+
+    def state_dict(self):
+        """Return the steps taken and their history."""
+        return {"step": self.step, "history": self.history}
+
+    def load_state_dict(self, state):
+        """Restore the steps taken (training resumes mid-schedule)."""
+        self.step = int(state["step"])
+        self.history = list(state["history"])

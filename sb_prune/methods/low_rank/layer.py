@@ -1,0 +1,339 @@
+"""Low-rank Linear layers whose rank can be lowered step by step.
+
+:class:`LowRankLinear` replaces a ``Linear`` ``y = W x + b`` (``W`` of shape
+``out x in``) by two thin factors ``y = U (V x) + b``, with ``U`` of shape
+``out x R`` and ``V`` of shape ``R x in``. It is built from a truncated SVD
+``W ~ (P_R S_R^1/2) (S_R^1/2 Q_R^T)``, so the directions are ordered by
+singular value: the first ``r`` of them give the best rank-``r``
+approximation, and one trained module can run at any rank ``r <= R``
+(:meth:`LowRankLinear.set_rank`) or be cut physically to rank ``r``
+(:meth:`LowRankLinear.truncate_`).
+
+Training moves the factors away from that order; :meth:`reorder_`
+re-factorises the product ``U V`` (exactly, by an SVD of an ``R x R``
+matrix) so the order holds again. Incremental compression (Emili et al.,
+2023) alternates ``reorder_`` + truncation with fine-tuning: see
+:class:`sb_prune.hooks.LowRankCompression`.
+
+A rank-``R`` factorisation of an ``out x in`` matrix has ``R (in + out)``
+weights: it is smaller than the dense matrix only below the break-even
+rank ``in * out / (in + out)``. :func:`rank_for_compression` turns a target
+fraction of removed weights into a rank.
+
+The rank is part of the structure record (``{"rank": R}``), so pruned
+checkpoints load into a freshly converted model.
+
+Authors
+ * sb_prune developers
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sb_prune.core.inplace import resize_linear_, select_linear_
+
+
+def _check_rank(rank, in_features, out_features, key="rank"):
+    limit = min(in_features, out_features)
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise ValueError(f"{key} must be an integer, got {rank!r}")
+    if not 1 <= rank <= limit:
+        raise ValueError(
+            f"{key} must be in [1, min(in_features, out_features) = {limit}]"
+            f", got {rank}"
+        )
+
+
+def rank_for_compression(in_features, out_features, compression):
+    """Return the rank that removes ``compression`` of a Linear's weights.
+
+    Arguments
+    ---------
+    in_features : int
+        Inputs of the dense Linear.
+    out_features : int
+        Outputs of the dense Linear.
+    compression : float
+        Fraction of the dense weight matrix's entries to remove, in [0, 1).
+        0 gives the break-even rank (as many weights as the dense matrix).
+
+    Returns
+    -------
+    int
+        ``floor((1 - compression) * in * out / (in + out))``, at least 1.
+
+    Example
+    -------
+    >>> rank_for_compression(144, 576, 0.0), rank_for_compression(144, 576, 0.5)
+    (115, 57)
+    """
+    if not 0.0 <= compression < 1.0:
+        raise ValueError(f"compression must be in [0, 1), got {compression}")
+    dense = in_features * out_features
+    return max(
+        1, math.floor((1 - compression) * dense / (in_features + out_features))
+    )
+
+
+class LowRankLinear(nn.Module):
+    """A Linear layer stored as two factors of ordered rank.
+
+    Arguments
+    ---------
+    in_features : int
+        Input size.
+    out_features : int
+        Output size.
+    rank : int
+        Number of directions, in ``[1, min(in_features, out_features)]``.
+    bias : bool
+        Whether the layer has an output bias.
+
+    Example
+    -------
+    >>> dense = torch.nn.Linear(6, 4)
+    >>> low = LowRankLinear.from_linear(dense)  # full rank: exact
+    >>> x = torch.rand(3, 6)
+    >>> bool((low(x) - dense(x)).abs().max() < 1e-5)
+    True
+    >>> low.set_rank(2)  # run at rank 2 without changing the parameters
+    >>> low.truncate_(2)  # or cut the factors to rank 2
+    >>> low.rank, low.up.weight.shape
+    (2, torch.Size([4, 2]))
+    """
+
+    def __init__(self, in_features, out_features, rank, bias=True):
+        super().__init__()
+        _check_rank(rank, in_features, out_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+        self.active_rank = None
+
+    @classmethod
+    def from_linear(cls, linear, rank=None):
+        """Factorise a Linear by truncated SVD.
+
+        Arguments
+        ---------
+        linear : torch.nn.Linear
+            The layer to replace (left unchanged).
+        rank : int, optional
+            The rank to keep (default: ``min(in, out)``, which is exact).
+
+        Returns
+        -------
+        LowRankLinear
+            On the same device and with the same dtype as ``linear``.
+        """
+        weight = linear.weight.detach()
+        out_features, in_features = weight.shape
+        rank = min(in_features, out_features) if rank is None else rank
+        _check_rank(rank, in_features, out_features)
+        new = cls(in_features, out_features, rank, bias=linear.bias is not None)
+        new.to(device=weight.device, dtype=weight.dtype)
+        up, down = _balanced_factors(weight.double(), rank)
+        with torch.no_grad():
+            new.up.weight.copy_(up)
+            new.down.weight.copy_(down)
+            if linear.bias is not None:
+                new.up.bias.copy_(linear.bias)
+        return new
+
+    @property
+    def rank(self):
+        """The number of directions the module stores."""
+        return self.down.out_features
+
+    @property
+    def bias(self):
+        """The output bias (None if the layer has none)."""
+        return self.up.bias
+
+    @property
+    def weight(self):
+        """The dense ``out x in`` matrix ``U V`` (at the active rank).
+
+        For code that reads ``.weight`` directly; it is a new tensor on
+        every access, use the module's forward where possible.
+        """
+        rank = self.active_rank or self.rank
+        return self.up.weight[:, :rank] @ self.down.weight[:rank]
+
+    def forward(self, x):
+        """Compute ``U (V x) + b`` at the active rank.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[..., in_features]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[..., out_features]``.
+        """
+        rank = self.active_rank
+        if rank is None or rank == self.rank:
+            return self.up(self.down(x))
+        hidden = F.linear(x, self.down.weight[:rank])
+        return F.linear(hidden, self.up.weight[:, :rank], self.up.bias)
+
+    def set_rank(self, rank=None):
+        """Run with only the first ``rank`` directions (None: all).
+
+        The parameters are unchanged; call :meth:`reorder_` after training
+        so that the first directions are the most important ones.
+
+        Arguments
+        ---------
+        rank : int, optional
+            In ``[1, self.rank]``.
+        """
+        if rank is not None:
+            _check_rank(rank, self.rank, self.rank)
+        self.active_rank = rank
+
+    @torch.no_grad()
+    def reorder_(self):
+        """Re-factorise ``U V`` so its directions are ordered again.
+
+        The product (hence the output) is unchanged up to rounding; the
+        Parameter objects are kept. Directions beyond the numerical rank
+        of the product get zero weights.
+
+        Returns
+        -------
+        torch.Tensor
+            The singular values of ``U V``, in decreasing order.
+
+        Example
+        -------
+        >>> low = LowRankLinear(5, 4, rank=3)
+        >>> before = low.weight
+        >>> values = low.reorder_()
+        >>> bool(torch.all(values[:-1] >= values[1:]))
+        True
+        >>> bool(torch.allclose(low.weight, before, atol=1e-6))
+        True
+        """
+        up, down = self.up.weight, self.down.weight
+        q_up, r_up = torch.linalg.qr(up.double())
+        q_down, r_down = torch.linalg.qr(down.double().T)
+        left, values, right_t = torch.linalg.svd(r_up @ r_down.T)
+        root = values.sqrt()
+        up.copy_((q_up @ left) * root)
+        down.copy_(root[:, None] * (right_t @ q_down.T))
+        return values.to(up.dtype)
+
+    def select_ranks(self, rank):
+        """Keep the directions ``rank`` (indices), in place.
+
+        Arguments
+        ---------
+        rank : torch.LongTensor
+            Indices of the directions to keep, in order.
+        """
+        select_linear_(self.down, rows=rank)
+        select_linear_(self.up, cols=rank)
+        self.active_rank = None
+
+    def truncate_(self, rank):
+        """Reorder, then keep the ``rank`` strongest directions, in place.
+
+        Arguments
+        ---------
+        rank : int
+            In ``[1, self.rank]``.
+        """
+        _check_rank(rank, self.rank, self.rank)
+        self.reorder_()
+        self.select_ranks(torch.arange(rank))
+
+    def get_structure(self):
+        """Return the stored rank (the module's structure record)."""
+        return {"rank": self.rank}
+
+    def set_structure(self, spec):
+        """Resize to the recorded rank (placeholder values).
+
+        Arguments
+        ---------
+        spec : dict
+            ``{"rank": R}`` as returned by :meth:`get_structure`.
+        """
+        resize_linear_(self.down, spec["rank"], self.in_features)
+        resize_linear_(self.up, self.out_features, spec["rank"])
+        self.active_rank = None
+
+    def extra_repr(self):
+        return (
+            f"in_features={self.in_features}, "
+            f"out_features={self.out_features}, rank={self.rank}, "
+            f"bias={self.up.bias is not None}"
+        )
+
+
+def _balanced_factors(weight, rank):
+    """``weight ~ up @ down`` with ``sqrt(S)`` on both sides."""
+    left, values, right_t = torch.linalg.svd(weight, full_matrices=False)
+    root = values[:rank].sqrt()
+    return left[:, :rank] * root, root[:, None] * right_t[:rank]
+
+
+def set_compression(model, compression, physical=False):
+    """Run every LowRankLinear of ``model`` at a compression level.
+
+    Each layer is reordered (:meth:`LowRankLinear.reorder_`, output
+    unchanged), then runs with the rank that removes ``compression`` of its
+    dense weights (never more than the rank it has). One trained model thus
+    delivers several sizes: ``physical=False`` only selects the directions
+    at inference (and can go back up), ``physical=True`` cuts the factors,
+    so :func:`sb_prune.deploy.checkpoint.export_model` writes a smaller
+    checkpoint.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A model converted with ``low_rank``.
+    compression : float
+        In [0, 1); see :func:`rank_for_compression`.
+    physical : bool
+        Cut the factors instead of selecting directions.
+
+    Returns
+    -------
+    list of int
+        The rank of each LowRankLinear, in module order.
+
+    Example
+    -------
+    >>> model = torch.nn.Sequential(LowRankLinear(8, 8, rank=8))
+    >>> set_compression(model, 0.5)
+    [2]
+    >>> set_compression(model, 0.0, physical=True)
+    [4]
+    >>> model[0].rank
+    4
+    """
+    ranks = []
+    for layer in model.modules():
+        if not isinstance(layer, LowRankLinear):
+            continue
+        rank = min(
+            layer.rank,
+            rank_for_compression(
+                layer.in_features, layer.out_features, compression
+            ),
+        )
+        if physical:
+            layer.truncate_(rank)
+        else:
+            layer.reorder_()
+            layer.set_rank(rank)
+        ranks.append(rank)
+    return ranks

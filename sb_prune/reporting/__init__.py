@@ -1,0 +1,5 @@
+"""Reporting: run summaries, the report renderer, MACs and latency.
+
+Authors
+ * sb_prune developers
+"""

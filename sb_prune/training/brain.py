@@ -1,0 +1,330 @@
+"""PruningBrain: a SpeechBrain Brain that prunes between epochs.
+
+Make a recipe prune-aware with one line, the base class of its Brain::
+
+    class ASR(sb_prune.PruningBrain):   # was: class ASR(sb.Brain)
+
+and list the hooks in the hparams file under ``prune_hooks``. The Brain
+
+* runs the hooks at fixed points of training (see :mod:`sb_prune.hooks`):
+  before each batch, before and after each optimizer step, at the end of
+  each training epoch (before validation, so the checkpoint saved after
+  validation holds the pruned model and its validation score), and at the
+  end of ``fit``;
+* after any structural change, re-wraps DDP modules and rebuilds the
+  optimizer, keeping the state of the surviving parameters (sliced like the
+  parameters);
+* saves the structure record with every checkpoint, and reshapes the model
+  to the record before the checkpoint's tensors are loaded, so resuming,
+  ``--test_only`` and loading a best checkpoint all work after pruning;
+* passes SpeechBrain's loss scaling to the auxiliary losses of sb_prune
+  modules (see :mod:`sb_prune.training.auxiliary`).
+
+The hooks run on every process; decisions are broadcast from the main
+process, so all processes prune identically.
+
+Authors
+ * sb_prune developers
+"""
+
+import json
+import logging
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.distributed import if_main_process
+
+from sb_prune.core.inplace import ResizeJournal
+from sb_prune.core.structure import describe, restore
+from sb_prune.training.auxiliary import auxiliary_loss_scale
+from sb_prune.training.hooks import PruningHook
+
+logger = logging.getLogger(__name__)
+
+STRUCTURE_KEY = "sb_prune_structure"
+
+
+def unwrap(module):
+    """Return the module inside DDP, DataParallel or torch.compile wrappers.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        A module, possibly wrapped.
+
+    Returns
+    -------
+    torch.nn.Module
+        The wrapped module itself.
+
+    Example
+    -------
+    >>> lin = torch.nn.Linear(2, 2)
+    >>> unwrap(torch.nn.DataParallel(lin)) is lin
+    True
+    """
+    while True:
+        inner = getattr(module, "module", None) or getattr(
+            module, "_orig_mod", None
+        )
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+
+
+def read_structure(checkpoint):
+    """Return the structure record saved in a checkpoint, or None.
+
+    Arguments
+    ---------
+    checkpoint : speechbrain.utils.checkpoints.Checkpoint
+        A checkpoint found by the Checkpointer.
+
+    Returns
+    -------
+    dict or None
+        The record, or None for a checkpoint saved without sb_prune.
+    """
+    path = checkpoint.paramfiles.get(STRUCTURE_KEY)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@register_checkpoint_hooks
+class _StructureRecoverable:
+    """Saves the structure record; on load, reshapes the model first."""
+
+    def __init__(self, brain):
+        self.brain = brain
+
+    @mark_as_saver
+    def _save(self, path):
+        if if_main_process():
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(describe(self.brain.unwrapped_modules()), handle)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch):
+        del end_of_epoch
+        with open(path, encoding="utf-8") as handle:
+            self.brain.restore_structure(json.load(handle))
+
+
+@register_checkpoint_hooks
+class _HookRecoverable:
+    """Saves a hook's ``state_dict()`` as JSON."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    @mark_as_saver
+    def _save(self, path):
+        if if_main_process():
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(self.hook.state_dict(), handle)
+
+    @mark_as_loader
+    def _load(self, path, end_of_epoch):
+        del end_of_epoch
+        with open(path, encoding="utf-8") as handle:
+            self.hook.load_state_dict(json.load(handle))
+
+
+class PruningBrain(sb.Brain):
+    """A Brain that runs sb_prune hooks and keeps checkpoints loadable.
+
+    Arguments are those of ``speechbrain.Brain``. The hooks are read from
+    ``hparams["prune_hooks"]`` (a list of :class:`sb_prune.hooks.PruningHook`,
+    possibly empty).
+
+    Example
+    -------
+    >>> from sb_prune.hooks import PruningHook
+    >>> brain = PruningBrain(
+    ...     modules={"lin": torch.nn.Linear(2, 2)},
+    ...     hparams={"prune_hooks": [PruningHook()]},
+    ... )
+    >>> [type(hook).__name__ for hook in brain.prune_hooks]
+    ['PruningHook']
+    """
+
+    def __init__(
+        self,
+        modules=None,
+        opt_class=None,
+        hparams=None,
+        run_opts=None,
+        checkpointer=None,
+    ):
+        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        hooks = (hparams or {}).get("prune_hooks") or []
+        for index, hook in enumerate(hooks):
+            if not isinstance(hook, PruningHook):
+                raise ValueError(
+                    f"prune_hooks[{index}] must be an sb_prune.hooks "
+                    f"PruningHook, got {type(hook).__name__}"
+                )
+        if hooks and (self.jit or self.compile):
+            raise ValueError(
+                "prune_hooks change the model's shapes, which --jit and "
+                "--compile do not support: compile the exported model"
+            )
+        self.prune_hooks = list(hooks)
+        self._epoch = None
+        self._steps_per_epoch = None
+        if self.checkpointer is not None:
+            self._register_recoverables()
+
+    def _register_recoverables(self):
+        recoverables = self.checkpointer.recoverables
+        self.checkpointer.add_recoverable(
+            STRUCTURE_KEY, _StructureRecoverable(self), optional_load=True
+        )
+        # The structure must be restored before anything else is loaded.
+        structure = recoverables.pop(STRUCTURE_KEY)
+        self.checkpointer.recoverables = {STRUCTURE_KEY: structure}
+        self.checkpointer.recoverables.update(recoverables)
+        for index, hook in enumerate(self.prune_hooks):
+            name = f"sb_prune_hook{index}_{type(hook).__name__}"
+            self.checkpointer.add_recoverable(
+                name, _HookRecoverable(hook), optional_load=True
+            )
+
+    def unwrapped_modules(self):
+        """Return the Brain's modules without DDP/compile wrappers.
+
+        Returns
+        -------
+        torch.nn.ModuleDict
+            Same names as ``self.modules``; paths in structure records and
+            pruning plans are relative to it.
+        """
+        return torch.nn.ModuleDict(
+            {name: unwrap(module) for name, module in self.modules.items()}
+        )
+
+    @property
+    def epoch_progress(self):
+        """Training progress in epochs, or None outside training.
+
+        For example 2.5 means half-way through the third epoch.
+        """
+        if self._epoch is None:
+            return None
+        fraction = 0.0
+        if self._steps_per_epoch:
+            fraction = min(max(self.step - 1, 0) / self._steps_per_epoch, 1)
+        return self._epoch - 1 + fraction
+
+    def restore_structure(self, record):
+        """Reshape the model to a structure record (before a load).
+
+        Arguments
+        ---------
+        record : dict
+            A record from :func:`sb_prune.core.structure.describe`.
+        """
+        with ResizeJournal() as journal:
+            changed = restore(self.unwrapped_modules(), record)
+        if changed:
+            self.modules.to(self.device)
+            self._after_structure_change(journal)
+
+    def has_current_structure(self, checkpoint):
+        """Whether a checkpoint holds the model's current structure.
+
+        Use it as ``ckpt_predicate`` when averaging checkpoints.
+
+        Arguments
+        ---------
+        checkpoint : speechbrain.utils.checkpoints.Checkpoint
+            A checkpoint found by the Checkpointer.
+
+        Returns
+        -------
+        bool
+            True if its record equals the current structure.
+        """
+        return read_structure(checkpoint) == describe(self.unwrapped_modules())
+
+    def _run_hooks(self, event, *args):
+        with ResizeJournal() as journal:
+            changed = [
+                getattr(hook, event)(self, *args) for hook in self.prune_hooks
+            ]
+        if any(changed):
+            self._after_structure_change(journal)
+
+    def _after_structure_change(self, journal):
+        """Re-wrap DDP modules and rebuild the optimizer after surgery."""
+        wrapped = [
+            name
+            for name, module in self.modules.items()
+            if unwrap(module) is not module
+        ]
+        for name in wrapped:
+            self.modules[name] = unwrap(self.modules[name])
+        if wrapped:
+            self._wrap_distributed()
+        old = getattr(self, "optimizer", None)
+        if old is None or self.opt_class is None:
+            return
+        journal.slice_optimizer_state(old)
+        self.init_optimizers()
+        new = self.optimizer
+        for group in new.param_groups:
+            for param in group["params"]:
+                state = old.state.get(param)
+                if state and all(
+                    value.shape == param.shape
+                    for value in state.values()
+                    if torch.is_tensor(value) and value.dim() > 0
+                ):
+                    new.state[param] = state
+        if len(old.param_groups) == len(new.param_groups):
+            for old_group, new_group in zip(old.param_groups, new.param_groups):
+                new_group["lr"] = old_group["lr"]
+        n_params = sum(p.numel() for p in self.modules.parameters())
+        logger.info(f"sb_prune: model restructured, {n_params} parameters")
+
+    def on_fit_start(self):
+        """Wrap, build the optimizer, recover, then start the hooks."""
+        super().on_fit_start()
+        self._run_hooks("on_fit_start")
+
+    def fit(self, epoch_counter, *args, **kwargs):
+        """Train as ``Brain.fit``, then run the hooks' ``on_fit_end``."""
+        super().fit(epoch_counter, *args, **kwargs)
+        if not self.test_only:
+            self._run_hooks("on_fit_end")
+
+    def _fit_train(self, train_set, epoch, enable):
+        self._epoch = epoch
+        try:
+            self._steps_per_epoch = len(train_set)
+        except TypeError:
+            self._steps_per_epoch = None
+        super()._fit_train(train_set, epoch, enable)
+        self._run_hooks("on_train_epoch_end", epoch)
+
+    def fit_batch(self, batch):
+        """Run ``Brain.fit_batch`` with hooks and auxiliary-loss scaling."""
+        for hook in self.prune_hooks:
+            hook.on_batch_start(self)
+        scale = self.scaler.get_scale() / self.grad_accumulation_factor
+        with auxiliary_loss_scale(scale):
+            return super().fit_batch(batch)
+
+    def optimizers_step(self):
+        """Step the optimizers between the hooks' gradient and step events."""
+        for hook in self.prune_hooks:
+            hook.on_gradients(self)
+        super().optimizers_step()
+        self._run_hooks("on_optimizer_step")

@@ -1,0 +1,128 @@
+"""The hook base class that :class:`sb_prune.PruningBrain` drives.
+
+A hook is declared in the hparams file under ``prune_hooks`` and receives
+events from the Brain. Events that may change the model's structure return
+True when they did; the Brain then re-wraps DDP modules and rebuilds the
+optimizer. Hook state is saved with every checkpoint. Each method's hook
+lives with the method (``sb_prune.methods.<method>.hook``); they are all
+importable from :mod:`sb_prune.hooks`.
+
+Authors
+ * sb_prune developers
+"""
+
+from speechbrain.utils.distributed import ddp_broadcast
+
+from sb_prune.core.surgery import apply_plan
+from sb_prune.training.schedules import Schedule
+
+
+class PruningHook:
+    """Base class of sb_prune hooks: every event does nothing.
+
+    Override the events you need. Structural events return whether they
+    changed the model.
+    """
+
+    def on_fit_start(self, brain):
+        """Called once training starts (after checkpoint recovery).
+
+        Returns True if it pruned (e.g. a layer cut of a loaded model).
+        """
+        return False
+
+    def on_batch_start(self, brain):
+        """Called before each training batch."""
+
+    def on_gradients(self, brain):
+        """Called before each optimizer step, gradients still in ``.grad``.
+
+        They are multiplied by ``brain.scaler.get_scale()`` (1.0 unless
+        fp16 training on a GPU); divide by it before using them.
+        """
+
+    def on_optimizer_step(self, brain):
+        """Called after each optimizer step; returns True if it pruned."""
+        return False
+
+    def on_train_epoch_end(self, brain, epoch):
+        """Called after each training epoch, before validation.
+
+        Returns True if it pruned.
+        """
+        return False
+
+    def on_fit_end(self, brain):
+        """Called when ``fit`` ends; returns True if it pruned."""
+        return False
+
+    def state_dict(self):
+        """Return the hook's JSON-serialisable state for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore the state returned by :meth:`state_dict`."""
+
+
+def prune_by_plan(brain, plan):
+    """Apply a plan made on the main process identically on every process.
+
+    Arguments
+    ---------
+    brain : sb_prune.PruningBrain
+        The Brain whose (unwrapped) modules the plan refers to.
+    plan : dict
+        A plan for :func:`sb_prune.core.surgery.apply_plan`.
+
+    Returns
+    -------
+    bool
+        Whether anything was pruned.
+    """
+    plan = ddp_broadcast(plan)
+    apply_plan(brain.unwrapped_modules(), plan)
+    return bool(plan)
+
+
+def number_of_epochs(brain):
+    """The epoch limit of a recipe's Brain, or None if it cannot be told."""
+    counter = getattr(brain.hparams, "epoch_counter", None)
+    limit = getattr(counter, "limit", None)
+    return limit or getattr(brain.hparams, "number_of_epochs", None)
+
+
+def checked_schedule(schedule):
+    """Return ``schedule`` if it is a Schedule, else raise naming the key.
+
+    Arguments
+    ---------
+    schedule : object
+        What the YAML gave for ``schedule``.
+
+    Returns
+    -------
+    Schedule
+        The schedule.
+    """
+    if not isinstance(schedule, Schedule):
+        raise ValueError(
+            "schedule must be an sb_prune.schedules Schedule (OneShot or "
+            f"Incremental), got {type(schedule).__name__}"
+        )
+    return schedule
+
+
+def check_epochs(schedule, brain):
+    """Check that the schedule's steps fall inside the recipe's epochs.
+
+    Arguments
+    ---------
+    schedule : Schedule
+        The hook's schedule.
+    brain : sb.Brain
+        The Brain, whose ``epoch_counter`` or ``number_of_epochs`` limit
+        the training.
+    """
+    limit = number_of_epochs(brain)
+    if limit is not None:
+        schedule.check_epochs(limit)

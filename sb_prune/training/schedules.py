@@ -1,0 +1,276 @@
+"""Pruning schedules: when to prune, and to which sparsity.
+
+A schedule is a list of steps; step ``k`` (1-based) happens at the end of
+training epoch :meth:`Schedule.epoch_of` ``(k)`` and brings the sparsity
+to :meth:`Schedule.sparsity` ``(k)``. Fine-tuning happens in the epochs
+between steps and after the last one.
+
+* :class:`OneShot`: a single step to the target;
+* :class:`Incremental`: ``steps`` steps with a ``linear`` or ``cubic``
+  ramp. The cubic ramp is the gradual pruning schedule of Zhu and Gupta
+  (2017), ``s_k = s_f + (s_i - s_f) (1 - k / n)^3``: large steps first,
+  while the network still has redundancy, small ones at the end.
+
+Sparsity is the fraction of each group's members removed (units, heads,
+layers, weights) or, for low rank, of each layer's dense weights. A hook
+that follows a schedule stores how many steps it has taken with the
+checkpoint, so training resumed mid-schedule continues where it stopped.
+
+Authors
+ * sb_prune developers
+"""
+
+RAMPS = ("cubic", "linear")
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def check_sparsity(name, value):
+    """Raise a ValueError naming ``name`` unless ``value`` is in [0, 1).
+
+    Arguments
+    ---------
+    name : str
+        The YAML key or argument, for the message.
+    value : float
+        The sparsity to check.
+
+    Example
+    -------
+    >>> check_sparsity("target", 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: target must be in [0, 1), got 1.0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+class Schedule:
+    """Steps towards a target sparsity, at the end of training epochs.
+
+    Arguments
+    ---------
+    target : float
+        Final sparsity, in [0, 1).
+    steps : int
+        Number of pruning steps, >= 1.
+    ramp : str
+        ``cubic`` or ``linear``: how sparsity grows over the steps.
+    start_epoch : int
+        The epoch at whose end the first step happens, >= 1.
+    every : int
+        Epochs between two steps, >= 1.
+    initial : float
+        Sparsity before the first step, in [0, target].
+
+    Example
+    -------
+    >>> schedule = Schedule(0.5, steps=2, ramp="linear", start_epoch=3)
+    >>> [schedule.sparsity(k) for k in range(3)]
+    [0.0, 0.25, 0.5]
+    >>> [schedule.epoch_of(k) for k in (1, 2)]
+    [3, 4]
+    """
+
+    def __init__(
+        self,
+        target,
+        steps=1,
+        ramp="cubic",
+        start_epoch=1,
+        every=1,
+        initial=0.0,
+    ):
+        check_sparsity("target", target)
+        _check_int("steps", steps, 1)
+        _check_int("start_epoch", start_epoch, 1)
+        _check_int("every", every, 1)
+        if ramp not in RAMPS:
+            raise ValueError(f"ramp must be one of {list(RAMPS)}, got {ramp!r}")
+        check_sparsity("initial", initial)
+        if initial > target:
+            raise ValueError(
+                f"initial ({initial}) must not exceed target ({target})"
+            )
+        self.target = float(target)
+        self.steps = steps
+        self.ramp = ramp
+        self.start_epoch = start_epoch
+        self.every = every
+        self.initial = float(initial)
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(target={self.target}, steps="
+            f"{self.steps}, ramp={self.ramp!r}, start_epoch="
+            f"{self.start_epoch}, every={self.every})"
+        )
+
+    def sparsity(self, step):
+        """Return the sparsity after ``step`` steps (0: ``initial``).
+
+        Arguments
+        ---------
+        step : int
+            In ``[0, steps]``.
+
+        Returns
+        -------
+        float
+            The sparsity.
+        """
+        if not 0 <= step <= self.steps:
+            raise ValueError(f"step must be in [0, {self.steps}], got {step}")
+        progress = step / self.steps
+        span = self.target - self.initial
+        if self.ramp == "cubic":
+            return self.target - span * (1.0 - progress) ** 3
+        return self.initial + span * progress
+
+    def epoch_of(self, step):
+        """Return the epoch at whose end step ``step`` (1-based) happens.
+
+        Arguments
+        ---------
+        step : int
+            In ``[1, steps]``.
+
+        Returns
+        -------
+        int
+            The epoch.
+        """
+        return self.start_epoch + (step - 1) * self.every
+
+    @property
+    def last_epoch(self):
+        """The epoch at whose end the last step happens."""
+        return self.epoch_of(self.steps)
+
+    def due(self, done, epoch):
+        """Return the steps due at the end of ``epoch``.
+
+        Arguments
+        ---------
+        done : int
+            Steps already taken.
+        epoch : int
+            The epoch that just ended.
+
+        Returns
+        -------
+        list of int
+            Step numbers to take now, in order (usually zero or one).
+
+        Example
+        -------
+        >>> Incremental(0.5, steps=3, start_epoch=2).due(done=1, epoch=3)
+        [2]
+        """
+        return [
+            step
+            for step in range(done + 1, self.steps + 1)
+            if self.epoch_of(step) <= epoch
+        ]
+
+    def check_epochs(self, number_of_epochs):
+        """Raise a ValueError if the schedule does not fit in training.
+
+        Arguments
+        ---------
+        number_of_epochs : int
+            The number of training epochs.
+
+        Example
+        -------
+        >>> Incremental(0.5, steps=4, every=2).check_epochs(6)
+        Traceback (most recent call last):
+        ...
+        ValueError: schedule: step 4 of Incremental(...) would prune at the end
+        of epoch 7, but number_of_epochs is 6; lower steps, every or start_epoch
+        """
+        if self.last_epoch > number_of_epochs:
+            raise ValueError(
+                f"schedule: step {self.steps} of {self!r} would prune at the "
+                f"end of epoch {self.last_epoch}, but number_of_epochs is "
+                f"{number_of_epochs}; lower steps, every or start_epoch"
+            )
+
+
+class OneShot(Schedule):
+    """Prune to the target in one step, at the end of ``epoch``.
+
+    Arguments
+    ---------
+    target : float
+        Sparsity, in [0, 1).
+    epoch : int
+        The epoch at whose end pruning happens, >= 1.
+
+    Example
+    -------
+    >>> OneShot(0.75, epoch=2).sparsity(1), OneShot(0.75, epoch=2).last_epoch
+    (0.75, 2)
+    """
+
+    def __init__(self, target, epoch=1):
+        super().__init__(target, steps=1, ramp="linear", start_epoch=epoch)
+
+    def __repr__(self):
+        return f"OneShot(target={self.target}, epoch={self.start_epoch})"
+
+
+class Incremental(Schedule):
+    """Prune in ``steps`` steps with fine-tuning between them.
+
+    Arguments are those of :class:`Schedule`.
+
+    Example
+    -------
+    >>> cubic = Incremental(0.75, steps=3, ramp="cubic")
+    >>> [round(cubic.sparsity(k), 4) for k in range(4)]
+    [0.0, 0.5278, 0.7222, 0.75]
+    """
+
+
+SCHEDULES = {"one_shot": OneShot, "incremental": Incremental}
+
+
+def make_schedule(name, **options):
+    """Return the schedule called ``name`` built with ``options``.
+
+    Arguments
+    ---------
+    name : str
+        ``one_shot`` or ``incremental``.
+    **options
+        Arguments of :class:`OneShot` or :class:`Incremental`.
+
+    Returns
+    -------
+    Schedule
+        The schedule.
+
+    Example
+    -------
+    >>> make_schedule("one_shot", target=0.5)
+    OneShot(target=0.5, epoch=1)
+    >>> make_schedule("gradual", target=0.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule: unknown name 'gradual'; choose from [...]
+    """
+    if name not in SCHEDULES:
+        raise ValueError(
+            f"schedule: unknown name {name!r}; choose from {sorted(SCHEDULES)}"
+        )
+    try:
+        return SCHEDULES[name](**options)
+    except TypeError as error:
+        raise ValueError(f"schedule {name!r}: {error}") from error
