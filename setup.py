@@ -17,7 +17,7 @@ setup(
     install_requires=[
         "torch>=2.7",
         "torchaudio",
-        "speechbrain>=1.1",
+        "speechbrain>=1.1,<1.2",  # private API: sb_prune.training.speechbrain_api
         "hyperpyyaml",
         "sentencepiece",
         "numpy",

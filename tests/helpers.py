@@ -1,6 +1,7 @@
 """Small models and runners shared by the tests."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,11 +43,22 @@ def tiny_lm(padded_row=0):
     return lm, tokens
 
 
-def run_two_processes(script, folder, port):
+def free_port():
+    """A TCP port that nothing listens on now, chosen by the system.
+
+    For the master of a DDP test: a fixed port collides when tests run in
+    parallel (``pytest -n``) or on a shared machine.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_processes(script, folder):
     """Run ``script folder`` in two gloo processes (torch.distributed.run).
 
-    Returns what ranks 0 and 1 saved in ``folder/rank0.pt`` and
-    ``folder/rank1.pt``.
+    The master listens on a free port (:func:`free_port`). Returns what
+    ranks 0 and 1 saved in ``folder/rank0.pt`` and ``folder/rank1.pt``.
     """
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
     subprocess.run(
@@ -55,7 +67,7 @@ def run_two_processes(script, folder, port):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            f"--master_port={port}",
+            f"--master_port={free_port()}",
             str(script),
             str(folder),
         ],

@@ -1,6 +1,8 @@
 """Run the recipes of this repository at test size (shared by tests)."""
 
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +59,20 @@ def finished_run(hparams, data_folder, output_folder, **extra):
     run = run_recipe(hparams, data_folder, output_folder, **extra)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     return json.loads((Path(output_folder) / "results.json").read_text())
+
+
+def wer_file_counts(path):
+    """The word errors and reference words on the first line of a WER file.
+
+    ``ErrorRateStats.write_stats`` starts with ``%WER 12.40 [ 16 / 129, ...``.
+    """
+    first = Path(path).read_text().splitlines()[0]
+    match = re.match(r"%WER [\d.]+ \[ (\d+) / (\d+),", first)
+    assert match, f"{path} starts with {first!r}"
+    return int(match[1]), int(match[2])
+
+
+def reference_words(output_folder, name="test-clean"):
+    """Words of the reference transcriptions of a run's test set."""
+    with open(Path(output_folder) / f"{name}.csv") as handle:
+        return sum(len(row["wrd"].split()) for row in csv.DictReader(handle))

@@ -2,7 +2,14 @@
 
 import json
 
-from recipe_runs import dense_encoder_params, run_recipe, train_log
+import pytest
+from recipe_runs import (
+    dense_encoder_params,
+    reference_words,
+    run_recipe,
+    train_log,
+    wer_file_counts,
+)
 
 
 def test_tiny_training_run(tiny_dense_run):
@@ -13,9 +20,11 @@ def test_tiny_training_run(tiny_dense_run):
     ]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert list((tmp_path / "save").glob("CKPT+*"))
-    assert (tmp_path / "wer_test-clean.txt").read_text().startswith("%WER")
+    # The WER in results.json is that of the WER file, over every test word.
+    errors, words = wer_file_counts(tmp_path / "wer_test-clean.txt")
+    assert words == reference_words(tmp_path) > 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["test-clean"]["WER"] >= 0
+    assert results["test-clean"]["WER"] == pytest.approx(100 * errors / words)
     assert results["params"] > results["encoder_params"] > 0
 
 

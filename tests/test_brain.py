@@ -86,7 +86,7 @@ def test_hook_without_adaptive_dropout_is_an_error(tmp_path):
 )
 def test_ddp_two_processes_prune_identically(tmp_path):
     (record0, params0), (record1, params1) = run_two_processes(
-        HERE / "toy_brain.py", tmp_path, port=29517
+        HERE / "toy_brain.py", tmp_path
     )
     assert record0 == record1
     assert record0 != state(make_brain(tmp_path / "dense", epochs=1))[0]

@@ -355,15 +355,48 @@ def test_schedule_longer_than_training_is_refused(tmp_path):
         fit(brain, n_train=16)
 
 
+class _RecordedActivation(Activation):
+    """Activation that records its statistics and scores at each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.alone, self.reduced, self.scores = [], [], []
+
+    def all_reduce(self):
+        self.alone.append({k: v.clone() for k, v in self.stats.items()})
+        super().all_reduce()
+        self.reduced.append({k: v.clone() for k, v in self.stats.items()})
+        self.scores.append({})
+
+    def score(self, members):
+        scores = super().score(members)
+        self.scores[-1][members.path] = scores.clone()
+        return scores
+
+
 def test_ddp_two_processes_take_the_same_decisions(tmp_path):
-    (record0, params0), (record1, params1) = run_two_processes(
-        __file__, tmp_path, port=29531
-    )
+    rank0, rank1 = run_two_processes(__file__, tmp_path)
+    (record0, params0, seen0), (record1, params1, seen1) = rank0, rank1
     assert record0 == record1
     heads = [s["v_dims"] for s in record0.values() if "v_dims" in s]
     assert heads and all(len(v) == 2 for v in heads)
     for key in params0:
         assert torch.equal(params0[key], params1[key]), key
+    # Each rank saw its own data; the statistics behind each step are the
+    # sums over both ranks, and so are the scores each rank computes.
+    assert len(seen0["alone"]) == len(seen1["alone"]) == 2
+    for step in range(2):
+        alone0, alone1 = seen0["alone"][step], seen1["alone"][step]
+        assert alone0.keys() == alone1.keys()
+        assert not all(torch.equal(alone0[k], alone1[k]) for k in alone0)
+        for key in alone0:
+            total = alone0[key] + alone1[key]
+            assert torch.allclose(seen0["reduced"][step][key], total), key
+            assert torch.allclose(seen1["reduced"][step][key], total), key
+        scores0, scores1 = seen0["scores"][step], seen1["scores"][step]
+        assert scores0 and scores0.keys() == scores1.keys()
+        for path in scores0:
+            assert torch.allclose(scores0[path], scores1[path]), path
 
 
 def test_criterion_pruning_fragment(tmp_path):
@@ -400,12 +433,18 @@ if __name__ == "__main__":
         ["x.yaml", "--noprogressbar", "--distributed_backend=gloo"]
     )
     sb.utils.distributed.ddp_init_group(run_opts)
+    criterion = _RecordedActivation()
     hook = CriterionPruning(
-        "activation",
+        criterion,
         Incremental(0.5, steps=2, ramp="linear"),
         groups=["ffn", "heads"],
     )
     brain = _brain(f"{out}/ckpt", hook, epochs=2, run_opts=run_opts)
     fit(brain, n_train=16)
     rank = torch.distributed.get_rank()
-    torch.save(state(brain), f"{out}/rank{rank}.pt")
+    seen = {
+        "alone": criterion.alone,
+        "reduced": criterion.reduced,
+        "scores": criterion.scores,
+    }
+    torch.save((*state(brain), seen), f"{out}/rank{rank}.pt")

@@ -33,6 +33,27 @@ def _test_batches(run_folder, data_folder, batch_size):
         yield batch, padded, lengths / lengths.max()
 
 
+def _test_wer(asr, run_folder, data_folder, batch_size):
+    """WER of an exported model on the recipe's test batches."""
+    wer = ErrorRateStats()
+    for rows, wavs, lens in _test_batches(run_folder, data_folder, batch_size):
+        hyps = asr.transcribe_batch(wavs, lens)[0]
+        wer.append(
+            [r["ID"] for r in rows],
+            [h.split(" ") for h in hyps],
+            [r["wrd"].split(" ") for r in rows],
+        )
+    return wer.summarize("error_rate")
+
+
+def _check_transcribe_file(asr, corpus):
+    """transcribe_file reads a file as the recipe's data does, and decodes."""
+    wav = _first_test_wav(corpus)
+    text = asr.transcribe_file(wav)
+    alone = asr.transcribe_batch(read_audio(wav)[None], torch.ones(1))[0]
+    assert text.strip() and text == alone[0]
+
+
 def test_export_round_trip(tiny_adaptive_run, tiny_corpus, tmp_path):
     folder = tmp_path / "exported"
     summary = export_pretrained(tiny_adaptive_run, folder)
@@ -41,19 +62,11 @@ def test_export_round_trip(tiny_adaptive_run, tiny_corpus, tmp_path):
     exported_params = sum(p.numel() for p in asr.hparams.model.parameters())
     assert exported_params == summary["params"]
 
-    wer = ErrorRateStats()
-    for rows, wavs, lens in _test_batches(tiny_adaptive_run, tiny_corpus, 8):
-        hyps = asr.transcribe_batch(wavs, lens)[0]
-        wer.append(
-            [r["ID"] for r in rows],
-            [h.split(" ") for h in hyps],
-            [r["wrd"].split(" ") for r in rows],
-        )
     results = json.loads((tiny_adaptive_run / "results.json").read_text())
-    assert wer.summarize("error_rate") == pytest.approx(
+    assert _test_wer(asr, tiny_adaptive_run, tiny_corpus, 8) == pytest.approx(
         results["test-clean"]["WER"], abs=1e-6
     )
-    assert isinstance(asr.transcribe_file(_first_test_wav(tiny_corpus)), str)
+    _check_transcribe_file(asr, tiny_corpus)
 
 
 def test_export_needs_a_run_folder(tmp_path):
@@ -102,7 +115,12 @@ def test_compress_a_dense_exported_model(tiny_dense_run, tiny_corpus, tmp_path):
         sum(p.numel() for p in asr.hparams.model.parameters())
         == (summary["export"]["params"])
     )
-    assert isinstance(asr.transcribe_file(_first_test_wav(tiny_corpus)), str)
+    # The criteria recipe tests in batches of 32.
+    run = tmp_path / "compressed" / "run"
+    assert _test_wer(asr, run, tiny_corpus, 32) == pytest.approx(
+        summary["results"]["test-clean"]["WER"], abs=1e-6
+    )
+    _check_transcribe_file(asr, tiny_corpus)
 
 
 def _first_test_wav(corpus):

@@ -1,12 +1,16 @@
 """I3D gated Conformer: equivalences, real skipping, regulariser, recipe."""
 
 import copy
+import io
 import json
 
 import pytest
 import torch
 from helpers import HERE, random_batch, run_two_processes, tiny_conformer
-from speechbrain.lobes.models.transformer.Conformer import ConformerEncoder
+from speechbrain.lobes.models.transformer.Conformer import (
+    ConformerEncoder,
+    ConformerEncoderLayer,
+)
 from test_asr_recipe import run_recipe
 
 import sb_prune
@@ -310,6 +314,128 @@ def test_gated_encoder_built_from_yaml_arguments():
     assert encoder.executed_layers.tolist() == [2.0, 2.0]
 
 
+def test_converting_builds_gated_instances_like_the_constructor():
+    dense = tiny_conformer(layers=2)
+    old_encoder, old_layers = dense.encoder, list(dense.encoder.layers)
+    gated = sb_prune.convert(dense, dynamic_depth={"gates": ALL_GATES})
+    encoder = gated.encoder
+    assert type(encoder) is GatedConformerEncoder
+    assert encoder is not old_encoder
+    for layer, old in zip(encoder.layers, old_layers):
+        assert type(layer) is GatedConformerLayer and layer is not old
+        assert layer.mha_layer is old.mha_layer  # submodules taken over
+    # The encoder taken over is left as it was.
+    assert type(old_encoder) is ConformerEncoder
+    assert list(old_encoder.layers) == old_layers
+    # Conversion sets what __init__ sets (the hparams-file way).
+    built = GatedConformerEncoder(2, 16, 32, 4, gates=ALL_GATES)
+    assert set(vars(encoder)) == set(vars(built))
+    assert set(vars(encoder.layers[0])) == set(vars(built.layers[0]))
+
+    randomize_predictors(gated)
+    x, pos, mask = layer_inputs()
+
+    def run(enc):
+        with torch.no_grad():
+            out, _ = enc.eval()(x, src_key_padding_mask=mask, pos_embs=pos)
+        return out, enc.gate_decisions
+
+    expected, decisions = run(encoder)
+    assert 0 < decisions.mean() < 1
+    clone = copy.deepcopy(gated)
+    assert type(clone.encoder) is GatedConformerEncoder
+    assert type(clone.encoder.layers[1]) is GatedConformerLayer
+    assert clone.encoder.layers[0].norm1 is not encoder.layers[0].norm1
+    got, got_decisions = run(clone.encoder)
+    assert torch.equal(got, expected) and torch.equal(got_decisions, decisions)
+    # The state dict round-trips through torch.save into a built encoder.
+    buffer = io.BytesIO()
+    torch.save(encoder.state_dict(), buffer)
+    buffer.seek(0)
+    built.load_state_dict(torch.load(buffer))  # strict: same names
+    got, got_decisions = run(built)
+    assert torch.equal(got, expected) and torch.equal(got_decisions, decisions)
+    # So does the whole model (pickled with its classes).
+    buffer = io.BytesIO()
+    torch.save(gated, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded.encoder.layers[0]) is GatedConformerLayer
+    assert torch.equal(run(loaded.encoder)[0], expected)
+
+
+def test_gated_branches_still_compute_speechbrain_forward():
+    """The mirrored branches = ConformerEncoderLayer.forward (drift guard)."""
+    from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+
+    torch.manual_seed(0)
+    layer = GatedConformerLayer(
+        16, 32, 4, kernel_size=3, dropout=0.1, gates=ALL_GATES
+    ).train()
+    x, pos, mask = layer_inputs()
+    kwargs = {
+        "src_mask": torch.ones(7, 7, dtype=torch.bool).triu(diagonal=3),
+        "src_key_padding_mask": mask,
+        "pos_embs": pos,
+        "dynchunktrain_config": DynChunkTrainConfig(2, 1),
+    }
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected, expected_attn = ConformerEncoderLayer.forward(
+            layer, x, **kwargs
+        )
+        torch.manual_seed(1)
+        # Training gates, all open: the branch by branch path.
+        got, attn = layer(x, gates=torch.ones(4, 3), **kwargs)
+    assert torch.equal(got, expected)
+    assert torch.equal(attn, expected_attn)
+
+
+def test_gated_encoder_runs_speechbrain_layerdrop_and_hidden_states():
+    torch.manual_seed(0)
+    encoder = GatedConformerEncoder(
+        4,
+        16,
+        32,
+        4,
+        kernel_size=3,
+        layerdrop_prob=0.5,
+        output_hidden_states=True,
+        predictor="global",
+        gates=ALL_GATES,
+    ).train()
+    x, pos, mask = layer_inputs()
+    torch.manual_seed(1)
+    ran = int((torch.rand(4) > 0.5).sum())  # SpeechBrain's LayerDrop draw
+    torch.manual_seed(1)
+    out, attention, hidden = encoder(x, src_key_padding_mask=mask, pos_embs=pos)
+    assert 0 < ran < 4
+    assert len(attention) == ran and len(hidden) == ran + 1
+    assert encoder.gate_decisions.shape == (4, ran, 3)
+    assert all(layer._gate_source is None for layer in encoder.layers)
+
+
+def test_converting_refuses_a_bare_encoder_and_hooked_modules():
+    encoder = ConformerEncoder(1, 16, 32, 4, kernel_size=3)
+    with pytest.raises(ValueError, match="cannot be replaced in place"):
+        sb_prune.convert(encoder, dynamic_depth={})
+    assert type(encoder) is ConformerEncoder
+    gated = GatedConformerEncoder.from_encoder(encoder)
+    assert type(gated.layers[0]) is GatedConformerLayer
+    dense = tiny_conformer()
+    dense.encoder.layers[1].register_forward_hook(lambda *args: None)
+    with pytest.raises(ValueError, match="has hooks"):
+        sb_prune.convert(dense, dynamic_depth={})
+    assert type(dense.encoder) is ConformerEncoder
+
+
+def test_gates_accept_one_name_and_refuse_an_empty_list():
+    _, gated = gated_model(gates="conv")
+    assert gated.encoder.gates == ("conv",)
+    with pytest.raises(ValueError, match="gates: empty; choose from"):
+        sb_prune.convert(tiny_conformer(), dynamic_depth={"gates": []})
+
+
 def test_i3d_recipe_writes_gate_plots(tiny_corpus, tmp_path):
     run = run_recipe(
         "conformer_ctc_i3d_global.yaml",
@@ -329,9 +455,7 @@ def test_i3d_recipe_writes_gate_plots(tiny_corpus, tmp_path):
     not torch.distributed.is_available(), reason="needs torch.distributed"
 )
 def test_ddp_two_processes_train_gates_identically(tmp_path):
-    params0, params1 = run_two_processes(
-        HERE / "gated_ddp.py", tmp_path, port=29531
-    )
+    params0, params1 = run_two_processes(HERE / "gated_ddp.py", tmp_path)
     for key in params0:
         assert torch.equal(params0[key], params1[key]), key
     assert any("gate_predictor" in key for key in params0)

@@ -91,7 +91,12 @@ def test_asr_recipe_rescores_with_the_pruned_lm(
     pruned_lm_run, tiny_corpus, tmp_path
 ):
     from recipe_runs import RECIPE as ASR_RECIPE
-    from recipe_runs import finished_run, tiny_args
+    from recipe_runs import (
+        finished_run,
+        reference_words,
+        tiny_args,
+        wer_file_counts,
+    )
 
     dense = finished_run("conformer_ctc.yaml", tiny_corpus, tmp_path)
     lm = [f"--lm_{key}" for key in ("d_model=32", "d_ffn=64", "num_layers=2")]
@@ -110,9 +115,17 @@ def test_asr_recipe_rescores_with_the_pruned_lm(
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     rescored = json.loads((tmp_path / "results_pruned.json").read_text())
-    assert rescored["test-clean"]["WER"] >= 0
-    assert (tmp_path / "wer_pruned_test-clean.txt").exists()
-    assert dense["test-clean"]["WER"] >= 0
+    assert rescored["params"] == dense["params"]
+    # Each WER is that of its own WER file, over every test word.
+    words = reference_words(tmp_path)
+    for results, wer_file in (
+        (rescored, "wer_pruned_test-clean.txt"),
+        (dense, "wer_test-clean.txt"),
+    ):
+        errors, scored = wer_file_counts(tmp_path / wer_file)
+        assert scored == words > 0
+        wer = results["test-clean"]["WER"]
+        assert wer == pytest.approx(100 * errors / words)
 
 
 def _check_rescorer(lm_folder, tmp_path):

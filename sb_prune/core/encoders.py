@@ -4,7 +4,7 @@ A *layer stack* is a module whose type the registry knows as one
 (``ConformerEncoder``, ``TransformerEncoder``, the Hugging Face wav2vec2,
 HuBERT and WavLM encoders, or a type registered with
 :func:`sb_prune.core.registry.register_layer_stack`); an *encoder layer*
-is a module whose type has a :class:`~sb_prune.core.registry.LayerSpec`.
+is a module whose type's spec has ``layer_modules``.
 Criteria, importance analysis, federated dropout, layer cuts, convexity,
 reports and converters all find them here.
 
@@ -12,7 +12,7 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import layer_spec, module_spec
+from sb_prune.core.registry import layer_spec, spec_of
 
 
 def layer_stacks(root):
@@ -40,7 +40,7 @@ def layer_stacks(root):
     """
     stacks = []
     for path, module in root.named_modules():
-        spec = module_spec(module)
+        spec = spec_of(module)
         if spec is not None and spec.is_layer_stack:
             stacks.append((path, module))
     return stacks
@@ -89,7 +89,7 @@ def find_layer_stack(root, path=None, key="encoder"):
             raise ValueError(
                 f"{key}: the model has no module '{path}'"
             ) from None
-        spec = module_spec(module)
+        spec = spec_of(module)
         if spec is None or not spec.is_layer_stack:
             raise ValueError(
                 f"{key}: '{path}' is a {type(module).__name__}, not a layer "
@@ -118,7 +118,7 @@ def encoder_layers(root):
     Returns
     -------
     list of torch.nn.Module
-        The modules whose type has a LayerSpec.
+        The modules whose type's spec has ``layer_modules``.
 
     Example
     -------

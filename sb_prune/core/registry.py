@@ -5,8 +5,8 @@ many go -> surgery removes them -> the structure record is updated*. What
 that takes for one module type is a :class:`ModuleSpec`: the groups it has
 (units, heads, layers, ranks), how to remove them, how to read and write
 its structure record entry, and, for criteria, how to count, score and
-plan its members and which module consumes their outputs. Encoder layer
-types get a :class:`LayerSpec` naming the modules inside them. Surgery,
+plan its members and which module consumes their outputs; for an encoder
+layer type, the modules inside it (``layer_modules``). Surgery,
 structure records, criteria, low rank, federated dropout, importance
 analysis and layer cuts all read these specs; nothing else in sb_prune
 knows a SpeechBrain layer class.
@@ -76,6 +76,12 @@ class ModuleSpec:
         conversion may factorise.
     low_rank_point : str, optional
         The ``low_rank.points`` name that selects those Linear layers.
+    layer_modules : dict, optional
+        For an encoder layer type: ``{name: [child paths]}``, the modules
+        of the layer (feed-forward blocks, attention, convolution...) and
+        the children holding their weights, for importance analysis,
+        federated dropout and the ``weights`` criterion group. The first
+        child with a prunable spec is the one federated dropout thins.
 
     Example
     -------
@@ -104,6 +110,7 @@ class ModuleSpec:
         dropouts=None,
         linears=None,
         low_rank_point=None,
+        layer_modules=None,
     ):
         if criterion_group not in (None, *CRITERION_GROUPS):
             raise ValueError(
@@ -124,6 +131,14 @@ class ModuleSpec:
         self.dropouts = dropouts
         self.linears = linears
         self.low_rank_point = low_rank_point
+        self.layer_modules = layer_modules and {
+            name: list(paths) for name, paths in layer_modules.items()
+        }
+
+    @property
+    def is_encoder_layer(self):
+        """Whether the type is an encoder layer (has ``layer_modules``)."""
+        return self.layer_modules is not None
 
     @property
     def is_layer_stack(self):
@@ -156,28 +171,6 @@ class ModuleSpec:
         return value
 
 
-class LayerSpec:
-    """What sb_prune knows about one encoder layer type.
-
-    Arguments
-    ---------
-    modules : dict
-        ``{name: [child paths]}``: the modules of the layer (its
-        feed-forward blocks, attention, convolution...) and the children
-        holding their weights, for importance analysis and federated
-        dropout. The first child with a prunable spec is the one that
-        federated dropout thins.
-
-    Example
-    -------
-    >>> LayerSpec({"ffn": ["norm2", "pos_ffn"]}).modules
-    {'ffn': ['norm2', 'pos_ffn']}
-    """
-
-    def __init__(self, modules):
-        self.modules = {name: list(paths) for name, paths in modules.items()}
-
-
 def _qualified(module_type):
     return f"{module_type.__module__}.{module_type.__qualname__}"
 
@@ -190,7 +183,7 @@ def register(module_type, spec):
     module_type : type or str
         The class, or its qualified name (``package.module.Class``) for a
         class whose package may not be installed or imported.
-    spec : ModuleSpec or LayerSpec
+    spec : ModuleSpec
         What sb_prune knows about it.
 
     Example
@@ -205,10 +198,9 @@ def register(module_type, spec):
     True
     >>> unregister(Stack)
     """
-    if not isinstance(spec, (ModuleSpec, LayerSpec)):
+    if not isinstance(spec, ModuleSpec):
         raise ValueError(
-            f"register: spec must be a ModuleSpec or LayerSpec, got "
-            f"{type(spec).__name__}"
+            f"register: spec must be a ModuleSpec, got {type(spec).__name__}"
         )
     key = (
         module_type if isinstance(module_type, str) else _qualified(module_type)
@@ -249,7 +241,7 @@ def spec_of(module):
 
     Returns
     -------
-    ModuleSpec or LayerSpec or None
+    ModuleSpec or None
         Its spec.
 
     Example
@@ -268,8 +260,8 @@ def spec_of(module):
     return None
 
 
-def module_spec(module):
-    """Return the :class:`ModuleSpec` of a module, or None.
+def layer_spec(module):
+    """Return the spec of a module if it is an encoder layer, else None.
 
     Arguments
     ---------
@@ -279,27 +271,10 @@ def module_spec(module):
     Returns
     -------
     ModuleSpec or None
-        Its spec, if it is a prunable module type.
+        Its spec, if its type has ``layer_modules``.
     """
     spec = spec_of(module)
-    return spec if isinstance(spec, ModuleSpec) else None
-
-
-def layer_spec(module):
-    """Return the :class:`LayerSpec` of a module, or None.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        Any module.
-
-    Returns
-    -------
-    LayerSpec or None
-        Its spec, if it is an encoder layer type.
-    """
-    spec = spec_of(module)
-    return spec if isinstance(spec, LayerSpec) else None
+    return spec if spec is not None and spec.is_encoder_layer else None
 
 
 def require_module_spec(module, method):
@@ -324,7 +299,7 @@ def require_module_spec(module, method):
     ...
     ValueError: surgery: sb_prune has no spec for ReLU (torch.nn...ReLU); ...
     """
-    spec = module_spec(module)
+    spec = spec_of(module)
     if spec is None:
         raise ValueError(
             f"{method}: sb_prune has no spec for {type(module).__name__} "

@@ -4,7 +4,7 @@ Loaded by :mod:`sb_prune.core.registry` on the first look-up. Each entry
 says, for one module type, what :class:`~sb_prune.core.registry.ModuleSpec`
 describes (groups, removal, structure record, members for criteria,
 adaptive dropout, low rank) or, for encoder layers, which modules a
-:class:`~sb_prune.core.registry.LayerSpec` names. Groups per type:
+``layer_modules`` of a spec name. Groups per type:
 
 * ``PositionalwiseFeedForward``: ``hidden`` (rows of the up projection,
   columns of the down projection); criterion group ``ffn``;
@@ -16,8 +16,10 @@ adaptive dropout, low rank) or, for encoder layers, which modules a
   dropout);
 * :class:`~sb_prune.nn.LowRankLinear`: ``rank`` (the directions to keep);
 * ``ConformerEncoder``, ``TransformerEncoder`` and the Hugging Face
-  wav2vec2, HuBERT and WavLM encoders: ``layers``; criterion group
-  ``layers``.
+  wav2vec2, HuBERT, WavLM and Whisper encoders: ``layers``; criterion group
+  ``layers``;
+* the Hugging Face ``WhisperEncoderLayer``: ``hidden`` (its ``fc1`` /
+  ``fc2`` feed-forward block); criterion group ``ffn``.
 
 Authors
  * sb_prune developers
@@ -37,7 +39,6 @@ from speechbrain.nnet.attention import PositionalwiseFeedForward
 
 from sb_prune.core.inplace import resize_linear_, select_linear_
 from sb_prune.core.registry import (
-    LayerSpec,
     ModuleSpec,
     register,
     register_layer_stack,
@@ -69,29 +70,21 @@ def _dropouts_under(module):
     return [m for m in module.modules() if isinstance(m, AdaptiveDropout)]
 
 
-# Feed-forward blocks: group "hidden".
+# Feed-forward blocks: group "hidden" (rows of the up projection, columns
+# of the down projection), shared by every type that has one.
 
 
-def _ffn_up_down(ffn):
-    return ffn.ffn[0], ffn.ffn[-1]
-
-
-def _prune_ffn(ffn, hidden):
-    up, down = _ffn_up_down(ffn)
+def _keep_hidden(up, down, hidden):
     select_linear_(up, rows=hidden)
     select_linear_(down, cols=hidden)
-    for adl in _dropouts_under(ffn):
-        adl.select_units(hidden)
 
 
-def _set_ffn(ffn, spec):
-    up, down = _ffn_up_down(ffn)
-    resize_linear_(up, spec["hidden"], up.in_features)
-    resize_linear_(down, down.out_features, spec["hidden"])
+def _resize_hidden(up, down, hidden):
+    resize_linear_(up, hidden, up.in_features)
+    resize_linear_(down, down.out_features, hidden)
 
 
-def _ffn_magnitude(ffn):
-    up, down = _ffn_up_down(ffn)
+def _hidden_magnitude(up, down):
     with torch.no_grad():
         rows = up.weight.pow(2).sum(1)
         if up.bias is not None:
@@ -99,22 +92,71 @@ def _ffn_magnitude(ffn):
         return (rows + down.weight.pow(2).sum(0)).sqrt()
 
 
+def feed_forward_spec(up_down, **more):
+    """The spec of a module with a feed-forward block (group ``hidden``).
+
+    Arguments
+    ---------
+    up_down : callable
+        ``module -> (parent, up attribute, down attribute)``: where the
+        block's up and down projections are.
+    **more
+        Other :class:`~sb_prune.core.registry.ModuleSpec` arguments
+        (``dropouts``, ``layer_modules``...).
+
+    Returns
+    -------
+    ModuleSpec
+        Group ``hidden``, criterion group ``ffn``, low-rank point ``ffn``.
+
+    Example
+    -------
+    >>> spec = feed_forward_spec(lambda m: (m, "0", "2"))
+    >>> block = torch.nn.Sequential(
+    ...     torch.nn.Linear(2, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    >>> spec.prune(block, hidden=torch.tensor([0, 5]))
+    >>> spec.get_structure(block), spec.magnitude(block).shape
+    ({'hidden': 2}, torch.Size([2]))
+    """
+
+    def linears(module):
+        parent, up, down = up_down(module)
+        return getattr(parent, up), getattr(parent, down)
+
+    def hidden(module):
+        return linears(module)[0].out_features
+
+    def prune(module, hidden):
+        _keep_hidden(*linears(module), hidden)
+        for adl in _dropouts_under(module):
+            adl.select_units(hidden)
+
+    return ModuleSpec(
+        groups=("hidden",),
+        prune=prune,
+        get_structure=lambda module: {"hidden": hidden(module)},
+        set_structure=lambda module, spec: _resize_hidden(
+            *linears(module), spec["hidden"]
+        ),
+        criterion_group="ffn",
+        count=hidden,
+        member_plan=lambda module, kept: {"hidden": kept},
+        consumer=lambda module: linears(module)[1],
+        magnitude=lambda module: _hidden_magnitude(*linears(module)),
+        group_size=lambda module, group: hidden(module),
+        linears=lambda module: [
+            (up_down(module)[0], name) for name in up_down(module)[1:]
+        ],
+        low_rank_point="ffn",
+        **more,
+    )
+
+
 register(
     PositionalwiseFeedForward,
-    ModuleSpec(
-        groups=("hidden",),
-        prune=_prune_ffn,
-        get_structure=lambda ffn: {"hidden": ffn.ffn[0].out_features},
-        set_structure=_set_ffn,
-        criterion_group="ffn",
-        count=lambda ffn: ffn.ffn[0].out_features,
-        member_plan=lambda ffn, kept: {"hidden": kept},
-        consumer=lambda ffn: ffn.ffn[-1],
-        magnitude=_ffn_magnitude,
-        group_size=lambda ffn, group: ffn.ffn[0].out_features,
+    feed_forward_spec(
+        lambda ffn: (ffn.ffn, "0", str(len(ffn.ffn) - 1)),
         dropouts=lambda ffn: {"hidden": _first_dropout(ffn)},
-        linears=lambda ffn: [(ffn.ffn, "0"), (ffn.ffn, str(len(ffn.ffn) - 1))],
-        low_rank_point="ffn",
     ),
 )
 
@@ -266,6 +308,7 @@ for _type in (AdaptiveDropout, UnitSelect, ConvGroupNorm):
 
 # Layer stacks: group "layers".
 
+_WHISPER = "transformers.models.whisper.modeling_whisper."
 for _stack in (
     ConformerEncoder,
     TransformerEncoder,
@@ -276,6 +319,7 @@ for _stack in (
     "transformers.models.hubert.modeling_hubert.HubertEncoderStableLayerNorm",
     "transformers.models.wavlm.modeling_wavlm.WavLMEncoder",
     "transformers.models.wavlm.modeling_wavlm.WavLMEncoderStableLayerNorm",
+    _WHISPER + "WhisperEncoder",
 ):
     register_layer_stack(_stack)
 
@@ -284,21 +328,35 @@ for _stack in (
 
 register(
     ConformerEncoderLayer,
-    LayerSpec(
-        {
+    ModuleSpec(
+        groups=(),
+        layer_modules={
             "ffn1": ["ffn_module1"],
             "attention": ["norm1", "mha_layer"],
             "conv": ["convolution_module"],
             "ffn2": ["ffn_module2"],
-        }
+        },
     ),
 )
 register(
     TransformerEncoderLayer,
-    LayerSpec(
-        {
+    ModuleSpec(
+        groups=(),
+        layer_modules={
             "attention": ["norm1", "self_att"],
             "ffn": ["norm2", "pos_ffn"],
-        }
+        },
+    ),
+)
+# The Hugging Face Whisper encoder layer holds its feed-forward block as
+# fc1/fc2 itself: the layer is both an encoder layer and an FFN.
+register(
+    _WHISPER + "WhisperEncoderLayer",
+    feed_forward_spec(
+        lambda layer: (layer, "fc1", "fc2"),
+        layer_modules={
+            "attention": ["self_attn_layer_norm", "self_attn"],
+            "ffn": ["final_layer_norm", "fc1", "fc2"],
+        },
     ),
 )

@@ -18,12 +18,12 @@ Authors
 
 from sb_prune.core.registry import (
     how_to_register,
-    module_spec,
+    spec_of,
 )
 
 
 def _structure_spec(module):
-    spec = module_spec(module)
+    spec = spec_of(module)
     if spec is None or spec.get_structure is None:
         return None
     return spec

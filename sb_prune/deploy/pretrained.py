@@ -32,6 +32,10 @@ from sb_prune.core.structure import describe, restore
 from sb_prune.deploy.strip import strip_adaptive_dropout
 from sb_prune.methods.convert import convert, recorded_conversions
 from sb_prune.training.brain import read_structure
+from sb_prune.training.speechbrain_api import (
+    copy_normalizer_statistics,
+    save_normalizer,
+)
 
 STRIP = "strip_adaptive_dropout"
 #: Hparams keys that define the recipe's architecture (and its features).
@@ -289,7 +293,7 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
     )
     (out_folder / "hyperparams.yaml").write_text(text)
     torch.save(hparams["model"].state_dict(), out_folder / "model.ckpt")
-    hparams["normalize"]._save(out_folder / "normalizer.ckpt")
+    save_normalizer(hparams["normalize"], out_folder / "normalizer.ckpt")
     shutil.copy(tokenizer_file(run_folder), out_folder / "tokenizer.ckpt")
     summary = {
         "params": sum(p.numel() for p in hparams["model"].parameters()),
@@ -389,9 +393,7 @@ def initialize_from(hparams, source):
     for method, options in recorded_conversions(hparams["Transformer"]):
         convert(transformer, **{method: options})
     hparams["model"].load_state_dict(loaded["model"].state_dict())
-    hparams["normalize"]._load_statistics_dict(
-        loaded["normalize"]._statistics_dict()
-    )
+    copy_normalizer_statistics(loaded["normalize"], hparams["normalize"])
     name = f"{hparams['output_neurons']}_{hparams['token_type']}.model"
     run_on_main(
         _copy_file,

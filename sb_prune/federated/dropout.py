@@ -35,14 +35,19 @@ import os
 import torch
 
 from sb_prune.core.encoders import find_layer_stack
-from sb_prune.core.registry import layer_spec, module_spec
+from sb_prune.core.registry import layer_spec, spec_of
 from sb_prune.core.surgery import apply_plan
-from sb_prune.core.validation import check_choices
+from sb_prune.core.validation import (
+    check_choice,
+    check_choices,
+    check_int,
+    check_number,
+)
 
 MODES = ("none", "uniform", "importance")
 
 #: The unit kinds federated dropout may thin (modules of encoder layers
-#: named by their LayerSpec, :mod:`sb_prune.core.specs`).
+#: named by their spec's ``layer_modules``, :mod:`sb_prune.core.specs`).
 DROPPABLE_UNITS = ("ffn1", "ffn2", "ffn", "attention")
 #: The criterion groups of the modules it thins.
 _THINNED = ("ffn", "heads")
@@ -90,7 +95,7 @@ def _thinned_module(layer, layer_path, unit, children):
     """Path of the module of ``children`` that federated dropout thins."""
     for child in children:
         for name, module in layer.get_submodule(child).named_modules():
-            spec = module_spec(module)
+            spec = spec_of(module)
             if spec is not None and spec.criterion_group in _THINNED:
                 return ".".join(p for p in (layer_path, child, name) if p)
     raise ValueError(
@@ -135,18 +140,18 @@ def droppable_groups(model, units=DROPPABLE_UNITS):
         spec = layer_spec(layer)
         if spec is None:
             raise ValueError(
-                f"federated dropout: sb_prune has no LayerSpec for a "
+                f"federated dropout: sb_prune has no encoder-layer spec for a "
                 f"{type(layer).__name__} (sb_prune.core.registry.register)"
             )
         for kind in units:
-            if kind not in spec.modules:
+            if kind not in spec.layer_modules:
                 continue
             unit = f"layer{index}.{kind}"
             module_path = _thinned_module(
-                layer, layer_path, unit, spec.modules[kind]
+                layer, layer_path, unit, spec.layer_modules[kind]
             )
             module = model.get_submodule(module_path)
-            module_groups = module_spec(module)
+            module_groups = spec_of(module)
             for name in module_groups.groups:
                 size = module_groups.group_size(module, name)
                 per_unit = _params_per_unit(module, name, size)
@@ -156,11 +161,6 @@ def droppable_groups(model, units=DROPPABLE_UNITS):
 
 def _kept_units(size, rate):
     return size - int(size * rate + 0.5)
-
-
-def _check_rate(rate, key):
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{key} must be in [0, 1), got {rate}")
 
 
 def uniform_rates(groups, drop_params):
@@ -340,7 +340,8 @@ class DropoutPolicy:
         ``importance`` mode: the largest dropout rate of one unit, in
         (0, 1).
     dropped_units : list of str
-        Unit kinds that may be dropped, see :func:`droppable_groups`.
+        Unit kinds that may be dropped, see :func:`droppable_groups` (a
+        single name is a list of one).
     seed : int
         Seed of the random choice of kept units (per client and round).
 
@@ -355,6 +356,10 @@ class DropoutPolicy:
     >>> plan = policy.plan(encoder, client=3, server_round=1)
     >>> sorted(plan)[0], len(plan["layers.0.ffn_module1.1"]["hidden"])
     ('layers.0.ffn_module1.1', 20)
+    >>> DropoutPolicy("uniform", client_size="0.8")
+    Traceback (most recent call last):
+    ...
+    ValueError: client_size must be a number in (0, 1], got '0.8'
     """
 
     def __init__(
@@ -366,14 +371,13 @@ class DropoutPolicy:
         dropped_units=("ffn1", "ffn2", "ffn", "attention"),
         seed=0,
     ):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-        if not 0.0 < client_size <= 1.0:
-            raise ValueError(
-                f"client_size must be in (0, 1], got {client_size}"
-            )
-        if not 0.0 < max_rate < 1.0:
-            raise ValueError(f"max_rate must be in (0, 1), got {max_rate}")
+        check_choice("mode", mode, MODES)
+        check_number("client_size", client_size, 0, 1, open_low=True)
+        check_number("max_rate", max_rate, 0, 1, open_low=True, open_high=True)
+        dropped_units = check_choices(
+            "dropped_units", dropped_units, DROPPABLE_UNITS
+        )
+        check_int("seed", seed)
         if mode == "importance" and importance is None:
             raise ValueError("mode importance needs importance scores")
         importance = read_scores(importance)
@@ -381,7 +385,7 @@ class DropoutPolicy:
         self.client_size = client_size
         self.importance = importance
         self.max_rate = max_rate
-        self.dropped_units = list(dropped_units)
+        self.dropped_units = dropped_units
         self.seed = seed
         self.groups = None
         self.rates = None
@@ -424,7 +428,9 @@ class DropoutPolicy:
             )
         for group in self.groups:
             rate = self.rates[group.unit]
-            _check_rate(rate, f"the dropout rate of {group.unit}")
+            check_number(
+                f"the dropout rate of {group.unit}", rate, 0, 1, open_high=True
+            )
             if _kept_units(group.size, rate) < 1:
                 raise ValueError(
                     f"The dropout rate {rate:.3f} of {group.unit} leaves none "

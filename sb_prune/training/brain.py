@@ -43,6 +43,7 @@ from sb_prune.core.inplace import ResizeJournal
 from sb_prune.core.structure import describe, restore
 from sb_prune.training.auxiliary import auxiliary_loss_scale
 from sb_prune.training.hooks import PruningHook
+from sb_prune.training.speechbrain_api import load_first, rewrap_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -183,14 +184,11 @@ class PruningBrain(sb.Brain):
             self._register_recoverables()
 
     def _register_recoverables(self):
-        recoverables = self.checkpointer.recoverables
         self.checkpointer.add_recoverable(
             STRUCTURE_KEY, _StructureRecoverable(self), optional_load=True
         )
         # The structure must be restored before anything else is loaded.
-        structure = recoverables.pop(STRUCTURE_KEY)
-        self.checkpointer.recoverables = {STRUCTURE_KEY: structure}
-        self.checkpointer.recoverables.update(recoverables)
+        load_first(self.checkpointer, STRUCTURE_KEY)
         for index, hook in enumerate(self.prune_hooks):
             name = f"sb_prune_hook{index}_{type(hook).__name__}"
             self.checkpointer.add_recoverable(
@@ -272,7 +270,7 @@ class PruningBrain(sb.Brain):
         for name in wrapped:
             self.modules[name] = unwrap(self.modules[name])
         if wrapped:
-            self._wrap_distributed()
+            rewrap_distributed(self)
         old = getattr(self, "optimizer", None)
         if old is None or self.opt_class is None:
             return
@@ -306,6 +304,8 @@ class PruningBrain(sb.Brain):
             self._run_hooks("on_fit_end")
 
     def _fit_train(self, train_set, epoch, enable):
+        # The one private Brain method overridden (TRAIN_EPOCH_METHOD, see
+        # sb_prune.training.speechbrain_api): hooks run before validation.
         self._epoch = epoch
         try:
             self._steps_per_epoch = len(train_set)

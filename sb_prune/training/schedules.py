@@ -20,12 +20,9 @@ Authors
  * sb_prune developers
 """
 
+from sb_prune.core.validation import check_choice, check_int, check_number
+
 RAMPS = ("cubic", "linear")
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def check_sparsity(name, value):
@@ -44,11 +41,12 @@ def check_sparsity(name, value):
     Traceback (most recent call last):
     ...
     ValueError: target must be in [0, 1), got 1.0
+    >>> check_sparsity("target", "0.5")
+    Traceback (most recent call last):
+    ...
+    ValueError: target must be a number in [0, 1), got '0.5'
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    check_number(name, value, 0, 1, open_high=True)
 
 
 class Schedule:
@@ -88,11 +86,10 @@ class Schedule:
         initial=0.0,
     ):
         check_sparsity("target", target)
-        _check_int("steps", steps, 1)
-        _check_int("start_epoch", start_epoch, 1)
-        _check_int("every", every, 1)
-        if ramp not in RAMPS:
-            raise ValueError(f"ramp must be one of {list(RAMPS)}, got {ramp!r}")
+        check_int("steps", steps, minimum=1)
+        check_int("start_epoch", start_epoch, minimum=1)
+        check_int("every", every, minimum=1)
+        check_choice("ramp", ramp, RAMPS)
         check_sparsity("initial", initial)
         if initial > target:
             raise ValueError(
@@ -217,9 +214,14 @@ class OneShot(Schedule):
     -------
     >>> OneShot(0.75, epoch=2).sparsity(1), OneShot(0.75, epoch=2).last_epoch
     (0.75, 2)
+    >>> OneShot(0.75, epoch="2")
+    Traceback (most recent call last):
+    ...
+    ValueError: epoch must be an integer >= 1, got '2'
     """
 
     def __init__(self, target, epoch=1):
+        check_int("epoch", epoch, minimum=1)
         super().__init__(target, steps=1, ramp="linear", start_epoch=epoch)
 
     def __repr__(self):

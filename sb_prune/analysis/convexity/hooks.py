@@ -235,6 +235,10 @@ class ConvexityScoring(PruningHook):
     Traceback (most recent call last):
     ...
     ValueError: batch_size must be an integer >= 1, got 0
+    >>> ConvexityScoring("utts.csv", "keyword", "out", every_n_epochs="2")
+    Traceback (most recent call last):
+    ...
+    ValueError: every_n_epochs must be an integer >= 0, got '2'
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class ConvexityScoring(PruningHook):
         check_int("n_neighbors", n_neighbors, 1)
         check_int("max_pairs", max_pairs, 1)
         check_int("every_n_epochs", every_n_epochs, 0)
+        check_int("seed", seed, 0)
         if max_per_class is not None:
             check_int("max_per_class", max_per_class, 2)
         self.csv_file = csv_file

@@ -28,6 +28,7 @@ from sb_prune.analysis.importance.units import (
     snapshot,
     weight_change,
 )
+from sb_prune.core.validation import check_choice, check_int, check_number
 from sb_prune.training.hooks import PruningHook
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ class WeightChangeTracker(PruningHook):
     >>> tracker = WeightChangeTracker(granularity="layer", snapshot_every=2)
     >>> tracker.state_dict()
     {'files': {}, 'history': []}
+    >>> WeightChangeTracker(snapshot_every="2")
+    Traceback (most recent call last):
+    ...
+    ValueError: snapshot_every must be a number >= 0, got '2'
     """
 
     def __init__(
@@ -66,15 +71,11 @@ class WeightChangeTracker(PruningHook):
         snapshot_every=1,
         folder=None,
     ):
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"granularity must be one of {list(GRANULARITIES)}, got "
-                f"{granularity!r}"
-            )
-        if snapshot_every < 0:
-            raise ValueError(
-                f"snapshot_every must be >= 0, got {snapshot_every}"
-            )
+        check_choice("granularity", granularity, GRANULARITIES)
+        # A negative value reads "snapshot_every must be >= 0"; a
+        # fraction is then refused as not an integer.
+        check_number("snapshot_every", snapshot_every, low=0)
+        check_int("snapshot_every", snapshot_every, minimum=0)
         self.unit_options = dict(
             granularity=granularity, layers=layers, modules=modules, units=units
         )
@@ -227,6 +228,8 @@ class BrainEvaluator:
         metrics=None,
         max_batches=None,
     ):
+        if max_batches is not None:
+            check_int("max_batches", max_batches, minimum=1)
         self.brain = brain
         self.metrics = metrics or {"WER": "wer_metric", "CER": "cer_metric"}
         if not isinstance(dataset, torch.utils.data.DataLoader):

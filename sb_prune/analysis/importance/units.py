@@ -35,6 +35,12 @@ from tqdm import tqdm
 
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.registry import layer_spec
+from sb_prune.core.validation import (
+    check_choice,
+    check_choices,
+    check_int,
+    check_number,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +53,12 @@ def _layer_modules(layer):
     spec = layer_spec(layer)
     if spec is None:
         raise ValueError(
-            f"importance: sb_prune has no LayerSpec for a "
+            f"importance: sb_prune has no encoder-layer spec for a "
             f"{type(layer).__name__}; name the units to test explicitly "
             "with units: {name: path}, or register the layer type "
             "(sb_prune.core.registry.register)"
         )
-    return spec.modules
+    return spec.layer_modules
 
 
 def _check_paths(root, units):
@@ -67,6 +73,15 @@ def _check_paths(root, units):
     return units
 
 
+def _check_layers(layers):
+    """``layers`` as a list of integers (a single one is a list of one)."""
+    if layers is None:
+        return None
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        layers = [layers]
+    return [check_int("layers", index, minimum=0) for index in layers]
+
+
 def find_units(root, granularity="both", layers=None, modules=None, units=None):
     """Name the units whose importance is measured.
 
@@ -78,10 +93,11 @@ def find_units(root, granularity="both", layers=None, modules=None, units=None):
         ``layer`` (whole encoder layers), ``module`` (the modules inside
         them) or ``both``.
     layers : list of int, optional
-        Indices of the encoder layers to test (default: all).
+        Indices of the encoder layers to test (default: all; a single
+        index is a list of one).
     modules : list of str, optional
         Module names to test (default: all, e.g. ``ffn1, attention, conv,
-        ffn2`` for Conformer layers).
+        ffn2`` for Conformer layers; a single name is a list of one).
     units : dict, optional
         Explicit units ``{name: path or [paths]}``, for any model; the
         other arguments are then ignored.
@@ -110,15 +126,13 @@ def find_units(root, granularity="both", layers=None, modules=None, units=None):
             for name, paths in units.items()
         }
         return _check_paths(root, named)
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"granularity must be one of {list(GRANULARITIES)}, got "
-            f"{granularity!r}"
-        )
+    check_choice("granularity", granularity, GRANULARITIES)
     path, encoder = find_layer_stack(root, key="importance encoder")
     n_layers = len(encoder.layers)
-    indices = list(range(n_layers)) if layers is None else list(layers)
-    bad = [i for i in indices if not 0 <= int(i) < n_layers]
+    indices = _check_layers(layers)
+    if indices is None:
+        indices = list(range(n_layers))
+    bad = [i for i in indices if i >= n_layers]
     if bad:
         raise ValueError(
             f"layers: {bad} out of range, the encoder has {n_layers} layers"
@@ -128,12 +142,9 @@ def find_units(root, granularity="both", layers=None, modules=None, units=None):
     for index in indices:
         layer_path = f"{prefix}.{index}"
         children = _layer_modules(encoder.layers[index])
-        wanted = list(children) if modules is None else list(modules)
-        unknown = sorted(set(wanted) - set(children))
-        if unknown:
-            raise ValueError(
-                f"modules: unknown {unknown}; choose from {sorted(children)}"
-            )
+        wanted = list(children)
+        if modules is not None:
+            wanted = check_choices("modules", modules, sorted(children))
         if granularity in ("layer", "both"):
             found[f"layer{index}"] = [layer_path]
         if granularity in ("module", "both"):
@@ -318,11 +329,7 @@ def rerandomize_unit_(root, paths, init="speechbrain", seed=0):
     >>> bool((net[0].weight != before).all())
     True
     """
-    if init not in RERANDOMIZE_INITS:
-        raise ValueError(
-            f"rerandomize_init must be one of {list(RERANDOMIZE_INITS)}, "
-            f"got {init!r}"
-        )
+    check_choice("rerandomize_init", init, RERANDOMIZE_INITS)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for path in paths:
@@ -335,8 +342,8 @@ def rerandomize_unit_(root, paths, init="speechbrain", seed=0):
 
 
 def _check_thresholds(ambient, critical):
-    if ambient < 0:
-        raise ValueError(f"ambient_threshold must be >= 0, got {ambient}")
+    check_number("ambient_threshold", ambient, low=0)
+    check_number("critical_threshold", critical)
     if critical <= ambient:
         raise ValueError(
             f"critical_threshold ({critical}) must be larger than "
@@ -446,6 +453,10 @@ class LayerImportance:
     ... )
     >>> importance.units(net)
     {'first': ['0'], 'second': ['1']}
+    >>> LayerImportance(ambient_threshold="1.0")
+    Traceback (most recent call last):
+    ...
+    ValueError: ambient_threshold must be a number >= 0, got '1.0'
     """
 
     def __init__(
@@ -461,24 +472,19 @@ class LayerImportance:
         rerandomize_init="speechbrain",
         seed=0,
     ):
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"granularity must be one of {list(GRANULARITIES)}, got "
-                f"{granularity!r}"
-            )
+        check_choice("granularity", granularity, GRANULARITIES)
         _check_thresholds(ambient_threshold, critical_threshold)
-        if max_metric is not None and critical_threshold >= max_metric:
-            raise ValueError(
-                f"critical_threshold must be below {max_metric} (the "
-                f"largest {metric}), got {critical_threshold}"
-            )
-        if rerandomize_init not in RERANDOMIZE_INITS:
-            raise ValueError(
-                f"rerandomize_init must be one of {list(RERANDOMIZE_INITS)},"
-                f" got {rerandomize_init!r}"
-            )
+        if max_metric is not None:
+            check_number("max_metric", max_metric)
+            if critical_threshold >= max_metric:
+                raise ValueError(
+                    f"critical_threshold must be below {max_metric} (the "
+                    f"largest {metric}), got {critical_threshold}"
+                )
+        check_choice("rerandomize_init", rerandomize_init, RERANDOMIZE_INITS)
+        check_int("seed", seed)
         self.granularity = granularity
-        self.layers = layers
+        self.layers = _check_layers(layers)
         self.modules = modules
         self.explicit_units = units
         self.metric = metric

@@ -7,7 +7,7 @@ Authors
 from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
 from torch import nn
 
-from sb_prune.core.validation import check_keys
+from sb_prune.core.validation import check_choices, check_keys
 from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
 from sb_prune.methods.attention.convert import prunable_attention
 
@@ -94,7 +94,8 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     model : torch.nn.Module
         A model containing SpeechBrain ``ConformerEncoderLayer`` s.
     points : list of str
-        Application points, a subset of ``ffn, query, value, conv``.
+        Application points, a subset of ``ffn, query, value, conv`` (a
+        single name is a list of one).
     **options
         ``init_retention``, ``temperature``, ``threshold``, ``min_units``,
         ``hard``, ``logit_scale``: see :class:`~sb_prune.nn.AdaptiveDropout`.
@@ -117,13 +118,9 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     'PrunableRelPosMHA'
     """
     check_keys("adaptive_dropout", options, _ADAPTIVE_DROPOUT_OPTIONS)
-    points = list(points)
-    unknown = sorted(set(points) - set(ADAPTIVE_DROPOUT_POINTS))
-    if unknown or not points:
-        raise ValueError(
-            f"adaptive_dropout.points: unknown or empty {unknown or points}; "
-            f"choose from {list(ADAPTIVE_DROPOUT_POINTS)}"
-        )
+    points = check_choices(
+        "adaptive_dropout.points", points, ADAPTIVE_DROPOUT_POINTS
+    )
     layers = conformer_layers(model)
     if not layers:
         raise ValueError(

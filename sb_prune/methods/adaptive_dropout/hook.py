@@ -4,6 +4,7 @@ Authors
  * sb_prune developers
 """
 
+from sb_prune.core.validation import check_int, check_number
 from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
 from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
 from sb_prune.training.hooks import PruningHook, prune_by_plan
@@ -40,6 +41,10 @@ class AdaptiveDropoutPruning(PruningHook):
     >>> hook = AdaptiveDropoutPruning(1e-3, 3.0, -5.0, ramp_epochs=4)
     >>> hook.target(0.0), hook.target(2.0), hook.target(10.0)
     (3.0, -1.0, -5.0)
+    >>> AdaptiveDropoutPruning(regularization_weight="1e-3")
+    Traceback (most recent call last):
+    ...
+    ValueError: regularization_weight must be a number >= 0, got '1e-3'
     """
 
     def __init__(
@@ -51,22 +56,17 @@ class AdaptiveDropoutPruning(PruningHook):
         prune_every_epoch=True,
         prune_every_n_steps=None,
     ):
-        if regularization_weight < 0:
-            raise ValueError(
-                "regularization_weight must be >= 0, got "
-                f"{regularization_weight}"
-            )
+        check_number("regularization_weight", regularization_weight, low=0)
+        check_number("target_start", target_start)
+        check_number("target_end", target_end)
         if target_end > target_start:
             raise ValueError(
                 f"target_end ({target_end}) must not exceed target_start "
                 f"({target_start}): the target decreases during training"
             )
-        if ramp_epochs <= 0:
-            raise ValueError(f"ramp_epochs must be > 0, got {ramp_epochs}")
-        if prune_every_n_steps is not None and prune_every_n_steps < 1:
-            raise ValueError(
-                f"prune_every_n_steps must be >= 1, got {prune_every_n_steps}"
-            )
+        check_number("ramp_epochs", ramp_epochs, low=0, open_low=True)
+        if prune_every_n_steps is not None:
+            check_int("prune_every_n_steps", prune_every_n_steps, minimum=1)
         self.regularization_weight = regularization_weight
         self.target_start = target_start
         self.target_end = target_end

@@ -24,12 +24,8 @@ import torch
 from torch import nn
 
 from sb_prune.core.inplace import resize_, select_
+from sb_prune.core.validation import check_int, check_number
 from sb_prune.training.auxiliary import attach_auxiliary_loss
-
-
-def _check_open_unit(name, value):
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
 class AdaptiveDropout(nn.Module):
@@ -71,6 +67,10 @@ class AdaptiveDropout(nn.Module):
     >>> adl(torch.ones(2, 4))
     tensor([[1., 1., 1., 1.],
             [1., 1., 1., 1.]])
+    >>> AdaptiveDropout(4, temperature="0.5")
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be a number > 0, got '0.5'
     """
 
     def __init__(
@@ -86,16 +86,17 @@ class AdaptiveDropout(nn.Module):
         gathers_input=False,
     ):
         super().__init__()
-        _check_open_unit("init_retention", init_retention)
-        _check_open_unit("threshold", threshold)
-        if logit_scale <= 0:
-            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 1 <= min_units <= n_units:
+        check_int("n_units", n_units, minimum=1)
+        check_int("dim", dim)
+        check_number("init_retention", init_retention, 0, 1, True, True)
+        check_number("threshold", threshold, 0, 1, True, True)
+        check_number("logit_scale", logit_scale, low=0, open_low=True)
+        check_number("temperature", temperature, low=0, open_low=True)
+        check_int("min_units", min_units, minimum=1)
+        if min_units > n_units:
             raise ValueError(
-                f"min_units must be in [1, {n_units}] (the number of "
-                f"units), got {min_units}"
+                f"min_units must be <= {n_units} (the number of units), "
+                f"got {min_units}"
             )
         self.dim = dim
         self.temperature = temperature

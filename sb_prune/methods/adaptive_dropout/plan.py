@@ -4,7 +4,7 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import module_spec
+from sb_prune.core.registry import spec_of
 
 
 def adaptive_dropout_plan(root):
@@ -39,7 +39,7 @@ def adaptive_dropout_plan(root):
     """
     plan = {}
     for path, module in root.named_modules():
-        spec = module_spec(module)
+        spec = spec_of(module)
         if spec is None or spec.dropouts is None:
             continue
         kept = {

@@ -24,6 +24,8 @@ import torch
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from torch import nn
 
+from sb_prune.core.validation import check_choice, check_int, check_number
+
 CONV_NORMS = ("layer", "group")
 
 
@@ -54,7 +56,9 @@ class ConvGroupNorm(nn.Module):
 
     def __init__(self, num_channels, num_groups, eps=1e-5):
         super().__init__()
-        if num_groups < 1 or num_channels % num_groups:
+        check_int("conv_norm.groups", num_groups, minimum=1)
+        check_number("conv_norm.eps", eps, low=0, open_low=True)
+        if num_channels % num_groups:
             raise ValueError(
                 f"conv_norm.groups ({num_groups}) must divide the number of "
                 f"channels ({num_channels})"
@@ -147,11 +151,14 @@ def set_conv_norm(model, norm="group", groups=4, eps=1e-5):
     Traceback (most recent call last):
     ...
     ValueError: conv_norm.norm must be one of ['layer', 'group'], got 'batch'
+    >>> set_conv_norm(enc, groups="2")
+    Traceback (most recent call last):
+    ...
+    ValueError: conv_norm.groups must be an integer >= 1, got '2'
     """
-    if norm not in CONV_NORMS:
-        raise ValueError(
-            f"conv_norm.norm must be one of {list(CONV_NORMS)}, got {norm!r}"
-        )
+    check_choice("conv_norm.norm", norm, CONV_NORMS)
+    check_int("conv_norm.groups", groups, minimum=1)
+    check_number("conv_norm.eps", eps, low=0, open_low=True)
     conv_modules = [
         m for m in model.modules() if isinstance(m, ConvolutionModule)
     ]

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import ddp_all_reduce
 from torch import nn
 
-from sb_prune.core.registry import layer_spec, module_spec
+from sb_prune.core.registry import layer_spec, spec_of
+from sb_prune.core.validation import check_choices
 from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
@@ -80,7 +81,7 @@ class Members:
         self.group = group
         self.module = module
         self.owner = owner
-        self.spec = None if group == "weights" else module_spec(module)
+        self.spec = None if group == "weights" else spec_of(module)
 
     def __repr__(self):
         return f"Members({self.path!r}, {self.group!r}, {self.count})"
@@ -150,7 +151,7 @@ def find_members(root, groups):
     root : torch.nn.Module
         The model (or ModuleDict of modules).
     groups : list of str
-        A subset of ``GROUPS``.
+        A subset of ``GROUPS`` (a single name is a list of one).
 
     Returns
     -------
@@ -167,15 +168,10 @@ def find_members(root, groups):
     [Members('', 'layers', 2), Members('layers.0.pos_ffn', 'ffn', 8), \
 Members('layers.1.pos_ffn', 'ffn', 8)]
     """
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown or not groups:
-        raise ValueError(
-            f"groups: unknown or empty {unknown or list(groups)}; choose "
-            f"from {list(GROUPS)}"
-        )
+    groups = check_choices("groups", groups, GROUPS)
     found = []
     for path, module in root.named_modules():
-        spec = module_spec(module)
+        spec = spec_of(module)
         if spec is not None and spec.criterion_group in groups:
             found.append(Members(path, spec.criterion_group, module))
         if "weights" in groups and layer_spec(module) is not None:

@@ -9,6 +9,7 @@ import logging
 import torch
 from speechbrain.utils.distributed import ddp_broadcast
 
+from sb_prune.core.validation import check_choices, check_int
 from sb_prune.methods.criteria.criteria import (
     GROUPS,
     Criterion,
@@ -46,10 +47,10 @@ class CriterionPruning(PruningHook):
         ``magnitude``, ``taylor``, ``activation``, ``wanda``, or an
         instance (``!new:sb_prune.methods.criteria.Taylor``).
     schedule : sb_prune.training.schedules.Schedule
-        ``!new:sb_prune.training.schedules.OneShot`` or ``Incremental``.
+        ``!new:sb_prune.schedules.OneShot`` or ``Incremental``.
     groups : list of str
         A subset of ``ffn, heads, layers`` (structured), or ``[weights]``
-        (unstructured).
+        (unstructured); a single name is a list of one.
     min_units : int
         Members each module always keeps, >= 1.
 
@@ -61,10 +62,12 @@ class CriterionPruning(PruningHook):
     ... )
     >>> hook.schedule.sparsity(1), hook.keep_count(8, count=8, step=1)
     (0.4375, 5)
+    >>> CriterionPruning("taylor", Incremental(0.5), groups="ffn").groups
+    ['ffn']
     >>> CriterionPruning("taylor", Incremental(0.5), groups=["rows"])
     Traceback (most recent call last):
     ...
-    ValueError: groups: unknown or empty ['rows']; choose from [...]
+    ValueError: groups: unknown ['rows']; choose from [...]
     """
 
     def __init__(self, criterion, schedule, groups=("ffn",), min_units=1):
@@ -75,24 +78,13 @@ class CriterionPruning(PruningHook):
                 "criterion must be a name or an sb_prune.methods.criteria "
                 f"Criterion, got {type(criterion).__name__}"
             )
-        groups = list(groups)
-        unknown = sorted(set(groups) - set(GROUPS))
-        if unknown or not groups:
-            raise ValueError(
-                f"groups: unknown or empty {unknown or groups}; choose from "
-                f"{list(GROUPS)}"
-            )
+        groups = check_choices("groups", groups, GROUPS)
         if "weights" in groups and len(groups) > 1:
             raise ValueError(
                 "groups: 'weights' (unstructured masks) cannot be combined "
                 "with structured groups: masks do not follow their surgery"
             )
-        if isinstance(min_units, bool) or not (
-            isinstance(min_units, int) and min_units >= 1
-        ):
-            raise ValueError(
-                f"min_units must be an integer >= 1, got {min_units}"
-            )
+        check_int("min_units", min_units, minimum=1)
         self.criterion = criterion
         self.schedule = checked_schedule(schedule)
         self.groups = groups

@@ -38,9 +38,17 @@ Average executed layers: every gate counts as ``1 / len(gates)`` of a
 layer (with ``gates: [attention, ffn]``, I3D's half-layers); see
 :attr:`GatedConformerEncoder.executed_layers`.
 
+The gated classes subclass SpeechBrain's and build with its arguments.
+Converting a trained model builds new instances that take over the
+existing submodules (:meth:`GatedConformerEncoder.from_encoder`). The
+encoder's forward is SpeechBrain's; a layer's forward is SpeechBrain's
+when no branch is closed, and otherwise runs the branches one by one: the
+four branch expressions of ``ConformerEncoderLayer.forward`` are the only
+upstream code mirrored (see :meth:`GatedConformerLayer._branches`).
+
 DDP: since training runs every branch, every parameter gets a gradient in
 every step and DistributedDataParallel works as is. SpeechBrain's LayerDrop
-(``layerdrop_prob > 0``, kept by the gated encoder) does leave parameters
+(``layerdrop_prob > 0``, run by the gated encoder) does leave parameters
 unused, which DDP only accepts with ``find_unused_parameters: True``; the
 recipes set it (see ``hparams/i3d.yaml``).
 
@@ -48,6 +56,7 @@ Authors
  * sb_prune developers
 """
 
+import functools
 import math
 
 import torch
@@ -58,7 +67,13 @@ from speechbrain.lobes.models.transformer.Conformer import (
 )
 from torch import nn
 
-from sb_prune.core.validation import check_keys
+from sb_prune.core.validation import (
+    check_choice,
+    check_choices,
+    check_int,
+    check_keys,
+    check_number,
+)
 from sb_prune.training.auxiliary import attach_auxiliary_loss
 
 GATES = ("attention", "conv", "ffn")
@@ -76,11 +91,9 @@ DYNAMIC_DEPTH_OPTIONS = (
 )
 
 
-def _check_open_interval(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
+def _check_probability(key, value):
+    """Return ``value`` if it is a number in the open interval (0, 1)."""
+    return check_number(key, value, 0, 1, open_low=True, open_high=True)
 
 
 def check_gates(gates):
@@ -88,8 +101,9 @@ def check_gates(gates):
 
     Arguments
     ---------
-    gates : list of str
-        A non-empty subset of ``attention, conv, ffn``.
+    gates : str or list of str
+        A non-empty subset of ``attention, conv, ffn`` (one name: a
+        one-element list).
 
     Returns
     -------
@@ -100,19 +114,18 @@ def check_gates(gates):
     -------
     >>> check_gates(["ffn", "attention"])
     ('attention', 'ffn')
+    >>> check_gates("conv")
+    ('conv',)
     >>> check_gates(["mlp"])
     Traceback (most recent call last):
     ...
-    ValueError: gates: unknown or empty ['mlp']; choose from [...]
+    ValueError: gates: unknown ['mlp']; choose from ['attention', 'conv', 'ffn']
+    >>> check_gates([])
+    Traceback (most recent call last):
+    ...
+    ValueError: gates: empty; choose from ['attention', 'conv', 'ffn']
     """
-    if isinstance(gates, str):
-        gates = [gates]
-    unknown = sorted(set(gates) - set(GATES))
-    if unknown or not gates:
-        raise ValueError(
-            f"gates: unknown or empty {unknown or list(gates)}; choose from "
-            f"{list(GATES)}"
-        )
+    gates = check_choices("gates", gates, GATES)
     return tuple(gate for gate in GATES if gate in gates)
 
 
@@ -237,7 +250,7 @@ class GatePredictor(nn.Module):
         self, input_size, n_gates, hidden_size=64, init_probability=0.9
     ):
         super().__init__()
-        _check_open_interval("init_probability", init_probability)
+        _check_probability("init_probability", init_probability)
         self.n_gates = n_gates
         self.hidden = nn.Linear(input_size, hidden_size)
         self.activation = nn.ReLU()
@@ -282,12 +295,80 @@ def _device_of(module):
     return next(module.parameters()).device
 
 
+# What nn.Module.__init__ puts in a module's __dict__, and its hook tables.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_HOOK_TABLES = tuple(
+    sorted(
+        name
+        for name, value in vars(nn.Module()).items()
+        if "hook" in name and isinstance(value, dict)
+    )
+)
+
+
+def _take_over(cls, module):
+    """Return a new ``cls`` holding what ``module`` holds.
+
+    ``cls.__init__`` is not run: it would rebuild every submodule from
+    hyperparameters that SpeechBrain does not store. The new module is
+    initialised as an empty ``nn.Module`` (``nn.Module.__init__``), then
+    given ``module``'s submodules, parameters and buffers (the same objects
+    under the same names, whatever other conversions made of them), its
+    other attributes and its training mode. The caller adds what ``cls``
+    adds to ``type(module)``. ``module`` itself is left as it was; it shares
+    those objects with the result, which is meant to replace it.
+
+    Arguments
+    ---------
+    cls : type
+        ``type(module)`` or a subclass of it.
+    module : torch.nn.Module
+        The module taken over. It must have no hooks of its own, which
+        would silently stop running.
+
+    Returns
+    -------
+    torch.nn.Module
+        The new ``cls`` instance.
+
+    Example
+    -------
+    >>> class MyLinear(nn.Linear):
+    ...     pass
+    >>> linear = nn.Linear(2, 3)
+    >>> mine = _take_over(MyLinear, linear)
+    >>> type(mine).__name__, mine.weight is linear.weight, mine.in_features
+    ('MyLinear', True, 2)
+    >>> _ = linear.register_forward_hook(lambda *args: None)
+    >>> _take_over(MyLinear, linear)
+    Traceback (most recent call last):
+    ...
+    ValueError: dynamic_depth: the Linear to convert has hooks ...
+    """
+    hooks = [name for name in _HOOK_TABLES if getattr(module, name)]
+    if hooks:
+        raise ValueError(
+            f"dynamic_depth: the {type(module).__name__} to convert has hooks "
+            f"({', '.join(hooks)}); register them after converting"
+        )
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    for name, value in vars(module).items():
+        if name not in _MODULE_INTERNALS:
+            new.__dict__[name] = value
+    new._parameters.update(module._parameters)
+    new._buffers.update(module._buffers)
+    new._non_persistent_buffers_set.update(module._non_persistent_buffers_set)
+    new._modules.update(module._modules)
+    new.training = module.training
+    return new
+
+
 class GatedConformerLayer(ConformerEncoderLayer):
     """A ConformerEncoderLayer with binary gates on its residual branches.
 
     The forward takes SpeechBrain's arguments plus ``gates``; without gates
-    every branch runs and the layer computes exactly what a
-    ``ConformerEncoderLayer`` computes. Gate decisions are made by the
+    it is ``ConformerEncoderLayer.forward``. Gate decisions are made by the
     :class:`GatedConformerEncoder` that holds the layer; with a ``local``
     predictor, the layer holds its own :class:`GatePredictor` as
     ``gate_predictor`` (so it follows the layer when layers are cut).
@@ -302,7 +383,7 @@ dropout, causal, attention_type
     local_predictor : bool
         Whether the layer has its own gate predictor.
     predictor_hidden : int
-        Hidden units of the local predictor.
+        Hidden units of the local predictor, >= 1.
     init_probability : float
         Initial execution probability of the local predictor's gates.
 
@@ -341,11 +422,14 @@ dropout, causal, attention_type
         predictor_hidden=64,
         init_probability=0.9,
     ):
-        """Turn a ``ConformerEncoderLayer`` into a gated layer, in place.
+        """Return a gated layer that replaces a ``ConformerEncoderLayer``.
 
-        The object becomes a GatedConformerLayer: its submodules, weights
-        and parameter names are kept (whatever other conversions did to
-        them), and a gate predictor is added if ``local_predictor``.
+        The result is what ``GatedConformerLayer(...)`` builds, without
+        rebuilding the submodules: it holds those of ``layer`` (the same
+        objects under the same names, so weights and parameter names are
+        kept, whatever other conversions made of them), plus a gate
+        predictor if ``local_predictor``. ``layer`` is left as it was; use
+        the result in its place.
 
         Arguments
         ---------
@@ -357,7 +441,16 @@ dropout, causal, attention_type
         Returns
         -------
         GatedConformerLayer
-            ``layer`` itself.
+            A new layer.
+
+        Example
+        -------
+        >>> layer = ConformerEncoderLayer(8, 16, 2, kernel_size=3)
+        >>> gated = GatedConformerLayer.from_layer(layer, gates="conv")
+        >>> type(gated).__name__, gated.gates
+        ('GatedConformerLayer', ('conv',))
+        >>> gated.convolution_module is layer.convolution_module
+        True
         """
         if isinstance(layer, GatedConformerLayer):
             raise ValueError("dynamic_depth: the layer is already gated")
@@ -366,22 +459,25 @@ dropout, causal, attention_type
                 "dynamic_depth gates SpeechBrain ConformerEncoderLayers, not "
                 f"{type(layer).__name__}"
             )
-        cls._add_gates(
-            layer, gates, local_predictor, predictor_hidden, init_probability
+        gated = _take_over(cls, layer)
+        gated._add_gates(
+            gates, local_predictor, predictor_hidden, init_probability
         )
-        layer.__class__ = cls
-        return layer.to(_device_of(layer))
+        return gated
 
     def _add_gates(self, gates, local_predictor, predictor_hidden, init_prob):
+        """What the class adds to a ``ConformerEncoderLayer``."""
         self.gates = check_gates(gates)
         self.gate_predictor = None
+        # Set by GatedConformerEncoder.forward while it runs the layer.
+        self._gate_source = None
         if local_predictor:
             self.gate_predictor = GatePredictor(
                 _model_dim(self.norm1),
                 len(self.gates),
-                predictor_hidden,
+                check_int("predictor_hidden", predictor_hidden, minimum=1),
                 init_prob,
-            )
+            ).to(_device_of(self))
 
     def forward(
         self,
@@ -394,6 +490,11 @@ dropout, causal, attention_type
     ):
         """Run the layer; closed branches are skipped.
 
+        When no branch is closed (no gates, or at inference every gate of
+        the batch open), this is ``ConformerEncoderLayer.forward``.
+        Otherwise the residual branches of :meth:`_branches` run one by one,
+        each through :meth:`_residual`.
+
         Arguments
         ---------
         x : torch.Tensor
@@ -404,7 +505,9 @@ dropout, causal, attention_type
             ``[B, len(self.gates)]`` gate values in the order of
             ``self.gates``. In training the branches are multiplied by
             them; in evaluation a branch runs only for the utterances whose
-            gate is positive. None: every branch runs.
+            gate is positive. None: those that the
+            :class:`GatedConformerEncoder` running the layer decides, if
+            any; otherwise every branch runs.
 
         Returns
         -------
@@ -414,44 +517,101 @@ dropout, causal, attention_type
             Attention weights (zeros for utterances that skipped the
             attention; None if none ran it).
         """
-        gate = {}
+        if gates is None and self._gate_source is not None:
+            gates = self._gate_source(self, x)
         if gates is not None and self.training:
             gate = dict(zip(self.gates, gates.unbind(1)))
         elif gates is not None:
             # One synchronisation per layer: open flags as Python lists.
             flags = gates if gates.dtype == torch.bool else gates > 0
             gate = dict(zip(self.gates, flags.t().tolist()))
+            if all(all(column) for column in gate.values()):
+                gates = None
+        if gates is None:
+            return super().forward(
+                x,
+                src_mask=src_mask,
+                src_key_padding_mask=src_key_padding_mask,
+                pos_embs=pos_embs,
+                dynchunktrain_config=dynchunktrain_config,
+            )
+        attention = None
+        branches = self._branches(src_mask, pos_embs, dynchunktrain_config)
+        for name, branch in branches:
+            x, extra = self._residual(
+                x, gate.get(name), src_key_padding_mask, branch
+            )
+            if name == "attention":
+                attention = extra
+        return self.norm2(x), attention
 
-        def ffn1(h, mask):
-            return 0.5 * self.ffn_module1(h), None
+    def _branches(self, src_mask, pos_embs, dynchunktrain_config):
+        """The residual branches of the layer, in order, with their gates.
 
-        def attention(h, mask):
-            h = self.norm1(h)
+        The only upstream code mirrored in this module. SpeechBrain's
+        ``ConformerEncoderLayer.forward`` (1.1.2) computes ``x = x +
+        branch(x)`` for each of these four branches, in this order, then
+        returns ``norm2(x)`` and the attention weights:
+
+        * ``ffn``: ``0.5 * ffn_module1(x)``;
+        * ``attention``: ``mha_layer(h, h, h, attn_mask=src_mask,
+          key_padding_mask=mask, pos_embs=pos_embs)`` with ``h = norm1(x)``
+          (it also returns the attention weights);
+        * ``conv``: ``convolution_module(x, mask.unsqueeze(-1),
+          dynchunktrain_config=dynchunktrain_config)``;
+        * ``ffn``: ``0.5 * ffn_module2(x)``.
+
+        :meth:`forward` cannot call ``super().forward`` for a gated layer:
+        it runs the four branches in one call, where one of them must be
+        skipped for some utterances (or scaled by the gate in training).
+        The branches call the layer's submodules, so conversions of those
+        modules still apply; ``mask`` is the key padding mask of the
+        utterances a branch runs on. ``tests/test_gated.py`` checks that
+        they still compute ``ConformerEncoderLayer.forward``.
+
+        Arguments
+        ---------
+        src_mask, pos_embs, dynchunktrain_config
+            Those of :meth:`forward`.
+
+        Returns
+        -------
+        list
+            ``(gate name, branch)`` pairs; ``branch(x, mask)`` returns the
+            update of ``x`` and the attention weights (None for the other
+            branches).
+        """
+
+        def ffn1(x, mask):
+            return 0.5 * self.ffn_module1(x), None
+
+        def attention(x, mask):
+            x = self.norm1(x)
             return self.mha_layer(
-                h,
-                h,
-                h,
+                x,
+                x,
+                x,
                 attn_mask=src_mask,
                 key_padding_mask=mask,
                 pos_embs=pos_embs,
             )
 
-        def convolution(h, mask):
+        def convolution(x, mask):
             conv_mask = None if mask is None else mask.unsqueeze(-1)
             out = self.convolution_module(
-                h, conv_mask, dynchunktrain_config=dynchunktrain_config
+                x, conv_mask, dynchunktrain_config=dynchunktrain_config
             )
             return out, None
 
-        def ffn2(h, mask):
-            return 0.5 * self.ffn_module2(h), None
+        def ffn2(x, mask):
+            return 0.5 * self.ffn_module2(x), None
 
-        mask = src_key_padding_mask
-        x, _ = self._residual(x, gate.get("ffn"), mask, ffn1)
-        x, attn = self._residual(x, gate.get("attention"), mask, attention)
-        x, _ = self._residual(x, gate.get("conv"), mask, convolution)
-        x, _ = self._residual(x, gate.get("ffn"), mask, ffn2)
-        return self.norm2(x), attn
+        return [
+            ("ffn", ffn1),
+            ("attention", attention),
+            ("conv", convolution),
+            ("ffn", ffn2),
+        ]
 
     def _residual(self, x, gate, mask, branch):
         """``x + gate * branch(x)``, the branch computed only where needed.
@@ -486,7 +646,9 @@ class GatedConformerEncoder(ConformerEncoder):
     Built like SpeechBrain's ``ConformerEncoder`` (same arguments, plus the
     gating options as keywords), or converted from one with
     :meth:`from_encoder` (what ``sb_prune.convert(model, dynamic_depth=
-    {...})`` does). After each forward it exposes, for the utterances of
+    {...})`` does). Its forward is ``ConformerEncoder.forward`` (LayerDrop,
+    hidden states and final norm included), its layers taking their gates
+    from the encoder. After each forward it exposes, for the utterances of
     the batch, ``gate_logits`` (``[B, layers, gates, 2]``),
     ``gate_probabilities`` and ``gate_decisions`` (``[B, layers, gates]``,
     1.0: executed), ``executed_modules`` and ``executed_layers``.
@@ -541,10 +703,13 @@ bias, dropout, causal, attention_type, output_hidden_states, layerdrop_prob
 
     @classmethod
     def from_encoder(cls, encoder, **options):
-        """Turn a ``ConformerEncoder`` into a gated encoder, in place.
+        """Return a gated encoder that replaces a ``ConformerEncoder``.
 
-        Its layers become :class:`GatedConformerLayer` s; every weight and
-        parameter name is kept (gate predictors are added).
+        The result is what ``GatedConformerEncoder(...)`` builds, without
+        rebuilding the submodules: it holds those of ``encoder``, its layers
+        converted by :meth:`GatedConformerLayer.from_layer`, so every weight
+        and parameter name is kept (gate predictors are added). ``encoder``
+        is left as it was; use the result in its place.
 
         Arguments
         ---------
@@ -557,15 +722,17 @@ target, regularization_weight, init_probability
         Returns
         -------
         GatedConformerEncoder
-            ``encoder`` itself.
+            A new encoder.
 
         Example
         -------
         >>> enc = ConformerEncoder(2, 8, 16, 2, kernel_size=3)
-        >>> enc = GatedConformerEncoder.from_encoder(enc, gates=["ffn"])
-        >>> type(enc.layers[1]).__name__, enc.layers[1].gates
+        >>> gated = GatedConformerEncoder.from_encoder(enc, gates=["ffn"])
+        >>> type(gated.layers[1]).__name__, gated.layers[1].gates
         ('GatedConformerLayer', ('ffn',))
-        >>> GatedConformerEncoder.from_encoder(enc)
+        >>> type(enc.layers[1]).__name__
+        'ConformerEncoderLayer'
+        >>> GatedConformerEncoder.from_encoder(gated)
         Traceback (most recent call last):
         ...
         ValueError: dynamic_depth: the encoder is already gated
@@ -577,10 +744,9 @@ target, regularization_weight, init_probability
                 "dynamic_depth converts SpeechBrain ConformerEncoders, not "
                 f"{type(encoder).__name__}"
             )
-        # Validates every option before changing anything.
-        cls._add_gates(encoder, **options)
-        encoder.__class__ = cls
-        return encoder.to(_device_of(encoder))
+        gated = _take_over(cls, encoder)
+        gated._add_gates(**options)
+        return gated
 
     def _add_gates(
         self,
@@ -593,45 +759,40 @@ target, regularization_weight, init_probability
         regularization_weight=1.0,
         init_probability=0.9,
     ):
-        """Validate the options, gate the layers, add the predictor."""
+        """Validate the options, gate the layers, add the predictor.
+
+        Every option is checked before anything changes, and the layers
+        are gated in a new ModuleList, so that a module taken over from a
+        ``ConformerEncoder`` leaves that encoder as it was.
+        """
         gates = check_gates(gates)
-        if predictor not in PREDICTORS:
-            raise ValueError(
-                f"predictor must be one of {list(PREDICTORS)}, got "
-                f"{predictor!r}"
-            )
-        if isinstance(predictor_hidden, bool) or not (
-            isinstance(predictor_hidden, int) and predictor_hidden >= 1
-        ):
-            raise ValueError(
-                "predictor_hidden must be an integer >= 1, got "
-                f"{predictor_hidden!r}"
-            )
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        _check_open_interval("threshold", threshold)
-        _check_open_interval("init_probability", init_probability)
-        if isinstance(target, bool) or not 0.0 < target <= 1.0:
-            raise ValueError(f"target must be in (0, 1], got {target}")
-        if not regularization_weight >= 0:
-            raise ValueError(
-                "regularization_weight must be >= 0, got "
-                f"{regularization_weight}"
-            )
+        check_choice("predictor", predictor, PREDICTORS)
+        check_int("predictor_hidden", predictor_hidden, minimum=1)
+        temperature = check_number(
+            "temperature", temperature, low=0, open_low=True
+        )
+        threshold = _check_probability("threshold", threshold)
+        _check_probability("init_probability", init_probability)
+        target = check_number("target", target, 0, 1, open_low=True)
+        regularization_weight = check_number(
+            "regularization_weight", regularization_weight, low=0
+        )
         self.predictor = predictor
         self.gates = gates
         self.temperature = temperature
         self.threshold = threshold
         self.target = target
         self.regularization_weight = regularization_weight
-        for layer in self.layers:
-            GatedConformerLayer.from_layer(
+        layers = _take_over(type(self.layers), self.layers)
+        for i, layer in enumerate(self.layers):
+            layers[i] = GatedConformerLayer.from_layer(
                 layer,
                 gates=gates,
                 local_predictor=predictor == "local",
                 predictor_hidden=predictor_hidden,
                 init_probability=init_probability,
             )
+        self.layers = layers
         self.gate_predictor = None
         if predictor == "global":
             self.gate_predictor = GatePredictor(
@@ -639,7 +800,7 @@ target, regularization_weight, init_probability
                 len(self.layers) * len(gates),
                 predictor_hidden,
                 init_probability,
-            )
+            ).to(_device_of(self))
         self.gate_logits = None
         self.gate_decisions = None
 
@@ -710,7 +871,14 @@ target, regularization_weight, init_probability
         pos_embs=None,
         dynchunktrain_config=None,
     ):
-        """Run the layers with their gates (SpeechBrain's signature).
+        """Run ``ConformerEncoder.forward`` with gated layers.
+
+        SpeechBrain's forward runs unchanged (its checks, LayerDrop, hidden
+        states and final norm are not copied here). It calls the layers
+        without gates; while it runs, each layer asks
+        :meth:`_decide_gates` for them, which records them for
+        :attr:`gate_logits` and :attr:`gate_decisions`. In training, the
+        gate regulariser is attached to the output.
 
         Arguments
         ---------
@@ -728,65 +896,80 @@ target, regularization_weight, init_probability
         hidden_state_lst : list
             Only with ``output_hidden_states``.
         """
-        if self.attention_type == "RelPosMHAXL" and pos_embs is None:
-            raise ValueError(
-                "The chosen attention type for the Conformer is RelPosMHAXL. "
-                "For this attention type, the positional embeddings are "
-                "mandatory"
-            )
         pooling = pooling_weights(src_key_padding_mask)
         global_logits = None
         if self.predictor == "global":
             global_logits = self._global_logits(src, pooling)
-        # SpeechBrain's LayerDrop (same random draws).
-        dropped = [False] * len(self.layers)
-        if self.training and self.layerdrop_prob > 0.0:
-            draws = torch.rand(len(self.layers))
-            dropped = (draws <= self.layerdrop_prob).tolist()
-        output = src
-        attention_lst, hidden_state_lst = [], [output]
-        all_logits, decisions = [], []
-        for i, layer in enumerate(self.layers):
-            if dropped[i]:
-                continue
-            if global_logits is not None:
-                logits = global_logits[:, i]
-            else:
-                logits = layer.gate_predictor(output, pooling)
-            gates = decide_gates(
-                logits, self.training, self.temperature, self.threshold
+        decided = []
+        for index, layer in enumerate(self.layers):
+            layer._gate_source = functools.partial(
+                self._decide_gates, index, pooling, global_logits, decided
             )
-            output, attention = layer(
-                output,
+        try:
+            result = super().forward(
+                src,
                 src_mask=src_mask,
                 src_key_padding_mask=src_key_padding_mask,
                 pos_embs=pos_embs,
                 dynchunktrain_config=dynchunktrain_config,
-                gates=gates,
             )
-            attention_lst.append(attention)
-            hidden_state_lst.append(output)
-            all_logits.append(logits)
-            decisions.append(gates)
-        output = self.norm(output)
-        if all_logits:
-            logits = torch.stack(all_logits, dim=1)
-            self.gate_logits = logits.detach()
-            self.gate_decisions = torch.stack(decisions, dim=1).detach().float()
-            if self.training and self.regularization_weight > 0:
-                penalty = self.regularizer(execution_probability(logits))
-                output = attach_auxiliary_loss(output, penalty)
-        if self.output_hidden_states:
-            return output, attention_lst, hidden_state_lst
-        return output, attention_lst
+        finally:
+            for layer in self.layers:
+                layer._gate_source = None
+        if not decided:  # LayerDrop dropped every layer
+            return result
+        logits = torch.stack([logits for logits, _ in decided], dim=1)
+        gates = torch.stack([gates for _, gates in decided], dim=1)
+        self.gate_logits = logits.detach()
+        self.gate_decisions = gates.detach().float()
+        if self.training and self.regularization_weight > 0:
+            penalty = self.regularizer(execution_probability(logits))
+            result = (attach_auxiliary_loss(result[0], penalty), *result[1:])
+        return result
+
+    def _decide_gates(self, index, pooling, global_logits, decided, layer, x):
+        """Gates of layer ``index`` of the current forward, on its input.
+
+        Arguments
+        ---------
+        index : int
+            The layer's position in ``self.layers``.
+        pooling : torch.Tensor or None
+            :func:`pooling_weights` of the batch.
+        global_logits : torch.Tensor or None
+            ``[B, layers, gates, 2]`` from the global predictor; None: the
+            layer's own predictor decides.
+        decided : list
+            ``(logits, gates)`` of the layers that ran so far; appended to.
+        layer : GatedConformerLayer
+            The layer.
+        x : torch.Tensor
+            Its input.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[B, gates]`` decisions (see :func:`decide_gates`).
+        """
+        if global_logits is not None:
+            logits = global_logits[:, index]
+        else:
+            logits = layer.gate_predictor(x, pooling)
+        gates = decide_gates(
+            logits, self.training, self.temperature, self.threshold
+        )
+        decided.append((logits, gates))
+        return gates
 
 
 def add_dynamic_depth(model, **options):
     """Gate every Conformer encoder of ``model`` (I3D), in place.
 
-    Each SpeechBrain ``ConformerEncoder`` becomes a
-    :class:`GatedConformerEncoder` with the same weights (so a trained
-    dense model can be converted, then fine-tuned); this is the
+    Each SpeechBrain ``ConformerEncoder`` is replaced, where the model
+    holds it, by a :class:`GatedConformerEncoder` built from it with
+    :meth:`~GatedConformerEncoder.from_encoder`: same weights and parameter
+    names (so a trained dense model can be converted, then fine-tuned). The
+    model itself cannot be a ``ConformerEncoder``. This is the
     ``dynamic_depth`` method of :func:`sb_prune.convert`::
 
         Transformer: !apply:sb_prune.convert
@@ -832,13 +1015,29 @@ def add_dynamic_depth(model, **options):
     ValueError: dynamic_depth: the model has no ungated Conformer encoder...
     """
     check_keys("dynamic_depth", options, DYNAMIC_DEPTH_OPTIONS)
-    encoders = [m for m in model.modules() if type(m) is ConformerEncoder]
-    if not encoders:
+    places = [
+        (path, module)
+        for path, module in model.named_modules(remove_duplicate=False)
+        if type(module) is ConformerEncoder
+    ]
+    if not places:
         raise ValueError(
             "dynamic_depth: the model has no ungated Conformer encoder "
             "(ConformerEncoder); use encoder_module: conformer, and convert "
             "once"
         )
-    for encoder in encoders:
-        GatedConformerEncoder.from_encoder(encoder, **options)
+    if any(path == "" for path, _ in places):
+        raise ValueError(
+            "dynamic_depth: the model is a ConformerEncoder, which cannot be "
+            "replaced in place; convert the model that holds it, or use "
+            "GatedConformerEncoder.from_encoder"
+        )
+    gated = {}  # an encoder found at several paths is converted once
+    for path, encoder in places:
+        if id(encoder) not in gated:
+            gated[id(encoder)] = GatedConformerEncoder.from_encoder(
+                encoder, **options
+            )
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent), name, gated[id(encoder)])
     return model

@@ -63,6 +63,10 @@ class LayerCut(PruningHook):
     Traceback (most recent call last):
     ...
     ValueError: scoring must be a ConvexityScoring for rule 'peak', got None
+    >>> LayerCut("last", n_layers=2, at_epoch="1")
+    Traceback (most recent call last):
+    ...
+    ValueError: at_epoch must be an integer >= 0, got '1'
     """
 
     def __init__(

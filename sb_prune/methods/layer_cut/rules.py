@@ -24,6 +24,8 @@ Authors
 
 import torch
 
+from sb_prune.core.validation import check_choice, check_int, check_number
+
 #: Rules that read convexity scores.
 SCORED_RULES = ("peak", "fraction")
 #: Rules that keep a given number of layers.
@@ -67,8 +69,7 @@ def cut_depth(scores, rule, fraction=None, tolerance=0.0):
     >>> cut_depth([90.0, 40.0, 59.0, 60.0, 50.0], "peak")  # input ignored
     3
     """
-    if rule not in SCORED_RULES:
-        raise ValueError(f"rule must be one of {SCORED_RULES}, got {rule!r}")
+    check_choice("rule", rule, SCORED_RULES)
     scores = torch.as_tensor(scores, dtype=torch.float64)
     if scores.dim() != 1 or len(scores) < 2:
         raise ValueError(
@@ -134,27 +135,24 @@ def check_rule(rule, n_layers=None, fraction=None, tolerance=0.0):
     >>> check_rule("last", n_layers=0)
     Traceback (most recent call last):
     ...
-    ValueError: n_layers must be an integer >= 1 for rule 'last' ...
+    ValueError: n_layers must be an integer >= 1, got 0 (rule 'last': ...)
+    >>> check_rule("fraction", fraction="0.5")
+    Traceback (most recent call last):
+    ...
+    ValueError: fraction must be a number in (0, 1], got '0.5'
     """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-    if rule in COUNTED_RULES and (
-        isinstance(n_layers, bool)
-        or not isinstance(n_layers, int)
-        or n_layers < 1
-    ):
-        raise ValueError(
-            f"n_layers must be an integer >= 1 for rule '{rule}' (a cut that "
-            f"keeps no layer removes every encoder layer), got {n_layers!r}"
-        )
-    if rule == "fraction" and (
-        fraction is None or not 0.0 < float(fraction) <= 1.0
-    ):
-        raise ValueError(
-            f"fraction must be in (0, 1] for rule 'fraction', got {fraction}"
-        )
-    if tolerance is None or tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    check_choice("rule", rule, RULES)
+    if rule in COUNTED_RULES:
+        try:
+            check_int("n_layers", n_layers, minimum=1)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (rule '{rule}': a cut that keeps no layer removes "
+                "every encoder layer)"
+            ) from None
+    if rule == "fraction":
+        check_number("fraction", fraction, 0, 1, open_low=True)
+    check_number("tolerance", tolerance, low=0)
 
 
 def choose_layers(
@@ -196,7 +194,7 @@ def choose_layers(
     >>> choose_layers("first", 6, n_layers=0)
     Traceback (most recent call last):
     ...
-    ValueError: n_layers must be an integer >= 1 for rule 'first' ...
+    ValueError: n_layers must be an integer >= 1, got 0 (rule 'first': ...)
     """
     check_rule(rule, n_layers, fraction, tolerance)
     if rule == "none":

@@ -4,32 +4,35 @@ Authors
  * sb_prune developers
 """
 
-from speechbrain.nnet.attention import PositionalwiseFeedForward
-
+from sb_prune.core.registry import spec_of
+from sb_prune.core.validation import check_choices, check_int, check_number
 from sb_prune.methods.attention.convert import add_prunable_attention
-from sb_prune.methods.attention.mha import PrunableMHA
-from sb_prune.methods.attention.relpos import PrunableRelPosMHA
-from sb_prune.methods.low_rank.layer import LowRankLinear, rank_for_compression
+from sb_prune.methods.low_rank.layer import (
+    LowRankLinear,
+    check_rank,
+    rank_for_compression,
+)
 
 LOW_RANK_POINTS = ("ffn", "attention")
 
 
 def _low_rank_targets(model, points):
-    """``(parent, attribute name, path)`` of each Linear to factorise."""
+    """``(parent, attribute name, path)`` of each Linear to factorise.
+
+    The Linear layers of a point are those the registry's specs list under
+    that ``low_rank_point`` (:mod:`sb_prune.core.specs`).
+    """
+    paths = {module: path for path, module in model.named_modules()}
     targets = []
-    for path, module in model.named_modules():
-        names = []
-        if "ffn" in points and isinstance(module, PositionalwiseFeedForward):
-            module, path = module.ffn, f"{path}.ffn"
-            names = ["0", str(len(module) - 1)]
-        elif "attention" in points and isinstance(
-            module, (PrunableMHA, PrunableRelPosMHA)
-        ):
-            names = ["in_proj", "out_proj"]
-        for name in names:
-            if isinstance(getattr(module, name), LowRankLinear):
+    for module in list(paths):
+        spec = spec_of(module)
+        if spec is None or spec.low_rank_point not in points:
+            continue
+        for parent, name in spec.linears(module):
+            if isinstance(getattr(parent, name), LowRankLinear):
                 raise ValueError("low_rank: the model is already converted")
-            targets.append((module, name, f"{path}.{name}".lstrip(".")))
+            path = f"{paths[parent]}.{name}".lstrip(".")
+            targets.append((parent, name, path))
     return targets
 
 
@@ -57,7 +60,7 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
     model : torch.nn.Module
         A SpeechBrain model.
     points : list of str
-        A subset of ``ffn, attention``.
+        A subset of ``ffn, attention`` (a single name is a list of one).
     rank : int, optional
         The rank of every converted layer, in ``[1, min(in, out)]``.
     compression : float, optional
@@ -75,6 +78,7 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
 
     Example
     -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
     >>> from torch import nn
     >>> ffn = PositionalwiseFeedForward(d_ffn=8, input_size=4)
     >>> block = add_low_rank(nn.Sequential(ffn), compression=0.5)
@@ -87,16 +91,19 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
     Traceback (most recent call last):
     ...
     ValueError: low_rank.rank (0.ffn.0) must be in [1, ...4], got 5
+    >>> add_low_rank(nn.Sequential(ffn), compression="0.5")
+    Traceback (most recent call last):
+    ...
+    ValueError: low_rank.compression must be a number in [0, 1), got '0.5'
     """
-    points = list(points)
-    unknown = sorted(set(points) - set(LOW_RANK_POINTS))
-    if unknown or not points:
-        raise ValueError(
-            f"low_rank.points: unknown or empty {unknown or points}; choose "
-            f"from {list(LOW_RANK_POINTS)}"
-        )
+    points = check_choices("low_rank.points", points, LOW_RANK_POINTS)
     if rank is not None and compression is not None:
         raise ValueError("low_rank: give rank or compression, not both")
+    if rank is not None:
+        # The range depends on each layer's shape: checked below.
+        check_int("low_rank.rank", rank)
+    if compression is not None:
+        check_number("low_rank.compression", compression, 0, 1, open_high=True)
     if "attention" in points:
         add_prunable_attention(model)
     targets = _low_rank_targets(model, points)
@@ -111,14 +118,12 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
             layer_rank = rank_for_compression(
                 dense.in_features, dense.out_features, compression
             )
-        if layer_rank is not None and not (
-            1 <= layer_rank <= min(dense.in_features, dense.out_features)
-        ):
-            raise ValueError(
-                f"low_rank.rank ({path}) must be in [1, min(in_features, "
-                f"out_features) = "
-                f"{min(dense.in_features, dense.out_features)}], got "
-                f"{layer_rank}"
+        if layer_rank is not None:
+            check_rank(
+                layer_rank,
+                dense.in_features,
+                dense.out_features,
+                key=f"low_rank.rank ({path})",
             )
         low = LowRankLinear.from_linear(dense, layer_rank)
         setattr(parent, name, low.train(dense.training))

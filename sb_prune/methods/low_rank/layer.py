@@ -34,12 +34,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from sb_prune.core.inplace import resize_linear_, select_linear_
+from sb_prune.core.validation import check_int, check_number
 
 
-def _check_rank(rank, in_features, out_features, key="rank"):
+def check_rank(rank, in_features, out_features, key="rank"):
+    """Raise a ValueError naming ``key`` unless ``rank`` fits a Linear.
+
+    Arguments
+    ---------
+    rank : int
+        The rank to check.
+    in_features, out_features : int
+        The shape of the Linear it factorises.
+    key : str
+        The YAML key or argument, for the message.
+
+    Example
+    -------
+    >>> check_rank(4, 6, 4)
+    >>> check_rank(5, 6, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: rank must be in [1, min(in_features, out_features) = 4], got 5
+    >>> check_rank("4", 6, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: rank must be an integer, got '4'
+    """
     limit = min(in_features, out_features)
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise ValueError(f"{key} must be an integer, got {rank!r}")
+    check_int(key, rank)
     if not 1 <= rank <= limit:
         raise ValueError(
             f"{key} must be in [1, min(in_features, out_features) = {limit}]"
@@ -69,9 +92,12 @@ def rank_for_compression(in_features, out_features, compression):
     -------
     >>> rank_for_compression(144, 576, 0.0), rank_for_compression(144, 576, 0.5)
     (115, 57)
+    >>> rank_for_compression(144, 576, "0.5")
+    Traceback (most recent call last):
+    ...
+    ValueError: compression must be a number in [0, 1), got '0.5'
     """
-    if not 0.0 <= compression < 1.0:
-        raise ValueError(f"compression must be in [0, 1), got {compression}")
+    check_number("compression", compression, 0, 1, open_high=True)
     dense = in_features * out_features
     return max(
         1, math.floor((1 - compression) * dense / (in_features + out_features))
@@ -107,7 +133,7 @@ class LowRankLinear(nn.Module):
 
     def __init__(self, in_features, out_features, rank, bias=True):
         super().__init__()
-        _check_rank(rank, in_features, out_features)
+        check_rank(rank, in_features, out_features)
         self.in_features = in_features
         self.out_features = out_features
         self.down = nn.Linear(in_features, rank, bias=False)
@@ -133,7 +159,7 @@ class LowRankLinear(nn.Module):
         weight = linear.weight.detach()
         out_features, in_features = weight.shape
         rank = min(in_features, out_features) if rank is None else rank
-        _check_rank(rank, in_features, out_features)
+        check_rank(rank, in_features, out_features)
         new = cls(in_features, out_features, rank, bias=linear.bias is not None)
         new.to(device=weight.device, dtype=weight.dtype)
         up, down = _balanced_factors(weight.double(), rank)
@@ -195,7 +221,7 @@ class LowRankLinear(nn.Module):
             In ``[1, self.rank]``.
         """
         if rank is not None:
-            _check_rank(rank, self.rank, self.rank)
+            check_rank(rank, self.rank, self.rank)
         self.active_rank = rank
 
     @torch.no_grad()
@@ -250,7 +276,7 @@ class LowRankLinear(nn.Module):
         rank : int
             In ``[1, self.rank]``.
         """
-        _check_rank(rank, self.rank, self.rank)
+        check_rank(rank, self.rank, self.rank)
         self.reorder_()
         self.select_ranks(torch.arange(rank))
 

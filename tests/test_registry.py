@@ -1,0 +1,210 @@
+"""The registry: a model family is one entry; unknown types are named."""
+
+import pytest
+import torch
+from helpers import tiny_conformer
+
+from sb_prune.core.registry import (
+    ModuleSpec,
+    register,
+    register_layer_stack,
+    spec_of,
+    unregister,
+)
+from sb_prune.core.structure import describe, restore
+from sb_prune.core.surgery import apply_plan
+from sb_prune.methods.criteria.criteria import Magnitude, find_members
+
+
+class Bottleneck(torch.nn.Module):
+    """A model family of its own: ``x + down(relu(up(x)))``."""
+
+    def __init__(self, size=4, hidden=6):
+        super().__init__()
+        self.up = torch.nn.Linear(size, hidden)
+        self.down = torch.nn.Linear(hidden, size)
+
+    def forward(self, x):
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = Bottleneck()
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+class Stack(torch.nn.Module):
+    def __init__(self, n_layers=3):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(Block() for _ in range(n_layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def keep_hidden(module, hidden):
+    keep = torch.as_tensor(hidden)
+    with torch.no_grad():
+        up = torch.nn.Linear(module.up.in_features, len(keep))
+        up.weight.copy_(module.up.weight[keep])
+        up.bias.copy_(module.up.bias[keep])
+        down = torch.nn.Linear(len(keep), module.down.out_features)
+        down.weight.copy_(module.down.weight[:, keep])
+        down.bias.copy_(module.down.bias)
+    module.up, module.down = up, down
+
+
+def set_hidden(module, spec):
+    keep_hidden(module, torch.arange(spec["hidden"]) % module.up.out_features)
+
+
+BOTTLENECK_SPEC = ModuleSpec(
+    groups=("hidden",),
+    prune=keep_hidden,
+    get_structure=lambda m: {"hidden": m.up.out_features},
+    set_structure=set_hidden,
+    criterion_group="ffn",
+    count=lambda m: m.up.out_features,
+    member_plan=lambda m, kept: {"hidden": kept},
+    consumer=lambda m: m.down,
+    magnitude=lambda m: (
+        m.up.weight.pow(2).sum(1) + m.down.weight.pow(2).sum(0)
+    ).sqrt(),
+    group_size=lambda m, group: m.up.out_features,
+)
+
+
+@pytest.fixture
+def family():
+    """Register the toy family (one entry per type), then forget it."""
+    register(Bottleneck, BOTTLENECK_SPEC)
+    register(Block, ModuleSpec(groups=(), layer_modules={"mlp": ["mlp"]}))
+    register_layer_stack(Stack)
+    yield
+    for module_type in (Bottleneck, Block, Stack):
+        unregister(module_type)
+
+
+def test_a_registered_family_is_pruned_scored_and_recorded(family):
+    torch.manual_seed(0)
+    root = torch.nn.ModuleDict({"stack": Stack()}).eval()
+    members = find_members(root, ["ffn", "layers"])
+    assert [(m.path, m.group, m.count) for m in members] == [
+        ("stack", "layers", 3),
+        ("stack.layers.0.mlp", "ffn", 6),
+        ("stack.layers.1.mlp", "ffn", 6),
+        ("stack.layers.2.mlp", "ffn", 6),
+    ]
+    scores = Magnitude().score(members[1])
+    assert scores.shape == (6,)
+    x = torch.randn(2, 4)
+    mlp = root["stack"].layers[0].mlp
+    with torch.no_grad():
+        mlp.up.weight[[1, 4]] = 0.0
+        mlp.up.bias[[1, 4]] = -1.0  # relu(-1) = 0: units 1 and 4 are dead
+        expected = root["stack"](x)
+    apply_plan(root, {"stack.layers.0.mlp": {"hidden": [0, 2, 3, 5]}})
+    assert torch.allclose(root["stack"](x), expected, atol=1e-6)
+    apply_plan(root, {"stack": {"layers": [0, 2]}})
+    record = describe(root)
+    assert record["stack"] == {"type": "Stack", "layers": 2}
+    assert record["stack.layers.0.mlp"] == {"type": "Bottleneck", "hidden": 4}
+    fresh = torch.nn.ModuleDict({"stack": Stack()})
+    assert restore(fresh, record)
+    fresh.load_state_dict(root.state_dict())
+    assert torch.equal(fresh["stack"](x), root["stack"](x))
+
+
+def test_the_builtin_entries_load_without_import_order():
+    from speechbrain.nnet.attention import PositionalwiseFeedForward
+
+    spec = spec_of(PositionalwiseFeedForward(8, input_size=4))
+    assert spec.groups == ("hidden",) and spec.criterion_group == "ffn"
+
+
+def test_a_record_naming_an_unknown_type_names_it_and_how_to_register():
+    root = torch.nn.ModuleDict({"stack": Stack()})
+    record = {"stack": {"type": "Stack", "layers": 2}}
+    with pytest.raises(ValueError, match="names a Stack at 'stack'.*register"):
+        restore(root, record)
+
+
+def test_a_plan_for_an_unknown_type_or_group_is_refused():
+    root = torch.nn.ModuleDict({"stack": Stack()})
+    with pytest.raises(ValueError, match="no spec for Stack"):
+        apply_plan(root, {"stack": {"layers": [0]}})
+    model = tiny_conformer()
+    path = "encoder.layers.0.ffn_module1.1"
+    with pytest.raises(ValueError, match="groups are \\['hidden'\\]"):
+        apply_plan(model, {path: {"rows": torch.tensor([0])}})
+
+
+def test_a_spec_without_a_part_names_the_method_and_type(family):
+    register(Bottleneck, ModuleSpec(groups=("hidden",), criterion_group="ffn"))
+    members = find_members(torch.nn.ModuleDict({"b": Bottleneck()}), ["ffn"])
+    with pytest.raises(ValueError, match="magnitude: a Bottleneck has no"):
+        Magnitude().score(members[0])
+
+
+def tiny_whisper_encoder():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    config = transformers.WhisperConfig(
+        d_model=16,
+        encoder_layers=3,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        num_mel_bins=8,
+        max_source_positions=10,
+        vocab_size=60000,  # Whisper's special token ids must fit
+    )
+    torch.manual_seed(0)
+    return WhisperEncoder(config).eval()
+
+
+def test_whisper_encoder_is_one_entry_of_the_registry():
+    """Hugging Face Whisper: FFN units, layer cuts, records, low rank."""
+    from sb_prune import convert
+
+    encoder = tiny_whisper_encoder()
+    root = torch.nn.ModuleDict({"whisper": encoder})
+    members = find_members(root, ["ffn", "layers"])
+    assert [(m.group, m.count) for m in members] == [
+        ("layers", 3),
+        ("ffn", 32),
+        ("ffn", 32),
+        ("ffn", 32),
+    ]
+    features = torch.randn(2, 8, 20)
+    layer = encoder.layers[1]
+    dead = torch.tensor([3, 7, 30])
+    with torch.no_grad():
+        layer.fc2.weight[:, dead] = 0.0
+        expected = encoder(features).last_hidden_state
+    kept = torch.tensor([i for i in range(32) if i not in dead.tolist()])
+    apply_plan(root, {"whisper.layers.1": {"hidden": kept}})
+    with torch.no_grad():
+        pruned = encoder(features).last_hidden_state
+    assert torch.allclose(pruned, expected, atol=1e-5)
+    apply_plan(root, {"whisper": {"layers": [0, 1]}})
+    assert encoder.config.encoder_layers == 2
+    record = describe(root)
+    assert record["whisper.layers.1"] == {
+        "type": "WhisperEncoderLayer",
+        "hidden": 29,
+    }
+    fresh = torch.nn.ModuleDict({"whisper": tiny_whisper_encoder()})
+    assert restore(fresh, record)
+    fresh.load_state_dict(root.state_dict())
+    with torch.no_grad():
+        again = fresh["whisper"](features).last_hidden_state
+    assert torch.equal(again, encoder(features).last_hidden_state)
+    convert(encoder, low_rank={"points": ["ffn"], "compression": 0.5})
+    assert type(encoder.layers[0].fc1).__name__ == "LowRankLinear"
