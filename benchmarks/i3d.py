@@ -144,8 +144,8 @@ def load_hparams(name, overrides, folder):
 
 def load_trained(name, overrides, folder):
     """Rebuild a recipe's model and load its best final-structure checkpoint."""
+    from sb_prune.core.checkpoints import read_structure
     from sb_prune.core.structure import restore
-    from sb_prune.training.brain import read_structure
 
     hparams = load_hparams(name, overrides, folder)
     checkpointer = hparams["checkpointer"]

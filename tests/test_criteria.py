@@ -448,3 +448,60 @@ if __name__ == "__main__":
         "scores": criterion.scores,
     }
     torch.save((*state(brain), seen), f"{out}/rank{rank}.pt")
+
+
+def test_activation_statistics_are_float32_sums_of_fp16_inputs():
+    ffn = PositionalwiseFeedForward(d_ffn=4, input_size=3).train()
+    members = [Members("", "ffn", ffn)]
+    activation = Activation()
+    activation.attach(members)
+    hidden = torch.full((8, 50, 4), 300.0, dtype=torch.float16)
+    ffn.ffn[-1].half()(hidden)  # 300^2 = 90000 > fp16 max: float32 sums
+    squares = activation.stats[("", "sq")]
+    assert squares.dtype == torch.float32
+    assert torch.equal(squares, torch.full((4,), 90000.0 * 400))
+
+
+def test_non_finite_observations_are_dropped_and_counted():
+    ffn = PositionalwiseFeedForward(d_ffn=4, input_size=3)
+    members = [Members("", "ffn", ffn)]
+    taylor = Taylor()
+    taylor.attach(members)
+    ffn(torch.rand(2, 5, 3)).sum().backward()
+    ffn.ffn[-1].weight.grad[0, 1] = float("inf")  # a step the scaler skips
+    taylor.observe_gradients(members)
+    assert taylor.non_finite == 1
+    assert torch.equal(taylor.stats[("", "taylor")], torch.zeros(4))
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "activation"])
+def test_statistics_keys_are_the_same_whatever_ran(criterion):
+    """A process that skips a layer (LayerDrop, a closed I3D gate) has the
+    same statistics keys and shapes, and summing over processes (what
+    all_reduce does) gives the statistics of one process that saw all."""
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(2, 2, 8, d_model=4).train()
+    members = find_members(encoder, ["ffn", "layers"])
+    x = torch.rand(2, 5, 4)
+    ranks = [make_criterion(criterion) for _ in range(2)]
+    both = make_criterion(criterion)
+
+    def step(crit, skip_second_layer):
+        crit.attach(members)
+        out = encoder.layers[0](x)[0]
+        if not skip_second_layer:
+            out = encoder.layers[1](out)[0]
+        out.pow(2).sum().backward()
+        crit.observe_gradients(members)
+        encoder.zero_grad()
+        crit.detach()
+
+    step(ranks[0], False)
+    step(ranks[1], True)
+    step(both, False)
+    step(both, True)
+    assert sorted(ranks[0].stats) == sorted(ranks[1].stats)
+    for key, value in both.stats.items():
+        assert ranks[0].stats[key].shape == ranks[1].stats[key].shape
+        summed = ranks[0].stats[key] + ranks[1].stats[key]
+        assert torch.allclose(summed, value, atol=1e-6), key

@@ -29,6 +29,7 @@ Authors
 
 import json
 import logging
+import os
 
 import speechbrain as sb
 import torch
@@ -39,15 +40,19 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import if_main_process
 
+from sb_prune.core.checkpoints import (
+    STRUCTURE_KEY,
+    StructureGuard,
+    read_structure,
+)
 from sb_prune.core.inplace import ResizeJournal
+from sb_prune.core.registry import spec_of
 from sb_prune.core.structure import describe, restore
 from sb_prune.training.auxiliary import auxiliary_loss_scale
 from sb_prune.training.hooks import PruningHook
 from sb_prune.training.speechbrain_api import load_first, rewrap_distributed
 
 logger = logging.getLogger(__name__)
-
-STRUCTURE_KEY = "sb_prune_structure"
 
 
 def unwrap(module):
@@ -78,26 +83,6 @@ def unwrap(module):
         module = inner
 
 
-def read_structure(checkpoint):
-    """Return the structure record saved in a checkpoint, or None.
-
-    Arguments
-    ---------
-    checkpoint : speechbrain.utils.checkpoints.Checkpoint
-        A checkpoint found by the Checkpointer.
-
-    Returns
-    -------
-    dict or None
-        The record, or None for a checkpoint saved without sb_prune.
-    """
-    path = checkpoint.paramfiles.get(STRUCTURE_KEY)
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 @register_checkpoint_hooks
 class _StructureRecoverable:
     """Saves the structure record; on load, reshapes the model first."""
@@ -115,7 +100,9 @@ class _StructureRecoverable:
     def _load(self, path, end_of_epoch):
         del end_of_epoch
         with open(path, encoding="utf-8") as handle:
-            self.brain.restore_structure(json.load(handle))
+            changed = self.brain.restore_structure(json.load(handle))
+        if changed:
+            self.brain.check_hook_states(os.path.dirname(path))
 
 
 @register_checkpoint_hooks
@@ -178,10 +165,87 @@ class PruningBrain(sb.Brain):
                 "--compile do not support: compile the exported model"
             )
         self.prune_hooks = list(hooks)
+        self._check_hook_names()
         self._epoch = None
         self._steps_per_epoch = None
+        self.structure_guard = None
         if self.checkpointer is not None:
             self._register_recoverables()
+            self.structure_guard = StructureGuard(
+                self.checkpointer, self._is_low_rank
+            )
+
+    def _check_hook_names(self):
+        seen = {}
+        for hook in self.prune_hooks:
+            key = hook.checkpoint_name
+            if key in seen:
+                raise ValueError(
+                    f"prune_hooks: two hooks are named {hook.hook_name!r} "
+                    f"({type(seen[key]).__name__} and "
+                    f"{type(hook).__name__}); give each a distinct name: "
+                    "argument, which keys its state in checkpoints"
+                )
+            seen[key] = hook
+
+    def _is_low_rank(self):
+        return any(
+            spec_of(m) is not None and "rank" in spec_of(m).groups
+            for m in self.unwrapped_modules().modules()
+        )
+
+    def check_hook_states(self, checkpoint_folder):
+        """Refuse a pruned checkpoint that holds no state for a hook.
+
+        Such a hook would start from step 0 and prune the already pruned
+        model again.
+
+        Arguments
+        ---------
+        checkpoint_folder : str
+            The folder of the checkpoint being loaded.
+        """
+        missing = [
+            hook.hook_name
+            for hook in self.prune_hooks
+            if not os.path.exists(
+                os.path.join(checkpoint_folder, f"{hook.checkpoint_name}.ckpt")
+            )
+        ]
+        if missing:
+            raise ValueError(
+                f"The checkpoint {checkpoint_folder} holds a pruned model "
+                f"but no state for the prune_hooks {missing}: it was saved "
+                "with other hooks or other hook names. Resume it with the "
+                "same prune_hooks, or start a new run (init_from)"
+            )
+
+    def evaluate(self, test_set, max_key=None, min_key=None, **kwargs):
+        """Evaluate as ``Brain.evaluate``, on the final pruned structure.
+
+        Whatever the recipe's ``on_evaluate_start`` does (SpeechBrain's
+        default, or averaging the best checkpoints), it only finds
+        checkpoints of the final structure
+        (:class:`sb_prune.core.checkpoints.StructureGuard`).
+
+        Arguments
+        ---------
+        test_set : Dataset or DataLoader
+            As for ``Brain.evaluate``.
+        max_key, min_key : str, optional
+            As for ``Brain.evaluate``.
+        **kwargs
+            The other arguments of ``Brain.evaluate``.
+
+        Returns
+        -------
+        float
+            The average test loss.
+        """
+        if self.structure_guard is None:
+            return super().evaluate(test_set, max_key, min_key, **kwargs)
+        with self.structure_guard.evaluating():
+            return super().evaluate(test_set, max_key, min_key, **kwargs)
 
     def _register_recoverables(self):
         self.checkpointer.add_recoverable(
@@ -189,10 +253,9 @@ class PruningBrain(sb.Brain):
         )
         # The structure must be restored before anything else is loaded.
         load_first(self.checkpointer, STRUCTURE_KEY)
-        for index, hook in enumerate(self.prune_hooks):
-            name = f"sb_prune_hook{index}_{type(hook).__name__}"
+        for hook in self.prune_hooks:
             self.checkpointer.add_recoverable(
-                name, _HookRecoverable(hook), optional_load=True
+                hook.checkpoint_name, _HookRecoverable(hook), optional_load=True
             )
 
     def unwrapped_modules(self):
@@ -228,12 +291,18 @@ class PruningBrain(sb.Brain):
         ---------
         record : dict
             A record from :func:`sb_prune.core.structure.describe`.
+
+        Returns
+        -------
+        bool
+            Whether the model changed.
         """
         with ResizeJournal() as journal:
             changed = restore(self.unwrapped_modules(), record)
         if changed:
             self.modules.to(self.device)
             self._after_structure_change(journal)
+        return changed
 
     def has_current_structure(self, checkpoint):
         """Whether a checkpoint holds the model's current structure.
@@ -259,6 +328,7 @@ class PruningBrain(sb.Brain):
             ]
         if any(changed):
             self._after_structure_change(journal)
+        return any(changed)
 
     def _after_structure_change(self, journal):
         """Re-wrap DDP modules and rebuild the optimizer after surgery."""
@@ -271,26 +341,23 @@ class PruningBrain(sb.Brain):
             self.modules[name] = unwrap(self.modules[name])
         if wrapped:
             rewrap_distributed(self)
-        old = getattr(self, "optimizer", None)
-        if old is None or self.opt_class is None:
+        olds = self._optimizers()
+        if not olds:
             return
-        journal.slice_optimizer_state(old)
+        for optimizer in olds.values():
+            journal.slice_optimizer_state(optimizer)
         self.init_optimizers()
-        new = self.optimizer
-        for group in new.param_groups:
-            for param in group["params"]:
-                state = old.state.get(param)
-                if state and all(
-                    value.shape == param.shape
-                    for value in state.values()
-                    if torch.is_tensor(value) and value.dim() > 0
-                ):
-                    new.state[param] = state
-        if len(old.param_groups) == len(new.param_groups):
-            for old_group, new_group in zip(old.param_groups, new.param_groups):
-                new_group["lr"] = old_group["lr"]
+        _carry_optimizer_state(olds, self._optimizers())
         n_params = sum(p.numel() for p in self.modules.parameters())
         logger.info(f"sb_prune: model restructured, {n_params} parameters")
+
+    def _optimizers(self):
+        """Every optimizer of the Brain, by name (``optimizers_dict``)."""
+        optimizers = getattr(self, "optimizers_dict", None)
+        if optimizers:
+            return dict(optimizers)
+        optimizer = getattr(self, "optimizer", None)
+        return {} if optimizer is None else {"optimizer": optimizer}
 
     def on_fit_start(self):
         """Wrap, build the optimizer, recover, then start the hooks."""
@@ -298,10 +365,24 @@ class PruningBrain(sb.Brain):
         self._run_hooks("on_fit_start")
 
     def fit(self, epoch_counter, *args, **kwargs):
-        """Train as ``Brain.fit``, then run the hooks' ``on_fit_end``."""
+        """Train as ``Brain.fit``, then run the hooks' ``on_fit_end``.
+
+        If they prune (adaptive dropout removes what its masks already
+        drop: the outputs do not change), the pruned model is saved as a
+        checkpoint with the metrics of the last one, so that evaluation,
+        which loads checkpoints, tests it.
+        """
         super().fit(epoch_counter, *args, **kwargs)
-        if not self.test_only:
-            self._run_hooks("on_fit_end")
+        if not self.test_only and self._run_hooks("on_fit_end"):
+            self._checkpoint_final_structure()
+
+    def _checkpoint_final_structure(self):
+        if self.checkpointer is None:
+            return
+        latest = self.checkpointer.find_checkpoint()
+        meta = {} if latest is None else dict(latest.meta)
+        meta.pop("unixtime", None)
+        self.checkpointer.save_checkpoint(meta=meta, end_of_epoch=True)
 
     def _fit_train(self, train_set, epoch, enable):
         # The one private Brain method overridden (TRAIN_EPOCH_METHOD, see
@@ -328,3 +409,31 @@ class PruningBrain(sb.Brain):
             hook.on_gradients(self)
         super().optimizers_step()
         self._run_hooks("on_optimizer_step")
+
+
+def _carry_optimizer_state(olds, news):
+    """Give rebuilt optimizers the (sliced) state of the surviving weights.
+
+    Arguments
+    ---------
+    olds, news : dict
+        Optimizers by name, before and after ``init_optimizers``; every
+        optimizer of a Brain with several (``optimizers_dict``) is rebuilt.
+    """
+    states = {}
+    for optimizer in olds.values():
+        states.update(optimizer.state)
+    for name, new in news.items():
+        for group in new.param_groups:
+            for param in group["params"]:
+                state = states.get(param)
+                if state and all(
+                    value.shape == param.shape
+                    for value in state.values()
+                    if torch.is_tensor(value) and value.dim() > 0
+                ):
+                    new.state[param] = state
+        old = olds.get(name)
+        if old is not None and len(old.param_groups) == len(new.param_groups):
+            for old_group, new_group in zip(old.param_groups, new.param_groups):
+                new_group["lr"] = old_group["lr"]

@@ -22,7 +22,35 @@ class PruningHook:
 
     Override the events you need. Structural events return whether they
     changed the model.
+
+    Arguments
+    ---------
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name). Two hooks of one class in ``prune_hooks`` need names.
+
+    Example
+    -------
+    >>> PruningHook().checkpoint_name
+    'sb_prune_hook_PruningHook'
+    >>> PruningHook(name="second").hook_name
+    'second'
     """
+
+    def __init__(self, name=None):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = name
+
+    @property
+    def hook_name(self):
+        """The hook's name: ``name``, or its class name."""
+        return self.name or type(self).__name__
+
+    @property
+    def checkpoint_name(self):
+        """The recoverable name of its state in checkpoints."""
+        return f"sb_prune_hook_{self.hook_name}"
 
     def on_fit_start(self, brain):
         """Called once training starts (after checkpoint recovery).

@@ -33,7 +33,6 @@ from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.deploy.pretrained import initialize_from
 from sb_prune.methods.i3d.gates import GateRecorder
 from sb_prune.reporting.summary import write_recipe_summary
-from sb_prune.training.brain import read_structure
 
 logger = logging.getLogger(__name__)
 
@@ -128,24 +127,16 @@ class ASR(sb_prune.PruningBrain):
                     self.wer_metric.write_stats(w)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the best checkpoint of the final structure, average more.
+        """Load the best checkpoint, then average the best ones.
 
-        Checkpoints saved before the last pruning step hold larger models:
-        they are neither evaluated (that would not test the pruned model)
-        nor averaged with it.
+        PruningBrain lets evaluation see only the checkpoints of the final
+        structure, so this tests (and averages) the pruned model.
         """
-        latest = self.checkpointer.find_checkpoint()
-        final = None if latest is None else read_structure(latest)
-        self.checkpointer.recover_if_possible(
-            max_key=max_key,
-            min_key=min_key,
-            ckpt_predicate=lambda ckpt: read_structure(ckpt) == final,
-        )
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
         checkpoints = self.checkpointer.find_checkpoints(
             max_key=max_key,
             min_key=min_key,
             max_num_checkpoints=self.hparams.avg_checkpoints,
-            ckpt_predicate=self.has_current_structure,
         )
         if len(checkpoints) > 1:
             state = sb.utils.checkpoints.average_checkpoints(

@@ -41,7 +41,6 @@ from sb_prune.data.lm_text import prepare_lm_text
 from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.deploy.checkpoint import export_model
 from sb_prune.reporting.summary import count_parameters
-from sb_prune.training.brain import read_structure
 
 
 def token_nll(log_probs, targets, lengths):
@@ -127,22 +126,6 @@ class LM(sb_prune.PruningBrain):
                 test_stats=stats,
             )
             self.test_stats = stats
-
-    def on_evaluate_start(self, max_key=None, min_key=None):
-        """Load the best checkpoint among those of the final structure.
-
-        Checkpoints saved before the last pruning step hold larger models:
-        evaluating them would not evaluate the pruned LM.
-        """
-        latest = self.checkpointer.find_checkpoint()
-        if latest is None:
-            return
-        final = read_structure(latest)
-        self.checkpointer.recover_if_possible(
-            max_key=max_key,
-            min_key=min_key,
-            ckpt_predicate=lambda ckpt: read_structure(ckpt) == final,
-        )
 
 
 def dataio_prepare(hparams, tokenizer):

@@ -41,12 +41,12 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
 from sb_prune.analysis import masked_mean_pool
+from sb_prune.core.checkpoints import read_structure
 from sb_prune.core.structure import restore
 from sb_prune.data import read_labels
 from sb_prune.data.librispeech import split_rows
 from sb_prune.reporting.profiling import count_macs
 from sb_prune.reporting.summary import count_parameters
-from sb_prune.training.brain import read_structure
 
 logger = logging.getLogger(__name__)
 

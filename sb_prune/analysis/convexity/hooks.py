@@ -222,7 +222,8 @@ class ConvexityScoring(PruningHook):
     every_n_epochs : int
         Also score after every that many training epochs (0: never).
     name : str
-        Stem of the output files.
+        Stem of the output files, and the key of the hook's state in
+        checkpoints (two scorings need two names).
     save_states : bool
         Also save the pooled hidden states of every scoring.
 
@@ -259,6 +260,7 @@ class ConvexityScoring(PruningHook):
         name="convexity",
         save_states=False,
     ):
+        super().__init__(name)
         check_int("batch_size", batch_size, 1)
         check_int("n_neighbors", n_neighbors, 1)
         check_int("max_pairs", max_pairs, 1)
@@ -279,7 +281,6 @@ class ConvexityScoring(PruningHook):
         self.seed = seed
         self.at_fit_start = at_fit_start
         self.every_n_epochs = every_n_epochs
-        self.name = name
         self.save_states = save_states
         self.history = []
         self.cut = None

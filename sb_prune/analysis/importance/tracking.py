@@ -51,6 +51,10 @@ class WeightChangeTracker(PruningHook):
         Where the weight files go (default: ``sb_prune_weights`` inside
         the Brain's checkpoint folder).
 
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name); needed when ``prune_hooks`` has two hooks of this class.
+
     Example
     -------
     >>> tracker = WeightChangeTracker(granularity="layer", snapshot_every=2)
@@ -70,7 +74,9 @@ class WeightChangeTracker(PruningHook):
         units=None,
         snapshot_every=1,
         folder=None,
+        name=None,
     ):
+        super().__init__(name)
         check_choice("granularity", granularity, GRANULARITIES)
         # A negative value reads "snapshot_every must be >= 0"; a
         # fraction is then refused as not an integer.

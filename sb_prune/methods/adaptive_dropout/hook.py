@@ -36,6 +36,10 @@ class AdaptiveDropoutPruning(PruningHook):
     prune_every_n_steps : int, optional
         Also prune every that many optimizer steps.
 
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name); needed when ``prune_hooks`` has two hooks of this class.
+
     Example
     -------
     >>> hook = AdaptiveDropoutPruning(1e-3, 3.0, -5.0, ramp_epochs=4)
@@ -55,7 +59,9 @@ class AdaptiveDropoutPruning(PruningHook):
         ramp_epochs=10,
         prune_every_epoch=True,
         prune_every_n_steps=None,
+        name=None,
     ):
+        super().__init__(name)
         check_number("regularization_weight", regularization_weight, low=0)
         check_number("target_start", target_start)
         check_number("target_end", target_end)

@@ -211,8 +211,13 @@ class Criterion:
     Subclasses implement :meth:`score`, and the statistics they need:
     gradients (:meth:`observe_gradients`, called before each optimizer
     step) or activations (forward hooks registered by :meth:`attach`).
-    Statistics are sums kept in ``self.stats``, keyed by
-    ``(members path, name)``.
+    Statistics are float32 sums kept in ``self.stats``, keyed by
+    ``(members path, name)``, and allocated (zeros) when the criterion
+    attaches (:meth:`stat_shapes`): every DDP process has the same keys even
+    if it never runs some module (LayerDrop, a closed I3D gate), so the
+    collectives of :meth:`all_reduce` match. Non-finite observations (fp16
+    overflow, steps the GradScaler skips) are dropped and counted in
+    ``non_finite``.
     """
 
     #: Whether the criterion needs training batches before it can score.
@@ -221,6 +226,8 @@ class Criterion:
     def __init__(self):
         self.stats = {}
         self.batches = 0
+        self.observations = 0
+        self.non_finite = 0
         self._handles = []
 
     def __repr__(self):
@@ -228,13 +235,34 @@ class Criterion:
 
     def _add(self, key, value):
         value = value.detach().float()
+        if not bool(torch.isfinite(value).all()):
+            self.non_finite += 1
+            return
+        self.observations += 1
         if key in self.stats:
             self.stats[key] = self.stats[key] + value
         else:
             self.stats[key] = value.clone()
 
+    def stat_shapes(self, members):
+        """The statistics the criterion keeps for some members.
+
+        Arguments
+        ---------
+        members : Members
+            From :func:`find_members`.
+
+        Returns
+        -------
+        dict
+            ``{name: shape}`` (none for a data-free criterion).
+        """
+        return {}
+
     def attach(self, members):
-        """Start collecting statistics for these members (forward hooks).
+        """Allocate the statistics and start collecting them.
+
+        Subclasses add their forward hooks after calling this.
 
         Arguments
         ---------
@@ -242,6 +270,12 @@ class Criterion:
             From :func:`find_members`.
         """
         self.detach()
+        for item in members:
+            device = next(item.module.parameters()).device
+            for name, shape in self.stat_shapes(item).items():
+                key = (item.path, name)
+                if key not in self.stats:
+                    self.stats[key] = torch.zeros(shape, device=device)
 
     def detach(self):
         """Remove the forward hooks registered by :meth:`attach`."""
@@ -253,6 +287,8 @@ class Criterion:
         """Forget the statistics (after a pruning step)."""
         self.stats = {}
         self.batches = 0
+        self.observations = 0
+        self.non_finite = 0
 
     def observe_gradients(self, members, scale=1.0):
         """Accumulate gradient statistics (``.grad`` still populated).
@@ -290,7 +326,7 @@ class Criterion:
 
     def _stat(self, members, name):
         key = (members.path, name)
-        if key not in self.stats:
+        if key not in self.stats or self.observations == 0:
             raise ValueError(
                 f"criterion {type(self).__name__} has no statistics for "
                 f"'{members.path}': data-driven criteria need at least one "
@@ -353,6 +389,12 @@ class Taylor(Criterion):
     def __init__(self):
         super().__init__()
         self._pending = {}
+
+    def stat_shapes(self, members):
+        """One sum per member (per weight for ``weights``)."""
+        if members.group == "weights":
+            return {"taylor": tuple(members.module.weight.shape)}
+        return {"taylor": (members.count,)}
 
     def attach(self, members):
         """Register the layer hooks that collect ``(x_in - x_out) . g``."""
@@ -421,6 +463,13 @@ class _ActivationCriterion(Criterion):
 
     data_driven = True
 
+    def stat_shapes(self, members):
+        """Per-column input sums of the consumer, or per-layer updates."""
+        if members.group == "layers":
+            return {"update": (members.count,), "count": (members.count,)}
+        columns = members.consumer().in_features
+        return {"abs": (columns,), "sq": (columns,), "count": ()}
+
     def attach(self, members):
         """Register forward hooks on the consumers (and layers)."""
         super().attach(members)
@@ -461,8 +510,12 @@ class _ActivationCriterion(Criterion):
 
 
 def _add_input_stats(criterion, path, x):
-    """Per-column sums of ``|x|`` and ``x^2``, and the row count."""
-    x = x.detach().reshape(-1, x.shape[-1])
+    """Per-column sums of ``|x|`` and ``x^2``, and the row count.
+
+    Summed in float32: ``x^2`` of fp16 activations over ``B * T`` rows
+    overflows fp16.
+    """
+    x = x.detach().float().reshape(-1, x.shape[-1])
     criterion._add((path, "abs"), x.abs().sum(0))
     criterion._add((path, "sq"), x.pow(2).sum(0))
     criterion._add((path, "count"), torch.tensor(float(x.shape[0])))
@@ -523,8 +576,8 @@ class _LayerUpdateHook:
     def __call__(self, layer, args, output):
         if not layer.training:
             return
-        out = (output[0] if isinstance(output, tuple) else output).detach()
-        x = args[0].detach()
+        out = output[0] if isinstance(output, tuple) else output
+        out, x = out.detach().float(), args[0].detach().float()
         update = (out - x).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
         one_hot = torch.zeros(self.count, device=update.device)
         one_hot[self.index] = 1.0
@@ -636,6 +689,9 @@ def make_criterion(name):
 def keep_top(scores, n_keep):
     """Indices of the ``n_keep`` highest scores, sorted (ties: lower index).
 
+    A NaN score ranks lowest: a member whose importance could not be
+    measured is not kept in favour of one that was.
+
     Arguments
     ---------
     scores : torch.Tensor
@@ -652,6 +708,9 @@ def keep_top(scores, n_keep):
     -------
     >>> keep_top(torch.tensor([0.5, 2.0, 0.5, 1.0]), 3)
     tensor([0, 1, 3])
+    >>> keep_top(torch.tensor([float("nan"), 2.0, 0.5]), 2)
+    tensor([1, 2])
     """
-    order = torch.sort(-scores.detach().cpu().float(), stable=True).indices
+    scores = scores.detach().cpu().float().nan_to_num(nan=-float("inf"))
+    order = torch.sort(-scores, stable=True).indices
     return order[:n_keep].sort().values

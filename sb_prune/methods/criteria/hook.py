@@ -54,6 +54,10 @@ class CriterionPruning(PruningHook):
     min_units : int
         Members each module always keeps, >= 1.
 
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name); needed when ``prune_hooks`` has two hooks of this class.
+
     Example
     -------
     >>> from sb_prune.training.schedules import Incremental
@@ -70,7 +74,10 @@ class CriterionPruning(PruningHook):
     ValueError: groups: unknown ['rows']; choose from [...]
     """
 
-    def __init__(self, criterion, schedule, groups=("ffn",), min_units=1):
+    def __init__(
+        self, criterion, schedule, groups=("ffn",), min_units=1, name=None
+    ):
+        super().__init__(name)
         if isinstance(criterion, str):
             criterion = make_criterion(criterion)
         if not isinstance(criterion, Criterion):
@@ -205,6 +212,7 @@ class CriterionPruning(PruningHook):
             prune_by_plan(brain, plan)
             self._renumber(plan)
         self.step = step
+        dropped = self.criterion.non_finite
         self.criterion.reset()
         self._find(brain)
         counts = {}
@@ -224,7 +232,8 @@ class CriterionPruning(PruningHook):
         )
         logger.info(
             f"sb_prune: {self.criterion!r} step {step}/"
-            f"{self.schedule.steps} at epoch {epoch}, kept {counts}"
+            f"{self.schedule.steps} at epoch {epoch}, kept {counts}; "
+            f"{dropped} non-finite observations dropped"
         )
 
     def _mask_weights(self, step):

@@ -55,6 +55,10 @@ class LayerCut(PruningHook):
         Path of the layer stack; default: that of ``scoring``, else the
         first module called ``encoder`` with a ``layers`` ModuleList.
 
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name); needed when ``prune_hooks`` has two hooks of this class.
+
     Example
     -------
     >>> LayerCut("evenly_spaced", n_layers=2).rule
@@ -78,7 +82,9 @@ class LayerCut(PruningHook):
         tolerance=0.0,
         at_epoch=0,
         encoder=None,
+        name=None,
     ):
+        super().__init__(name)
         check_rule(rule, n_layers, fraction, tolerance)
         if rule in SCORED_RULES and not isinstance(scoring, ConvexityScoring):
             raise ValueError(

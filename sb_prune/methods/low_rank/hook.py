@@ -47,6 +47,10 @@ class LowRankCompression(PruningHook):
         Export only this module of the Brain (e.g. ``model``), so a stage
         loads into that module alone; default: all the Brain's modules.
 
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name); needed when ``prune_hooks`` has two hooks of this class.
+
     Example
     -------
     >>> from sb_prune.training.schedules import Incremental
@@ -55,7 +59,10 @@ class LowRankCompression(PruningHook):
     [0.25, 0.5, 0.75]
     """
 
-    def __init__(self, schedule, export_folder=None, export_module=None):
+    def __init__(
+        self, schedule, export_folder=None, export_module=None, name=None
+    ):
+        super().__init__(name)
         self.schedule = checked_schedule(schedule)
         self.export_folder = export_folder
         self.export_module = export_module

@@ -107,16 +107,32 @@ def rank_for_compression(in_features, out_features, compression):
 class LowRankLinear(nn.Module):
     """A Linear layer stored as two factors of ordered rank.
 
+    It also takes the constructor arguments of SpeechBrain's
+    ``speechbrain.nnet.linear.Linear`` (``n_neurons``, ``input_size`` or
+    ``input_shape``, ``bias``), so an hparams file can swap one class for
+    the other and add a rank::
+
+        ctc_lin: !new:sb_prune.nn.LowRankLinear   # was ...nnet.linear.Linear
+            input_size: !ref <d_model>
+            n_neurons: !ref <output_neurons>
+            compression: 0.5                      # or rank: 16
+
     Arguments
     ---------
     in_features : int
-        Input size.
+        Input size (SpeechBrain: ``input_size``, or the last entry of
+        ``input_shape``).
     out_features : int
-        Output size.
+        Output size (SpeechBrain: ``n_neurons``).
     rank : int
         Number of directions, in ``[1, min(in_features, out_features)]``.
     bias : bool
         Whether the layer has an output bias.
+    n_neurons, input_size, input_shape : optional
+        SpeechBrain's names for the sizes.
+    compression : float, optional
+        Instead of ``rank``: the fraction of the dense matrix's weights the
+        factors save (see :func:`rank_for_compression`).
 
     Example
     -------
@@ -129,10 +145,42 @@ class LowRankLinear(nn.Module):
     >>> low.truncate_(2)  # or cut the factors to rank 2
     >>> low.rank, low.up.weight.shape
     (2, torch.Size([4, 2]))
+    >>> LowRankLinear(input_size=8, n_neurons=4, compression=0.5).rank
+    1
+    >>> LowRankLinear(input_size=8, n_neurons=4)
+    Traceback (most recent call last):
+    ...
+    ValueError: LowRankLinear: give rank or compression (exactly one), got ...
     """
 
-    def __init__(self, in_features, out_features, rank, bias=True):
+    def __init__(
+        self,
+        in_features=None,
+        out_features=None,
+        rank=None,
+        bias=True,
+        n_neurons=None,
+        input_size=None,
+        input_shape=None,
+        compression=None,
+    ):
         super().__init__()
+        in_features = _one_size(
+            "in_features",
+            in_features=in_features,
+            input_size=input_size,
+            input_shape=None if input_shape is None else input_shape[-1],
+        )
+        out_features = _one_size(
+            "out_features", out_features=out_features, n_neurons=n_neurons
+        )
+        if (rank is None) == (compression is None):
+            raise ValueError(
+                "LowRankLinear: give rank or compression (exactly one), got "
+                f"rank={rank!r}, compression={compression!r}"
+            )
+        if compression is not None:
+            rank = rank_for_compression(in_features, out_features, compression)
         check_rank(rank, in_features, out_features)
         self.in_features = in_features
         self.out_features = out_features
@@ -302,6 +350,18 @@ class LowRankLinear(nn.Module):
             f"out_features={self.out_features}, rank={self.rank}, "
             f"bias={self.up.bias is not None}"
         )
+
+
+def _one_size(name, **given):
+    """The one size given under one of several names (SpeechBrain's too)."""
+    found = {key: value for key, value in given.items() if value is not None}
+    if len(found) != 1:
+        raise ValueError(
+            f"LowRankLinear: give its {name} as exactly one of "
+            f"{sorted(given)}, got {found or 'none'}"
+        )
+    ((key, value),) = found.items()
+    return check_int(key, value, minimum=1)
 
 
 def _balanced_factors(weight, rank):

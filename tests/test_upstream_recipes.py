@@ -1,0 +1,229 @@
+"""Every structural method on a recipe shaped like SpeechBrain's own.
+
+``tests/upstream/`` holds a CTC recipe written in the style of SpeechBrain's
+upstream LibriSpeech one: its ``on_evaluate_start`` averages the best
+checkpoints and loads them with ``strict=True``, and it keeps checkpoints
+with ``save_and_keep_only`` by WER. Each test applies exactly the README's
+edits (rename ``Transformer`` to ``Transformer_dense``, append a fragment
+of ``hparams/``, ``class ASR(sb_prune.PruningBrain)``), with values tuned
+so that the toy run really prunes within four epochs, then trains, tests,
+and resumes, and checks that the tested model is the final pruned one.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from sb_prune.core.checkpoints import read_structure
+from sb_prune.core.structure import restore
+
+HERE = Path(__file__).parent
+RECIPE = HERE / "upstream"
+FRAGMENTS = HERE.parent / "hparams"
+
+pytestmark = pytest.mark.slow
+
+
+def compose(folder, fragment=None, substitutions=(), extra=""):
+    """The upstream-style hparams file with the README's edits applied.
+
+    ``fragment`` is a file of ``hparams/``, appended after renaming the
+    model; ``substitutions`` change values of the fragment (``(old, new)``
+    pairs, each of which must occur); ``extra`` is appended as it is.
+    """
+    text = (RECIPE / "hparams" / "ctc_conformer.yaml").read_text()
+    if fragment is not None:
+        text = text.replace("Transformer: !new:", "Transformer_dense: !new:", 1)
+        added = (FRAGMENTS / fragment).read_text()
+        for old, new in substitutions:
+            assert re.search(old, added), old
+            added = re.sub(old, new, added)
+        text += "\n" + added
+    path = Path(folder) / "hparams.yaml"
+    path.write_text(text + "\n" + extra)
+    return path
+
+
+def run(hparams_file, corpus, output, *args, check=True):
+    """Run the upstream-style train.py with PruningBrain as its base."""
+    command = [
+        sys.executable,
+        "train.py",
+        str(hparams_file),
+        f"--data_folder={corpus}",
+        f"--output_folder={output}",
+        "--noprogressbar",
+        # Keep (and average) every checkpoint, the dense ones too.
+        "--avg_checkpoints=10",
+        *args,
+    ]
+    env = dict(os.environ, SB_PRUNE_BRAIN="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        command,
+        cwd=RECIPE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def logged_tests(output):
+    """The ``test`` lines of the run's train log, as dicts of floats."""
+    lines = Path(output, "train_log.txt").read_text().splitlines()
+    found = []
+    for line in lines:
+        if "test loss" in line:
+            pairs = re.findall(r"test (\w+): ([0-9.e+-]+)", line)
+            found.append({key: float(value) for key, value in pairs})
+    return found
+
+
+def model_params(hparams_file, corpus, output, structure=None):
+    """Parameters of the recipe's ``model``, reshaped to ``structure``."""
+    with open(hparams_file) as handle:
+        hparams = load_hyperpyyaml(
+            handle, {"data_folder": str(corpus), "output_folder": str(output)}
+        )
+    modules = torch.nn.ModuleDict(hparams["modules"])
+    if structure is not None:
+        restore(modules, structure)
+    return sum(p.numel() for p in hparams["model"].parameters())
+
+
+def newest_structure(output):
+    """The structure record of the run's newest checkpoint."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    checkpointer = Checkpointer(Path(output) / "save")
+    return read_structure(checkpointer.find_checkpoint())
+
+
+def check_pruned_and_tested(hparams_file, corpus, output):
+    """The model tested is the final structure, smaller than dense."""
+    (tested,) = logged_tests(output)
+    final = newest_structure(output)
+    dense = model_params(hparams_file, corpus, output)
+    final_params = model_params(hparams_file, corpus, output, final)
+    assert final_params < dense
+    assert tested["params"] == final_params
+    return tested
+
+
+def check_resume(hparams_file, corpus, output, tested):
+    """Running again resumes the finished run and tests the same model."""
+    run(hparams_file, corpus, output)
+    first, again = logged_tests(output)
+    assert again == first == tested
+
+
+CASES = {
+    "adaptive_dropout": (
+        "adaptive_dropout.yaml",
+        [
+            ("init_retention: 0.95", "init_retention: 0.6"),
+            ("regularization_weight: 0.00003", "regularization_weight: 0.01"),
+            ("logit_scale: 10.0", "logit_scale: 50.0"),
+            ("min_units: 4", "min_units: 2"),
+            (r"ramp_epochs: .*", "ramp_epochs: 1"),
+        ],
+        "",
+        (),
+    ),
+    "criteria_grad_accumulation": (
+        "criterion_pruning.yaml",
+        [(r"start_epoch: .*", "start_epoch: 2"), (r"steps: 3", "steps: 2")],
+        "",
+        ("--grad_accumulation_factor=2",),
+    ),
+    "low_rank_bf16": (
+        "low_rank.yaml",
+        [(r"start_epoch: .*", "start_epoch: 2"), (r"every: 2", "every: 1")],
+        "",
+        ("--precision=bf16",),
+    ),
+    "layer_cut": (
+        None,
+        [],
+        "prune_hooks:\n"
+        "    - !new:sb_prune.hooks.LayerCut\n"
+        "        rule: first\n"
+        "        n_layers: 2\n"
+        "        at_epoch: 2\n",
+        (),
+    ),
+    "i3d": ("i3d.yaml", [(r"target: 0.5 ", "target: 0.4 ")], "", ()),
+    "criteria_two_optimizers": (
+        "criterion_pruning.yaml",
+        [(r"start_epoch: .*", "start_epoch: 2"), (r"steps: 3", "steps: 2")],
+        "frontend_opt_class: !name:torch.optim.Adam\n    lr: 0.001\n",
+        (),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_upstream_recipe_prunes_tests_the_pruned_model_and_resumes(
+    case, tiny_corpus, tmp_path
+):
+    fragment, substitutions, extra, args = CASES[case]
+    hparams_file = compose(tmp_path, fragment, substitutions, extra)
+    output = tmp_path / "run"
+    run(hparams_file, tiny_corpus, output, *args)
+    if case == "i3d":
+        # Dynamic depth skips modules per utterance; it removes nothing.
+        (tested,) = logged_tests(output)
+        dense = model_params(hparams_file, tiny_corpus, output)
+        assert tested["params"] == dense
+    else:
+        tested = check_pruned_and_tested(hparams_file, tiny_corpus, output)
+    check_resume(hparams_file, tiny_corpus, output, tested)
+
+
+def test_resuming_without_a_hook_state_is_refused(tiny_corpus, tmp_path):
+    fragment, substitutions, extra, args = CASES["criteria_grad_accumulation"]
+    hparams_file = compose(tmp_path, fragment, substitutions, extra)
+    output = tmp_path / "run"
+    run(hparams_file, tiny_corpus, output)
+    renamed = hparams_file.read_text().replace(
+        "criterion: taylor", "criterion: taylor\n        name: second", 1
+    )
+    hparams_file.write_text(renamed)
+    done = run(hparams_file, tiny_corpus, output, check=False)
+    assert done.returncode != 0
+    assert (
+        "no state for the prune_hooks ['second']" in done.stdout + done.stderr
+    )
+
+
+def test_swapping_a_linear_for_a_low_rank_one(tiny_corpus, tmp_path):
+    """The other way users work: swap one class in the hparams file."""
+    hparams_file = compose(
+        tmp_path,
+        extra="prune_hooks:\n"
+        "    - !new:sb_prune.hooks.LowRankCompression\n"
+        "        schedule: !new:sb_prune.schedules.OneShot\n"
+        "            target: 0.5\n"
+        "            epoch: 2\n",
+    )
+    text = hparams_file.read_text()
+    swapped = text.replace(
+        "ctc_lin: !new:speechbrain.nnet.linear.Linear\n",
+        "ctc_lin: !new:sb_prune.nn.LowRankLinear\n    rank: 16\n",
+    )
+    assert swapped != text
+    hparams_file.write_text(swapped)
+    output = tmp_path / "run"
+    run(hparams_file, tiny_corpus, output)
+    tested = check_pruned_and_tested(hparams_file, tiny_corpus, output)
+    assert newest_structure(output)["ctc_lin"]["rank"] == 8
+    check_resume(hparams_file, tiny_corpus, output, tested)
