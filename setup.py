@@ -19,6 +19,7 @@ setup(
         "torchaudio",
         "speechbrain>=1.1,<1.2",  # private API: sb_prune.training.speechbrain_api
         "hyperpyyaml",
+        "ruamel.yaml>=0.18",  # exports keep the run's own hparams
         "sentencepiece",
         "numpy",
         "scipy",

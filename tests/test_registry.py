@@ -208,3 +208,113 @@ def test_whisper_encoder_is_one_entry_of_the_registry():
     assert torch.equal(again, encoder(features).last_hidden_state)
     convert(encoder, low_rank={"points": ["ffn"], "compression": 0.5})
     assert type(encoder.layers[0].fc1).__name__ == "LowRankLinear"
+
+
+@pytest.mark.parametrize(
+    "config_name, model_name",
+    [
+        ("Wav2Vec2Config", "Wav2Vec2Model"),
+        ("HubertConfig", "HubertModel"),
+        ("WavLMConfig", "WavLMModel"),
+    ],
+)
+def test_ssl_encoder_ffn_units_are_pruned_exactly(config_name, model_name):
+    """wav2vec2/HuBERT/WavLM feed-forward blocks: criteria and low rank."""
+    transformers = pytest.importorskip("transformers")
+    from sb_prune import convert
+
+    config = getattr(transformers, config_name)(
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config).eval()
+    root = torch.nn.ModuleDict({"ssl": model})
+    members = find_members(root, ["ffn", "layers"])
+    assert [(m.group, m.count) for m in members] == [
+        ("layers", 2),
+        ("ffn", 32),
+        ("ffn", 32),
+    ]
+    wavs = torch.randn(2, 1600)
+    ffn = members[1].module
+    with torch.no_grad():
+        ffn.output_dense.weight[:, [0, 5]] = 0.0
+        expected = model(wavs).last_hidden_state
+    kept = torch.tensor([i for i in range(32) if i not in (0, 5)])
+    apply_plan(root, {members[1].path: {"hidden": kept}})
+    with torch.no_grad():
+        assert torch.allclose(
+            model(wavs).last_hidden_state, expected, atol=1e-5
+        )
+    assert describe(root)[members[1].path]["hidden"] == 30
+    convert(model, low_rank={"points": ["ffn"]})  # full rank: exact
+    with torch.no_grad():
+        assert torch.allclose(
+            model(wavs).last_hidden_state, expected, atol=1e-4
+        )
+
+
+@pytest.mark.parametrize("attention", ["RelPosMHAXL", "regularMHA"])
+def test_encoder_decoder_transformer_prunes_encoder_and_decoder(attention):
+    """TransformerASR with a decoder: FFN units and heads of both are
+    removed exactly (a masked model equals the pruned one) and recorded."""
+    from speechbrain.lobes.models.transformer.TransformerASR import (
+        TransformerASR,
+    )
+
+    from sb_prune import convert
+
+    def build():
+        torch.manual_seed(0)
+        model = TransformerASR(
+            tgt_vocab=12,
+            input_size=8,
+            d_model=16,
+            nhead=4,
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            d_ffn=32,
+            dropout=0.0,
+            encoder_module="conformer",
+            attention_type=attention,
+            normalize_before=True,
+            causal=False,
+        ).eval()
+        convert(model, prunable_attention={})
+        return torch.nn.ModuleDict({"Transformer": model})
+
+    root = build()
+    model = root["Transformer"]
+    members = find_members(root, ["ffn", "heads"])
+    paths = [m.path for m in members]
+    assert any(".decoder." in p for p in paths)
+    assert any(".encoder." in p for p in paths)
+    src, tgt = torch.randn(2, 10, 8), torch.randint(1, 12, (2, 5))
+    plan = {}
+    with torch.no_grad():
+        for item in members:  # silence member 0 of each, then remove it
+            plan[item.path] = item.plan(torch.arange(1, item.count))
+            dead = item.plan(torch.tensor([0]))
+            columns = dead["hidden"] if item.group == "ffn" else dead["v"]
+            item.consumer().weight[:, columns] = 0.0
+        expected = model(src, tgt, wav_len=torch.ones(2))
+    apply_plan(root, plan)
+    with torch.no_grad():
+        got = model(src, tgt, wav_len=torch.ones(2))
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-5)
+    fresh = build()
+    assert restore(fresh, describe(root))
+    fresh.load_state_dict(root.state_dict())
+    with torch.no_grad():
+        again = fresh["Transformer"](src, tgt, wav_len=torch.ones(2))
+    for a, b in zip(again, got):
+        assert torch.equal(a, b)

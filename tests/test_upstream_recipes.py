@@ -119,6 +119,33 @@ def check_pruned_and_tested(hparams_file, corpus, output):
     return tested
 
 
+def check_export(output, folder, corpus):
+    """The export loads in EncoderASR and computes what the run tested."""
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.dataio.dataio import read_audio
+    from speechbrain.inference.ASR import EncoderASR
+
+    from sb_prune.deploy.pretrained import export_pretrained, load_model
+
+    export_pretrained(output, folder)
+    asr = EncoderASR.from_hparams(source=str(folder), savedir=str(folder))
+    run = load_model(output)  # the run's own modules, evaluated checkpoints
+    torch.nn.ModuleDict(run["modules"]).eval()
+    wavs = sorted(Path(corpus, "test-clean").rglob("*.flac"))[:3]
+    batch = PaddedBatch([{"sig": read_audio(str(w))} for w in wavs])
+    signals, lengths = batch.sig
+    with torch.no_grad():
+        exported = asr.encode_batch(signals, lengths)
+        feats = run["normalize"](run["compute_features"](signals), lengths)
+        encoded = run["Transformer"].encode(run["CNN"](feats), lengths)
+        expected = run["log_softmax"](run["ctc_lin"](encoded))
+    assert torch.allclose(exported, expected, atol=1e-5)
+    assert (
+        asr.transcribe_file(str(wavs[0]))
+        == asr.transcribe_batch(signals[:1], lengths[:1] / lengths[0])[0][0]
+    )
+
+
 def check_resume(hparams_file, corpus, output, tested):
     """Running again resumes the finished run and tests the same model."""
     run(hparams_file, corpus, output)
@@ -187,6 +214,7 @@ def test_upstream_recipe_prunes_tests_the_pruned_model_and_resumes(
     else:
         tested = check_pruned_and_tested(hparams_file, tiny_corpus, output)
     check_resume(hparams_file, tiny_corpus, output, tested)
+    check_export(output, tmp_path / "exported", tiny_corpus)
 
 
 def test_resuming_without_a_hook_state_is_refused(tiny_corpus, tmp_path):
@@ -227,3 +255,4 @@ def test_swapping_a_linear_for_a_low_rank_one(tiny_corpus, tmp_path):
     tested = check_pruned_and_tested(hparams_file, tiny_corpus, output)
     assert newest_structure(output)["ctc_lin"]["rank"] == 8
     check_resume(hparams_file, tiny_corpus, output, tested)
+    check_export(output, tmp_path / "exported", tiny_corpus)

@@ -21,7 +21,23 @@ import sys
 from pathlib import Path
 
 from sb_prune.cli.recipes import recipes_folder
-from sb_prune.deploy.pretrained import ARCHITECTURE_KEYS, export_pretrained
+from sb_prune.deploy.pretrained import export_pretrained
+
+#: The keys of recipes/LibriSpeech/ASR that define its architecture, read
+#: from the source so the compressed model has the same one.
+ARCHITECTURE_KEYS = (
+    "sample_rate",
+    "n_mels",
+    "blank_index",
+    "d_model",
+    "frame_stack",
+    "output_neurons",
+    "nhead",
+    "num_encoder_layers",
+    "d_ffn",
+    "conv_kernel_size",
+    "token_type",
+)
 
 #: method -> (ASR recipe hparams file, overrides)
 METHODS = {

@@ -31,6 +31,8 @@ import logging
 
 from speechbrain.utils.checkpoints import ckpt_recency
 
+from sb_prune.core.registry import spec_of
+
 logger = logging.getLogger(__name__)
 
 #: The recoverable name of the structure record in checkpoints.
@@ -55,6 +57,32 @@ def read_structure(checkpoint):
         return None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def has_low_rank(root):
+    """Whether a model holds low-rank factors (a type with group ``rank``).
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model or the Brain's modules.
+
+    Returns
+    -------
+    bool
+        True if some module's spec has the ``rank`` group.
+
+    Example
+    -------
+    >>> import torch
+    >>> from sb_prune.nn import LowRankLinear
+    >>> has_low_rank(torch.nn.Linear(2, 2))
+    False
+    >>> has_low_rank(torch.nn.Sequential(LowRankLinear(2, 2, rank=1)))
+    True
+    """
+    specs = (spec_of(module) for module in root.modules())
+    return any(spec is not None and "rank" in spec.groups for spec in specs)
 
 
 class StructureGuard:

@@ -19,7 +19,8 @@ adaptive dropout, low rank) or, for encoder layers, which modules a
   wav2vec2, HuBERT, WavLM and Whisper encoders: ``layers``; criterion group
   ``layers``;
 * the Hugging Face ``WhisperEncoderLayer``: ``hidden`` (its ``fc1`` /
-  ``fc2`` feed-forward block); criterion group ``ffn``.
+  ``fc2`` feed-forward block), and the feed-forward blocks of the wav2vec2,
+  HuBERT and WavLM encoders: ``hidden``; criterion group ``ffn``.
 
 Authors
  * sb_prune developers
@@ -360,3 +361,17 @@ register(
         },
     ),
 )
+
+# The feed-forward blocks of the Hugging Face SSL encoders (wav2vec2,
+# HuBERT, WavLM): intermediate_dense up, output_dense down.
+for _ffn in (
+    "transformers.models.wav2vec2.modeling_wav2vec2.Wav2Vec2FeedForward",
+    "transformers.models.hubert.modeling_hubert.HubertFeedForward",
+    "transformers.models.wavlm.modeling_wavlm.WavLMFeedForward",
+):
+    register(
+        _ffn,
+        feed_forward_spec(
+            lambda ffn: (ffn, "intermediate_dense", "output_dense")
+        ),
+    )

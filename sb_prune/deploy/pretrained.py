@@ -1,25 +1,27 @@
 """Export a pruned ASR model as a SpeechBrain pretrained-model folder.
 
 The folder holds a ``hyperparams.yaml`` that rebuilds the pruned
-architecture (the dense model, the sb_prune conversions it went through and
-its structure record), the checkpoint files and the tokenizer, so that
-SpeechBrain's own interface loads it offline::
+architecture from the run's own ``hyperparams.yaml`` (the blocks the model
+is built from, with every constructor option and the ``sb_prune.convert``
+they went through, then the structure record), the checkpoint files and
+the tokenizer, so that SpeechBrain's own interface loads it offline::
 
     from speechbrain.inference.ASR import EncoderASR
     asr = EncoderASR.from_hparams(source="exported/", savedir="exported/")
     asr.transcribe_file("utterance.flac")
 
-:func:`export_pretrained` reads a finished run of
-``recipes/LibriSpeech/ASR/train.py`` (any of its hparams files): it loads
-the same checkpoints the recipe evaluated (the best ones of one structure,
-averaged), removes the training-only adaptive-dropout layers, and writes
-the folder.
+:func:`export_pretrained` reads a finished run of a CTC recipe shaped like
+SpeechBrain's LibriSpeech ones (hparams keys ``compute_features``,
+``normalize``, ``CNN``, ``Transformer``, ``ctc_lin``, ``log_softmax``;
+``recipes/LibriSpeech/ASR`` and SpeechBrain's ``ASR/CTC`` alike): it loads
+the same checkpoints the recipe evaluated (the best ones of the final
+structure, averaged), removes the training-only adaptive-dropout layers,
+and writes the folder.
 
 Authors
  * sb_prune developers
 """
 
-import json
 import shutil
 from pathlib import Path
 
@@ -28,157 +30,80 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import average_checkpoints
 from speechbrain.utils.distributed import run_on_main
 
+from sb_prune.core.checkpoints import (
+    StructureGuard,
+    has_low_rank,
+    read_structure,
+)
 from sb_prune.core.structure import describe, restore
+from sb_prune.deploy.hparams_subset import dump, keep_keys, load, tagged
 from sb_prune.deploy.strip import strip_adaptive_dropout
 from sb_prune.methods.convert import convert, recorded_conversions
-from sb_prune.training.brain import read_structure
 from sb_prune.training.speechbrain_api import (
     copy_normalizer_statistics,
     save_normalizer,
 )
 
-STRIP = "strip_adaptive_dropout"
-#: Hparams keys that define the recipe's architecture (and its features).
 #: The TorchScript file ``--torchscript`` adds to an exported folder.
 TORCHSCRIPT = "ctc_encoder.torchscript.pt"
-
-ARCHITECTURE_KEYS = (
-    "sample_rate",
-    "n_mels",
-    "blank_index",
-    "d_model",
-    "frame_stack",
-    "output_neurons",
-    "nhead",
-    "num_encoder_layers",
-    "d_ffn",
-    "conv_kernel_size",
-    "token_type",
+#: The hparams keys of a CTC recipe's inference pipeline, in order.
+CTC_PIPELINE = (
+    "compute_features",
+    "normalize",
+    "CNN",
+    "Transformer",
+    "ctc_lin",
+    "log_softmax",
+)
+#: Keys the exported hyperparams.yaml adds to the run's.
+_ADDED = (
+    "sb_prune_rebuild",
+    "sb_prune_encoder",
+    "encoder",
+    "decoding_function",
+    "tokenizer",
+    "modules",
+    "pretrainer",
 )
 
 
-def rebuild(model, structure, conversions=()):
-    """Reshape a freshly built dense model into an exported architecture.
+def rebuild(modules, structure, strip=True):
+    """Reshape freshly built modules into an exported architecture.
 
     Used by the ``hyperparams.yaml`` of exported folders
-    (``!apply:sb_prune.deploy.pretrained.rebuild``).
+    (``!apply:sb_prune.deploy.pretrained.rebuild``), after the modules are
+    built as the run built them (``sb_prune.convert`` included).
 
     Arguments
     ---------
-    model : torch.nn.Module
-        The dense model, as the recipe builds it.
+    modules : dict
+        The run's modules by name (the structure record's paths start with
+        these names).
     structure : dict
-        Structure record relative to ``model``.
-    conversions : list
-        ``[method, options]`` pairs applied in order: an
-        :func:`sb_prune.convert` method, or ``strip_adaptive_dropout``.
+        The structure record of the exported model.
+    strip : bool
+        Replace adaptive-dropout layers by their inference form first.
 
     Returns
     -------
-    torch.nn.Module
-        The same model, ready for the exported state dict.
+    torch.nn.ModuleDict
+        The modules, reshaped in place.
     """
-    for method, options in conversions:
-        if method == STRIP:
-            strip_adaptive_dropout(model)
-        else:
-            convert(model, **{method: options})
-    restore(model, structure)
-    return model
-
-
-_TEMPLATE = """\
-# Pretrained CTC Conformer exported by sb_prune from {source}
-# Load with speechbrain.inference.ASR.EncoderASR.from_hparams(source=...).
-# The model is pruned: `rebuild` reshapes the dense model to the
-# structure below before the checkpoint is loaded.
-
-sample_rate: {sample_rate}
-n_mels: {n_mels}
-blank_index: {blank_index}
-d_model: {d_model}
-frame_stack: {frame_stack}
-output_neurons: {output_neurons}
-nhead: {nhead}
-num_encoder_layers: {num_encoder_layers}
-d_ffn: {d_ffn}
-conv_kernel_size: {conv_kernel_size}
-token_type: {token_type}
-
-compute_features: !new:speechbrain.lobes.features.Fbank
-    sample_rate: !ref <sample_rate>
-    n_mels: !ref <n_mels>
-
-normalize: !new:speechbrain.processing.features.InputNormalization
-    norm_type: global
-
-CNN: !new:speechbrain.nnet.CNN.Conv1d
-    input_shape: [null, null, !ref <n_mels>]
-    out_channels: !ref <d_model>
-    kernel_size: !ref <frame_stack>
-    stride: !ref <frame_stack>
-    padding: valid
-
-Transformer: !apply:sb_prune.deploy.pretrained.rebuild
-    model: !new:{asr}.TransformerASR
-        input_size: !ref <d_model>
-        tgt_vocab: !ref <output_neurons>
-        d_model: !ref <d_model>
-        nhead: !ref <nhead>
-        num_encoder_layers: !ref <num_encoder_layers>
-        num_decoder_layers: 0
-        d_ffn: !ref <d_ffn>
-        dropout: 0.0
-        encoder_module: conformer
-        attention_type: RelPosMHAXL
-        normalize_before: True
-        causal: False
-        kernel_size: !ref <conv_kernel_size>
-    conversions: {conversions}
-    structure: {structure}
-
-transformer_encoder: !new:{asr}.EncoderWrapper
-    transformer: !ref <Transformer>
-
-ctc_lin: !new:speechbrain.nnet.linear.Linear
-    input_size: !ref <d_model>
-    n_neurons: !ref <output_neurons>
-
-log_softmax: !new:torch.nn.LogSoftmax
-    dim: -1
-
-encoder: !new:speechbrain.nnet.containers.LengthsCapableSequential
-    compute_features: !ref <compute_features>
-    normalize: !ref <normalize>
-    CNN: !ref <CNN>
-    transformer_encoder: !ref <transformer_encoder>
-    ctc_lin: !ref <ctc_lin>
-    log_softmax: !ref <log_softmax>
-
-model: !new:torch.nn.ModuleList
-    - [!ref <CNN>, !ref <Transformer>, !ref <ctc_lin>]
-
-decoding_function: !name:speechbrain.decoders.ctc_greedy_decode
-    blank_id: !ref <blank_index>
-
-tokenizer: !new:sentencepiece.SentencePieceProcessor
-
-modules:
-    encoder: !ref <encoder>
-
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        model: !ref <model>
-        normalizer: !ref <normalize>
-        tokenizer: !ref <tokenizer>
-"""
+    modules = torch.nn.ModuleDict(dict(modules))
+    if strip:
+        for module in modules.values():
+            strip_adaptive_dropout(module)
+    restore(modules, structure)
+    return modules
 
 
 def load_evaluated_checkpoints(hparams, min_key="WER"):
     """Load the checkpoints a recipe run evaluated into its modules.
 
-    As the recipe does: the best checkpoints of the final structure (the
-    latest checkpoint's), averaged.
+    As :class:`sb_prune.PruningBrain` lets a recipe do: the best
+    checkpoints of the final structure (the newest checkpoint's), up to
+    ``avg_checkpoints`` of them averaged (only the best for low-rank
+    models).
 
     Arguments
     ---------
@@ -194,28 +119,26 @@ def load_evaluated_checkpoints(hparams, min_key="WER"):
     """
     modules = torch.nn.ModuleDict(hparams["modules"])
     checkpointer = hparams["checkpointer"]
-    latest = checkpointer.find_checkpoint()
-    if latest is None:
+    if checkpointer.find_checkpoint() is None:
         raise FileNotFoundError(
             f"No checkpoint in {checkpointer.checkpoints_dir}: train first"
         )
-    record = read_structure(latest)
-    best = checkpointer.find_checkpoint(
-        min_key=min_key, ckpt_predicate=lambda c: read_structure(c) == record
-    )
-    if best is None:
-        raise FileNotFoundError(
-            f"No checkpoint in {checkpointer.checkpoints_dir} records "
-            f"{min_key}: not an ASR run"
+    guard = StructureGuard(checkpointer, lambda: has_low_rank(modules))
+    with guard.evaluating():
+        best = checkpointer.find_checkpoint(min_key=min_key)
+        if best is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {checkpointer.checkpoints_dir} records "
+                f"{min_key}: not an ASR run"
+            )
+        record = read_structure(best)
+        if record is not None:
+            restore(modules, record)
+        checkpointer.load_checkpoint(best)
+        same = checkpointer.find_checkpoints(
+            min_key=min_key,
+            max_num_checkpoints=hparams.get("avg_checkpoints", 1),
         )
-    if record is not None:
-        restore(modules, record)
-    checkpointer.load_checkpoint(best)
-    same = checkpointer.find_checkpoints(
-        min_key=min_key,
-        max_num_checkpoints=hparams.get("avg_checkpoints", 1),
-        ckpt_predicate=lambda ckpt: read_structure(ckpt) == record,
-    )
     if len(same) > 1:
         state = average_checkpoints(same, recoverable_name="model")
         hparams["model"].load_state_dict(state, strict=True)
@@ -258,8 +181,9 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
     Arguments
     ---------
     run_folder : str
-        The ``output_folder`` of a finished ``recipes/LibriSpeech/ASR`` run
-        (it holds ``hyperparams.yaml`` and ``save/``).
+        The ``output_folder`` of a finished CTC recipe run (it holds
+        ``hyperparams.yaml``, ``save/`` with checkpoints and a SentencePiece
+        tokenizer).
     out_folder : str
         The folder to write (created if missing).
     min_key : str
@@ -277,26 +201,33 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
     """
     run_folder, out_folder = Path(run_folder), Path(out_folder)
     hparams = read_hparams(run_folder, "--source")
+    text = (run_folder / "hyperparams.yaml").read_text(encoding="utf-8")
+    _check_exportable(hparams, run_folder)
     averaged = load_evaluated_checkpoints(hparams, min_key)
-    transformer = hparams["Transformer"].eval()
-    conversions = [list(c) for c in recorded_conversions(transformer)]
-    if conversions:
-        strip_adaptive_dropout(transformer)
-        conversions.append([STRIP, {}])
+    modules = {
+        name: module
+        for name, module in hparams["modules"].items()
+        if any(module is hparams[key] for key in CTC_PIPELINE)
+    }
+    for module in modules.values():
+        module.eval()
+        strip_adaptive_dropout(module)
+    record = describe(torch.nn.ModuleDict(modules))
+    document = _exported_document(text, hparams, modules, record)
     out_folder.mkdir(parents=True, exist_ok=True)
-    text = _TEMPLATE.format(
-        source=run_folder,
-        asr="speechbrain.lobes.models.transformer.TransformerASR",
-        conversions=json.dumps(conversions),
-        structure=json.dumps(describe(transformer)),
-        **{key: hparams[key] for key in ARCHITECTURE_KEYS},
+    (out_folder / "hyperparams.yaml").write_text(
+        f"# Exported by sb_prune from {run_folder}: the run's blocks, then\n"
+        "# the pruned structure (sb_prune_rebuild) and the inference keys of\n"
+        "# speechbrain.inference.ASR.EncoderASR.\n" + dump(document)
     )
-    (out_folder / "hyperparams.yaml").write_text(text)
-    torch.save(hparams["model"].state_dict(), out_folder / "model.ckpt")
-    save_normalizer(hparams["normalize"], out_folder / "normalizer.ckpt")
+    for name in _weight_files(hparams):
+        torch.save(hparams[name].state_dict(), out_folder / f"{name}.ckpt")
+    save_normalizer(hparams["normalize"], out_folder / "normalize.ckpt")
     shutil.copy(tokenizer_file(run_folder), out_folder / "tokenizer.ckpt")
     summary = {
-        "params": sum(p.numel() for p in hparams["model"].parameters()),
+        "params": sum(
+            p.numel() for m in modules.values() for p in m.parameters()
+        ),
         "averaged_checkpoints": averaged,
         "folder": str(out_folder),
     }
@@ -312,6 +243,80 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
             traced, model, hparams["n_mels"]
         )
     return summary
+
+
+def _check_exportable(hparams, run_folder):
+    missing = [key for key in CTC_PIPELINE if key not in hparams]
+    if missing:
+        raise ValueError(
+            f"export: {run_folder}/hyperparams.yaml has no {missing}; a CTC "
+            f"recipe exports with the keys {list(CTC_PIPELINE)} (features, "
+            "normalisation, front end, TransformerASR, CTC layer, "
+            "log-softmax)"
+        )
+    if "modules" not in hparams:
+        raise ValueError(
+            f"export: {run_folder}/hyperparams.yaml has no modules: the "
+            "structure record is relative to the Brain's modules"
+        )
+    decoder = getattr(hparams["Transformer"], "decoder", None)
+    if decoder is not None and len(getattr(decoder, "layers", [])) > 0:
+        raise ValueError(
+            "export: the run's Transformer has a decoder; sb-prune export "
+            "writes CTC models (EncoderASR) only, encoder-decoder export "
+            "is not implemented"
+        )
+    clash = [key for key in _ADDED if key in hparams and key != "modules"]
+    if clash:
+        raise ValueError(
+            f"export: the run's hparams already use the keys {clash}, which "
+            "the exported hyperparams.yaml needs for inference"
+        )
+
+
+def _weight_files(hparams):
+    """The keys whose state dicts the folder holds (``model`` if any)."""
+    if "model" in hparams:
+        return ["model"]
+    return [key for key in ("CNN", "Transformer", "ctc_lin") if key in hparams]
+
+
+def _exported_document(text, hparams, modules, record):
+    """The run's model blocks plus the structure and the inference keys."""
+    run = load(text)
+    document = keep_keys(run, list(CTC_PIPELINE) + _weight_files(hparams))
+    document["sb_prune_rebuild"] = tagged(
+        "!apply:sb_prune.deploy.pretrained.rebuild",
+        {
+            "modules": {name: run["modules"][name] for name in modules},
+            "structure": record,
+            "strip": True,
+        },
+    )
+    document["sb_prune_encoder"] = tagged(
+        "!new:speechbrain.lobes.models.transformer.TransformerASR."
+        "EncoderWrapper",
+        {"transformer": document["Transformer"]},
+    )
+    steps = {key: document[key] for key in CTC_PIPELINE}
+    steps["Transformer"] = document["sb_prune_encoder"]
+    document["encoder"] = tagged(
+        "!new:speechbrain.nnet.containers.LengthsCapableSequential", steps
+    )
+    document["decoding_function"] = tagged(
+        "!name:speechbrain.decoders.ctc_greedy_decode",
+        {"blank_id": int(hparams.get("blank_index", 0))},
+    )
+    document["tokenizer"] = tagged("!new:sentencepiece.SentencePieceProcessor")
+    document["modules"] = {"encoder": document["encoder"]}
+    loadables = {name: document[name] for name in _weight_files(hparams)}
+    loadables["normalize"] = document["normalize"]
+    loadables["tokenizer"] = document["tokenizer"]
+    document["pretrainer"] = tagged(
+        "!new:speechbrain.utils.parameter_transfer.Pretrainer",
+        {"loadables": loadables},
+    )
+    return document
 
 
 def load_model(source):

@@ -43,10 +43,10 @@ from speechbrain.utils.distributed import if_main_process
 from sb_prune.core.checkpoints import (
     STRUCTURE_KEY,
     StructureGuard,
+    has_low_rank,
     read_structure,
 )
 from sb_prune.core.inplace import ResizeJournal
-from sb_prune.core.registry import spec_of
 from sb_prune.core.structure import describe, restore
 from sb_prune.training.auxiliary import auxiliary_loss_scale
 from sb_prune.training.hooks import PruningHook
@@ -172,7 +172,8 @@ class PruningBrain(sb.Brain):
         if self.checkpointer is not None:
             self._register_recoverables()
             self.structure_guard = StructureGuard(
-                self.checkpointer, self._is_low_rank
+                self.checkpointer,
+                lambda: has_low_rank(self.unwrapped_modules()),
             )
 
     def _check_hook_names(self):
@@ -187,12 +188,6 @@ class PruningBrain(sb.Brain):
                     "argument, which keys its state in checkpoints"
                 )
             seen[key] = hook
-
-    def _is_low_rank(self):
-        return any(
-            spec_of(m) is not None and "rank" in spec_of(m).groups
-            for m in self.unwrapped_modules().modules()
-        )
 
     def check_hook_states(self, checkpoint_folder):
         """Refuse a pruned checkpoint that holds no state for a hook.
