@@ -5,6 +5,7 @@ import torch
 from helpers import HERE, run_two_processes
 from toy_brain import fit, make_brain, state
 
+from sb_prune import PruningBrain
 from sb_prune.nn import AdaptiveDropout
 
 
@@ -92,3 +93,20 @@ def test_ddp_two_processes_prune_identically(tmp_path):
     assert record0 != state(make_brain(tmp_path / "dense", epochs=1))[0]
     for key in params0:
         assert torch.equal(params0[key], params1[key]), key
+
+
+def test_two_unnamed_hooks_of_one_class_are_refused():
+    from sb_prune.hooks import CriterionPruning
+    from sb_prune.schedules import OneShot
+
+    def hook(name=None):
+        return CriterionPruning("magnitude", OneShot(0.5), name=name)
+
+    modules = {"lin": torch.nn.Linear(2, 2)}
+    with pytest.raises(ValueError, match="two hooks are named"):
+        PruningBrain(modules=modules, hparams={"prune_hooks": [hook(), hook()]})
+    brain = PruningBrain(
+        modules=modules, hparams={"prune_hooks": [hook(), hook("second")]}
+    )
+    names = [h.checkpoint_name for h in brain.prune_hooks]
+    assert names == ["sb_prune_hook_CriterionPruning", "sb_prune_hook_second"]

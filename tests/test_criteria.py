@@ -1,6 +1,7 @@
 """Criteria on toy models with known answers; prunable regularMHA; hooks."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import speechbrain as sb
@@ -37,6 +38,8 @@ from sb_prune.methods.criteria.criteria import (
 from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS
 from sb_prune.nn import PrunableMHA
 from sb_prune.training.schedules import Incremental, OneShot
+
+HERE = Path(__file__).parent
 
 
 def _ffn(seed=0, d_ffn=6, size=4):
@@ -505,3 +508,17 @@ def test_statistics_keys_are_the_same_whatever_ran(criterion):
         assert ranks[0].stats[key].shape == ranks[1].stats[key].shape
         summed = ranks[0].stats[key] + ranks[1].stats[key]
         assert torch.allclose(summed, value, atol=1e-6), key
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="needs torch.distributed"
+)
+def test_ddp_statistics_reduce_when_a_process_skips_a_layer(tmp_path):
+    rank0, rank1 = run_two_processes(HERE / "criteria_ddp_skip.py", tmp_path)
+    assert sorted(rank0["alone"]) == sorted(rank1["alone"])
+    skipped = ("layers.1.pos_ffn", "count")
+    assert rank1["alone"][skipped] == 0 < rank0["alone"][skipped]
+    for key, value in rank0["alone"].items():
+        total = value + rank1["alone"][key]
+        assert torch.allclose(rank0["reduced"][key], total), key
+        assert torch.allclose(rank1["reduced"][key], total), key

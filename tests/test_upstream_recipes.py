@@ -30,14 +30,20 @@ FRAGMENTS = HERE.parent / "hparams"
 pytestmark = pytest.mark.slow
 
 
-def compose(folder, fragment=None, substitutions=(), extra=""):
+def compose(
+    folder,
+    fragment=None,
+    substitutions=(),
+    extra="",
+    base="ctc_conformer.yaml",
+):
     """The upstream-style hparams file with the README's edits applied.
 
     ``fragment`` is a file of ``hparams/``, appended after renaming the
     model; ``substitutions`` change values of the fragment (``(old, new)``
     pairs, each of which must occur); ``extra`` is appended as it is.
     """
-    text = (RECIPE / "hparams" / "ctc_conformer.yaml").read_text()
+    text = (RECIPE / "hparams" / base).read_text()
     if fragment is not None:
         text = text.replace("Transformer: !new:", "Transformer_dense: !new:", 1)
         added = (FRAGMENTS / fragment).read_text()
@@ -50,11 +56,11 @@ def compose(folder, fragment=None, substitutions=(), extra=""):
     return path
 
 
-def run(hparams_file, corpus, output, *args, check=True):
-    """Run the upstream-style train.py with PruningBrain as its base."""
+def run(hparams_file, corpus, output, *args, check=True, script="train.py"):
+    """Run an upstream-style recipe script with PruningBrain as its base."""
     command = [
         sys.executable,
-        "train.py",
+        script,
         str(hparams_file),
         f"--data_folder={corpus}",
         f"--output_folder={output}",
@@ -146,11 +152,12 @@ def check_export(output, folder, corpus):
     )
 
 
-def check_resume(hparams_file, corpus, output, tested):
-    """Running again resumes the finished run and tests the same model."""
-    run(hparams_file, corpus, output)
-    first, again = logged_tests(output)
-    assert again == first == tested
+def check_resume(hparams_file, corpus, output, tested, script="train.py"):
+    """Running again (and with --test_only) tests the same model."""
+    run(hparams_file, corpus, output, script=script)
+    run(hparams_file, corpus, output, "--test_only", script=script)
+    first, again, test_only = logged_tests(output)
+    assert test_only == again == first == tested
 
 
 CASES = {
@@ -256,3 +263,49 @@ def test_swapping_a_linear_for_a_low_rank_one(tiny_corpus, tmp_path):
     assert newest_structure(output)["ctc_lin"]["rank"] == 8
     check_resume(hparams_file, tiny_corpus, output, tested)
     check_export(output, tmp_path / "exported", tiny_corpus)
+
+
+def test_encoder_decoder_recipe_prunes_both_and_exports(tiny_corpus, tmp_path):
+    """Joint CTC-attention Transformer: criteria prune encoder and decoder;
+    the export loads in EncoderDecoderASR and decodes like the run."""
+    from speechbrain.dataio.batch import PaddedBatch
+    from speechbrain.dataio.dataio import read_audio
+    from speechbrain.inference.ASR import EncoderDecoderASR
+
+    from sb_prune.deploy.pretrained import export_pretrained, load_model
+
+    fragment, substitutions, _, _ = CASES["criteria_two_optimizers"]
+    hparams_file = compose(
+        tmp_path, fragment, substitutions, base="transformer_seq2seq.yaml"
+    )
+    output = tmp_path / "run"
+    run(hparams_file, tiny_corpus, output, script="train_seq2seq.py")
+    final = newest_structure(output)
+    assert any(".decoder." in path for path in final)
+    tested = check_pruned_and_tested(hparams_file, tiny_corpus, output)
+    check_resume(
+        hparams_file, tiny_corpus, output, tested, script="train_seq2seq.py"
+    )
+    folder = tmp_path / "exported"
+    summary = export_pretrained(output, folder)
+    assert summary["interface"] == "EncoderDecoderASR"
+    asr = EncoderDecoderASR.from_hparams(
+        source=str(folder), savedir=str(folder)
+    )
+    run_model = load_model(output)
+    torch.nn.ModuleDict(run_model["modules"]).eval()
+    wavs = sorted(Path(tiny_corpus, "test-clean").rglob("*.flac"))[:3]
+    batch = PaddedBatch([{"sig": read_audio(str(w))} for w in wavs])
+    signals, lengths = batch.sig
+    with torch.no_grad():
+        exported = asr.encode_batch(signals, lengths)
+        feats = run_model["normalize"](
+            run_model["compute_features"](signals), lengths
+        )
+        encoded = run_model["Transformer"].encode(
+            run_model["CNN"](feats), lengths
+        )
+        hyps, _, _, _ = run_model["valid_search"](encoded, lengths)
+        _, exported_tokens = asr.transcribe_batch(signals, lengths)
+    assert torch.allclose(exported, encoded, atol=1e-5)
+    assert [list(h) for h in hyps] == [list(t) for t in exported_tokens]

@@ -14,7 +14,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--source",
         required=True,
-        help="output folder of a finished recipes/LibriSpeech/ASR run",
+        help="output folder of a finished recipe run (CTC or "
+        "encoder-decoder, SpeechBrain LibriSpeech-style hparams)",
     )
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument(
@@ -25,6 +26,12 @@ def add_arguments(parser):
         action="store_true",
         help=f"also write {TORCHSCRIPT} and time it against the model",
     )
+    parser.add_argument(
+        "--search",
+        default=None,
+        help="encoder-decoder runs: the hparams key of the beam searcher "
+        "to decode with (default: valid_search, else test_search)",
+    )
 
 
 def main(args):
@@ -34,5 +41,6 @@ def main(args):
         args.out,
         min_key=args.min_key,
         torchscript=args.torchscript,
+        search=args.search,
     )
     print(json.dumps(summary, indent=2))

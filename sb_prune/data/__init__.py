@@ -3,7 +3,9 @@
 ``synthesize_corpus`` writes a small LibriSpeech-format corpus with the
 espeak-ng engine shipped in ``espeakng-loader``, with per-utterance
 labels (keyword, template, voice...) that ``read_labels`` reads back.
-Command line: ``sb-prune synth --out DIR``.
+Command line: ``sb-prune synth --out DIR``. Real corpora (LibriSpeech-layout
+trees anywhere under a folder, the Free Spoken Digit Dataset) are prepared
+by :mod:`sb_prune.data.real_speech`.
 
 Authors
  * sb_prune developers

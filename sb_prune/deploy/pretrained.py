@@ -175,7 +175,9 @@ def read_hparams(folder, argument):
         return load_hyperpyyaml(handle)
 
 
-def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
+def export_pretrained(
+    run_folder, out_folder, min_key="WER", torchscript=False, search=None
+):
     """Write a SpeechBrain pretrained-model folder from a recipe run.
 
     Arguments
@@ -192,33 +194,39 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
         Also write ``ctc_encoder.torchscript.pt`` (features in, CTC
         log-probabilities out; see :mod:`sb_prune.deploy.torchscript`) and
         measure its latency against the eager model.
+    search : str, optional
+        For an encoder-decoder run: the hparams key of the beam searcher
+        the exported model decodes with (default: ``valid_search``, else
+        ``test_search``; both are SpeechBrain recipes' names).
 
     Returns
     -------
     dict
-        What was exported: parameters, averaged checkpoints, files, and
-        the TorchScript latency figures.
+        What was exported: parameters, averaged checkpoints, the inference
+        interface, the folder, and the TorchScript latency figures.
     """
     run_folder, out_folder = Path(run_folder), Path(out_folder)
     hparams = read_hparams(run_folder, "--source")
     text = (run_folder / "hyperparams.yaml").read_text(encoding="utf-8")
-    _check_exportable(hparams, run_folder)
+    if search is None:
+        search = next((k for k in SEARCHERS if k in hparams), SEARCHERS[0])
+    _check_exportable(hparams, run_folder, search)
     averaged = load_evaluated_checkpoints(hparams, min_key)
     modules = {
         name: module
         for name, module in hparams["modules"].items()
-        if any(module is hparams[key] for key in CTC_PIPELINE)
+        if any(module is kept for kept in _weight_modules(hparams))
     }
     for module in modules.values():
         module.eval()
         strip_adaptive_dropout(module)
     record = describe(torch.nn.ModuleDict(modules))
-    document = _exported_document(text, hparams, modules, record)
+    document = _exported_document(text, hparams, modules, record, search)
     out_folder.mkdir(parents=True, exist_ok=True)
     (out_folder / "hyperparams.yaml").write_text(
         f"# Exported by sb_prune from {run_folder}: the run's blocks, then\n"
         "# the pruned structure (sb_prune_rebuild) and the inference keys of\n"
-        "# speechbrain.inference.ASR.EncoderASR.\n" + dump(document)
+        f"# speechbrain.inference.ASR.{_interface(hparams)}.\n" + dump(document)
     )
     for name in _weight_files(hparams):
         torch.save(hparams[name].state_dict(), out_folder / f"{name}.ckpt")
@@ -229,6 +237,7 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
             p.numel() for m in modules.values() for p in m.parameters()
         ),
         "averaged_checkpoints": averaged,
+        "interface": _interface(hparams),
         "folder": str(out_folder),
     }
     if torchscript:
@@ -245,28 +254,53 @@ def export_pretrained(run_folder, out_folder, min_key="WER", torchscript=False):
     return summary
 
 
-def _check_exportable(hparams, run_folder):
-    missing = [key for key in CTC_PIPELINE if key not in hparams]
+#: The hparams keys of an encoder-decoder recipe's encoder, in order.
+SEQ2SEQ_ENCODER = ("compute_features", "normalize", "CNN", "Transformer")
+#: The beam searchers an encoder-decoder export may use, in preference.
+SEARCHERS = ("valid_search", "test_search")
+
+
+def is_encoder_decoder(hparams):
+    """Whether a run's Transformer has decoder layers.
+
+    Arguments
+    ---------
+    hparams : dict
+        The run's loaded hparams.
+
+    Returns
+    -------
+    bool
+        True for an encoder-decoder (attention) recipe.
+    """
+    decoder = getattr(hparams.get("Transformer"), "decoder", None)
+    return decoder is not None and len(getattr(decoder, "layers", [])) > 0
+
+
+def _interface(hparams):
+    """The SpeechBrain inference class that loads the export."""
+    return "EncoderDecoderASR" if is_encoder_decoder(hparams) else "EncoderASR"
+
+
+def _pipeline(hparams, search):
+    """The keys an export keeps as roots (besides the weight files)."""
+    if is_encoder_decoder(hparams):
+        return list(SEQ2SEQ_ENCODER) + [search]
+    return list(CTC_PIPELINE)
+
+
+def _check_exportable(hparams, run_folder, search):
+    needed = _pipeline(hparams, search)
+    missing = [key for key in needed + ["modules"] if key not in hparams]
     if missing:
+        kind = "an encoder-decoder" if is_encoder_decoder(hparams) else "a CTC"
         raise ValueError(
-            f"export: {run_folder}/hyperparams.yaml has no {missing}; a CTC "
-            f"recipe exports with the keys {list(CTC_PIPELINE)} (features, "
-            "normalisation, front end, TransformerASR, CTC layer, "
-            "log-softmax)"
+            f"export: {run_folder}/hyperparams.yaml has no {missing}; "
+            f"{kind} recipe exports with the keys {needed} and modules"
         )
-    if "modules" not in hparams:
-        raise ValueError(
-            f"export: {run_folder}/hyperparams.yaml has no modules: the "
-            "structure record is relative to the Brain's modules"
-        )
-    decoder = getattr(hparams["Transformer"], "decoder", None)
-    if decoder is not None and len(getattr(decoder, "layers", [])) > 0:
-        raise ValueError(
-            "export: the run's Transformer has a decoder; sb-prune export "
-            "writes CTC models (EncoderASR) only, encoder-decoder export "
-            "is not implemented"
-        )
-    clash = [key for key in _ADDED if key in hparams and key != "modules"]
+    clash = [
+        key for key in _ADDED if key in hparams and key not in ("modules",)
+    ]
     if clash:
         raise ValueError(
             f"export: the run's hparams already use the keys {clash}, which "
@@ -274,17 +308,25 @@ def _check_exportable(hparams, run_folder):
         )
 
 
+def _weight_modules(hparams):
+    """The run's modules the export holds."""
+    keys = list(CTC_PIPELINE) + ["seq_lin"]
+    return [hparams[key] for key in keys if key in hparams]
+
+
 def _weight_files(hparams):
     """The keys whose state dicts the folder holds (``model`` if any)."""
     if "model" in hparams:
         return ["model"]
-    return [key for key in ("CNN", "Transformer", "ctc_lin") if key in hparams]
+    names = ("CNN", "Transformer", "seq_lin", "ctc_lin")
+    return [key for key in names if key in hparams]
 
 
-def _exported_document(text, hparams, modules, record):
+def _exported_document(text, hparams, modules, record, search):
     """The run's model blocks plus the structure and the inference keys."""
     run = load(text)
-    document = keep_keys(run, list(CTC_PIPELINE) + _weight_files(hparams))
+    roots = _pipeline(hparams, search) + _weight_files(hparams)
+    document = keep_keys(run, roots)
     document["sb_prune_rebuild"] = tagged(
         "!apply:sb_prune.deploy.pretrained.rebuild",
         {
@@ -298,17 +340,24 @@ def _exported_document(text, hparams, modules, record):
         "EncoderWrapper",
         {"transformer": document["Transformer"]},
     )
-    steps = {key: document[key] for key in CTC_PIPELINE}
+    seq2seq = is_encoder_decoder(hparams)
+    steps = {
+        key: document[key]
+        for key in (SEQ2SEQ_ENCODER if seq2seq else CTC_PIPELINE)
+    }
     steps["Transformer"] = document["sb_prune_encoder"]
     document["encoder"] = tagged(
         "!new:speechbrain.nnet.containers.LengthsCapableSequential", steps
     )
-    document["decoding_function"] = tagged(
-        "!name:speechbrain.decoders.ctc_greedy_decode",
-        {"blank_id": int(hparams.get("blank_index", 0))},
-    )
-    document["tokenizer"] = tagged("!new:sentencepiece.SentencePieceProcessor")
     document["modules"] = {"encoder": document["encoder"]}
+    if seq2seq:
+        document["modules"]["decoder"] = document[search]
+    else:
+        document["decoding_function"] = tagged(
+            "!name:speechbrain.decoders.ctc_greedy_decode",
+            {"blank_id": int(hparams.get("blank_index", 0))},
+        )
+    document["tokenizer"] = tagged("!new:sentencepiece.SentencePieceProcessor")
     loadables = {name: document[name] for name in _weight_files(hparams)}
     loadables["normalize"] = document["normalize"]
     loadables["tokenizer"] = document["tokenizer"]
