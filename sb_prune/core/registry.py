@@ -8,8 +8,9 @@ its structure record entry, and, for criteria, how to count, score and
 plan its members and which module consumes their outputs; for an encoder
 layer type, the modules inside it (``layer_modules``). Surgery,
 structure records, criteria, low rank, federated dropout, importance
-analysis and layer cuts all read these specs; nothing else in sb_prune
-knows a SpeechBrain layer class.
+analysis and layer cuts all read these specs; outside the registry, only
+the converters (which build sb_prune modules from SpeechBrain ones) name a
+SpeechBrain layer class (``tests/test_layout.py`` checks it).
 
 The built-in entries live in :mod:`sb_prune.core.specs` and are loaded on
 the first look-up (no import order to respect). Teach sb_prune a model
@@ -198,6 +199,7 @@ def register(module_type, spec):
     True
     >>> unregister(Stack)
     """
+    _load_builtins()  # a user's entry must not be replaced by a built-in
     if not isinstance(spec, ModuleSpec):
         raise ValueError(
             f"register: spec must be a ModuleSpec, got {type(spec).__name__}"
@@ -225,8 +227,10 @@ def unregister(module_type):
 def _load_builtins():
     global _builtins_loaded
     if not _builtins_loaded:
-        _builtins_loaded = True
+        # specs registers while it is imported: those calls find the module
+        # already in sys.modules and do not import it again.
         importlib.import_module("sb_prune.core.specs")
+        _builtins_loaded = True
 
 
 def spec_of(module):

@@ -96,10 +96,12 @@ def find_librispeech_trees(root):
     """
     trees = set()
     for transcript in Path(root).rglob("*.trans.txt"):
-        speaker, chapter = transcript.name[: -len(".trans.txt")].split("-")
         parent = transcript.parent
-        if parent.name == chapter and parent.parent.name == speaker:
+        expected = f"{parent.parent.name}-{parent.name}.trans.txt"
+        if transcript.name == expected:
             trees.add(parent.parent.parent)
+        else:
+            logger.warning(f"{transcript}: not <speaker>/<chapter>/{expected}")
     return sorted(trees)
 
 
@@ -220,6 +222,14 @@ def prepare_librispeech_trees(
     for tree in trees:
         rows.extend(_tree_rows(root, tree, sample_rate, skipped))
     rows.sort(key=lambda row: row["ID"])
+    repeated = sorted(
+        utt for utt, n in Counter(r["ID"] for r in rows).items() if n > 1
+    )
+    if repeated:
+        raise ValueError(
+            f"Utterance IDs found in several trees under {root}: "
+            f"{repeated[:5]}; prepare the trees separately"
+        )
     split = split_speakers(
         (row["spk_id"] for row in rows), dev_speakers, test_speakers, seed
     )
@@ -276,7 +286,11 @@ def prepare_fsdd(recordings, save_folder, audio_folder, sample_rate=16000):
     rows, skipped = [], Counter()
     for path in files:
         parts = path.stem.split("_")
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+        if (
+            len(parts) != 3
+            or parts[0] not in [str(d) for d in range(len(DIGITS))]
+            or not parts[2].isdigit()
+        ):
             skipped["not <digit>_<speaker>_<index>.wav"] += 1
             logger.warning(f"{path}: not an FSDD file name, skipped")
             continue

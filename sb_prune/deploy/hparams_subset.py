@@ -106,7 +106,7 @@ def keep_keys(document, wanted):
     """
     missing = [key for key in wanted if key not in document]
     if missing:
-        raise KeyError(missing)
+        raise ValueError(f"the hparams file has no top-level {missing}")
     owners = {
         id(value): key
         for key, value in document.items()

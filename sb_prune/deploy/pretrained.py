@@ -10,18 +10,21 @@ the tokenizer, so that SpeechBrain's own interface loads it offline::
     asr = EncoderASR.from_hparams(source="exported/", savedir="exported/")
     asr.transcribe_file("utterance.flac")
 
-:func:`export_pretrained` reads a finished run of a CTC recipe shaped like
-SpeechBrain's LibriSpeech ones (hparams keys ``compute_features``,
+:func:`export_pretrained` reads a finished run of a recipe shaped like
+SpeechBrain's LibriSpeech ones: CTC (hparams keys ``compute_features``,
 ``normalize``, ``CNN``, ``Transformer``, ``ctc_lin``, ``log_softmax``;
-``recipes/LibriSpeech/ASR`` and SpeechBrain's ``ASR/CTC`` alike): it loads
-the same checkpoints the recipe evaluated (the best ones of the final
-structure, averaged), removes the training-only adaptive-dropout layers,
-and writes the folder.
+``recipes/LibriSpeech/ASR`` and SpeechBrain's ``ASR/CTC``) for
+``EncoderASR``, or encoder-decoder (a ``Transformer`` with decoder layers
+and a beam searcher, SpeechBrain's ``ASR/transformer``) for
+``EncoderDecoderASR``. It loads the same checkpoints the recipe evaluated
+(the best ones of the final structure, averaged), removes the
+training-only adaptive-dropout layers, and writes the folder.
 
 Authors
  * sb_prune developers
 """
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -43,6 +46,8 @@ from sb_prune.training.speechbrain_api import (
     copy_normalizer_statistics,
     save_normalizer,
 )
+
+logger = logging.getLogger(__name__)
 
 #: The TorchScript file ``--torchscript`` adds to an exported folder.
 TORCHSCRIPT = "ctc_encoder.torchscript.pt"
@@ -139,6 +144,12 @@ def load_evaluated_checkpoints(hparams, min_key="WER"):
             min_key=min_key,
             max_num_checkpoints=hparams.get("avg_checkpoints", 1),
         )
+    if len(same) > 1 and "model" not in hparams:
+        logger.warning(
+            "The run has no 'model' recoverable to average: the best "
+            f"checkpoint alone is loaded ({best.path})"
+        )
+        return 1
     if len(same) > 1:
         state = average_checkpoints(same, recoverable_name="model")
         hparams["model"].load_state_dict(state, strict=True)
@@ -292,19 +303,37 @@ def _pipeline(hparams, search):
 def _check_exportable(hparams, run_folder, search):
     needed = _pipeline(hparams, search)
     missing = [key for key in needed + ["modules"] if key not in hparams]
+    if not missing and is_encoder_decoder(hparams):
+        _check_searcher_weights(hparams, search)
     if missing:
         kind = "an encoder-decoder" if is_encoder_decoder(hparams) else "a CTC"
         raise ValueError(
             f"export: {run_folder}/hyperparams.yaml has no {missing}; "
             f"{kind} recipe exports with the keys {needed} and modules"
         )
-    clash = [
-        key for key in _ADDED if key in hparams and key not in ("modules",)
+
+
+def _check_searcher_weights(hparams, search):
+    """Refuse a searcher whose modules' weights the export does not hold."""
+    searcher = hparams[search]
+    if not isinstance(searcher, torch.nn.Module):
+        return
+    held = {
+        id(p)
+        for name in _weight_files(hparams) + ["normalize"]
+        for p in hparams[name].parameters()
+    }
+    missing = [
+        name
+        for name, param in searcher.named_parameters()
+        if id(param) not in held
     ]
-    if clash:
+    if missing:
         raise ValueError(
-            f"export: the run's hparams already use the keys {clash}, which "
-            "the exported hyperparams.yaml needs for inference"
+            f"export: the searcher {search} uses parameters the run does not "
+            f"checkpoint with the model (e.g. {missing[0]}: a language "
+            "model?); export with --search naming a searcher without it "
+            f"(e.g. {SEARCHERS[0]})"
         )
 
 
@@ -327,6 +356,14 @@ def _exported_document(text, hparams, modules, record, search):
     run = load(text)
     roots = _pipeline(hparams, search) + _weight_files(hparams)
     document = keep_keys(run, roots)
+    # The run may have keys of these names (upstream recipes have a
+    # tokenizer and a pretrainer); they clash only if the model uses them.
+    clash = [key for key in _ADDED if key in document]
+    if clash:
+        raise ValueError(
+            f"export: the model's blocks use the hparams keys {clash}, which "
+            "the exported hyperparams.yaml needs for inference"
+        )
     document["sb_prune_rebuild"] = tagged(
         "!apply:sb_prune.deploy.pretrained.rebuild",
         {

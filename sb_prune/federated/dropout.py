@@ -92,7 +92,17 @@ def _params_per_unit(module, group, size):
 
 
 def _thinned_module(layer, layer_path, unit, children):
-    """Path of the module of ``children`` that federated dropout thins."""
+    """Path of the module of ``children`` that federated dropout thins.
+
+    The first prunable module inside them; or the layer itself when its own
+    spec's Linear layers are those children (a layer that holds its
+    feed-forward block directly, as Whisper's does).
+    """
+    own = spec_of(layer)
+    if own is not None and own.criterion_group in _THINNED and own.linears:
+        names = {name for _, name in own.linears(layer)}
+        if names <= set(children):
+            return layer_path
     for child in children:
         for name, module in layer.get_submodule(child).named_modules():
             spec = spec_of(module)
@@ -220,7 +230,7 @@ def importance_rates(groups, scores, drop_params, max_rate):
     params = {}
     for group in groups:
         params[group.unit] = params.get(group.unit, 0) + group.params
-    missing = sorted(set(params) - set(scores))
+    missing = sorted(unit for unit in params if unit not in scores)
     if missing:
         raise ValueError(
             f"importance: no score for the unit(s) {missing}; give one per "

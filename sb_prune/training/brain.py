@@ -93,8 +93,10 @@ class _StructureRecoverable:
     @mark_as_saver
     def _save(self, path):
         if if_main_process():
-            with open(path, "w", encoding="utf-8") as handle:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as handle:
                 json.dump(describe(self.brain.unwrapped_modules()), handle)
+            os.replace(tmp, path)
 
     @mark_as_loader
     def _load(self, path, end_of_epoch):
@@ -302,7 +304,8 @@ class PruningBrain(sb.Brain):
     def has_current_structure(self, checkpoint):
         """Whether a checkpoint holds the model's current structure.
 
-        Use it as ``ckpt_predicate`` when averaging checkpoints.
+        Evaluation needs no predicate (see :meth:`evaluate`); this is for
+        other selections of checkpoints in a recipe.
 
         Arguments
         ---------
@@ -368,6 +371,7 @@ class PruningBrain(sb.Brain):
         which loads checkpoints, tests it.
         """
         super().fit(epoch_counter, *args, **kwargs)
+        self._epoch = None
         if not self.test_only and self._run_hooks("on_fit_end"):
             self._checkpoint_final_structure()
 
@@ -377,6 +381,7 @@ class PruningBrain(sb.Brain):
         latest = self.checkpointer.find_checkpoint()
         meta = {} if latest is None else dict(latest.meta)
         meta.pop("unixtime", None)
+        meta.pop("end-of-epoch", None)
         self.checkpointer.save_checkpoint(meta=meta, end_of_epoch=True)
 
     def _fit_train(self, train_set, epoch, enable):

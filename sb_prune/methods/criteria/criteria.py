@@ -3,16 +3,19 @@
 A criterion scores the members of *groups* of a model; the lowest-scored
 members are pruned (see :class:`sb_prune.hooks.CriterionPruning`). Groups:
 
-* ``ffn``: the hidden units of every feed-forward block
-  (``PositionalwiseFeedForward``);
+* ``ffn``: the hidden units of every feed-forward block;
 * ``heads``: the heads of every prunable attention
   (:class:`~sb_prune.nn.PrunableMHA`, :class:`~sb_prune.nn.PrunableRelPosMHA`;
   convert with ``sb_prune.convert(model, prunable_attention={})``);
-* ``layers``: the layers of every encoder stack (``ConformerEncoder``,
-  ``TransformerEncoder``, which also holds the layers of a TransformerLM);
-* ``weights``: the single weights of every ``Linear`` inside an encoder
-  layer (unstructured: pruning them zeroes entries, which saves time only
-  with sparse kernels).
+* ``layers``: the layers of every encoder stack;
+* ``weights``: the single weights of every ``Linear`` of the modules of an
+  encoder layer (unstructured: pruning them zeroes entries, which saves
+  time only with sparse kernels).
+
+Which module types hold these groups is the registry's knowledge (the
+``criterion_group`` of each entry of :mod:`sb_prune.core.specs`: SpeechBrain
+Conformer and Transformer encoders, decoders and LMs, the Hugging Face
+wav2vec2, HuBERT, WavLM and Whisper encoders).
 
 Criteria (Emili et al. 2023 compare magnitude with data-driven ones):
 
@@ -45,13 +48,12 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import ddp_all_reduce
 from torch import nn
 
-from sb_prune.core.registry import layer_spec, spec_of
+from sb_prune.core.registry import CRITERION_GROUPS, layer_spec, spec_of
 from sb_prune.core.validation import check_choices
 from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
-GROUPS = ("ffn", "heads", "layers", "weights")
-STRUCTURED_GROUPS = ("ffn", "heads", "layers")
+GROUPS = (*CRITERION_GROUPS, "weights")
 
 
 class Members:
@@ -175,16 +177,7 @@ Members('layers.1.pos_ffn', 'ffn', 8)]
         if spec is not None and spec.criterion_group in groups:
             found.append(Members(path, spec.criterion_group, module))
         if "weights" in groups and layer_spec(module) is not None:
-            for name, linear in module.named_modules():
-                if type(linear) is not nn.Linear:
-                    continue
-                parent = module.get_submodule(name.rpartition(".")[0])
-                owner = (
-                    parent if isinstance(parent, PrunableRelPosMHA) else None
-                )
-                found.append(
-                    Members(f"{path}.{name}", "weights", linear, owner)
-                )
+            found.extend(_layer_weights(path, module))
     for members in found:
         if members.spec is None or members.spec.linears is None:
             continue
@@ -197,6 +190,36 @@ Members('layers.1.pos_ffn', 'ffn', 8)]
                 f"groups: '{members.path}' is low rank; prune its rank "
                 f"(LowRankCompression), not its {members.group}"
             )
+    return found
+
+
+def _layer_weights(path, layer):
+    """The single-weight members of an encoder layer's modules.
+
+    Only the Linear layers of the modules its spec names (feed-forward
+    blocks, attention, convolution), not those of sb_prune's own additions
+    (gate predictors); a low-rank factor is refused.
+    """
+    found = []
+    for children in layer_spec(layer).layer_modules.values():
+        for child in children:
+            for name, linear in layer.get_submodule(child).named_modules():
+                if type(linear) is not nn.Linear:
+                    continue
+                full = f"{child}.{name}".rstrip(".")
+                parent = layer.get_submodule(full.rpartition(".")[0])
+                spec = spec_of(parent)
+                if spec is not None and "rank" in spec.groups:
+                    raise ValueError(
+                        f"groups: '{path}.{full}' is a low-rank factor; "
+                        "prune its rank (LowRankCompression), not its weights"
+                    )
+                owner = (
+                    parent if isinstance(parent, PrunableRelPosMHA) else None
+                )
+                found.append(
+                    Members(f"{path}.{full}", "weights", linear, owner)
+                )
     return found
 
 
@@ -303,11 +326,19 @@ class Criterion:
         self.batches += 1
 
     def all_reduce(self):
-        """Sum the statistics over DDP processes (no-op otherwise)."""
+        """Sum the statistics over DDP processes (no-op otherwise).
+
+        The observation count is summed too, so that every process agrees
+        on whether there is anything to score.
+        """
         for key in sorted(self.stats):
             self.stats[key] = ddp_all_reduce(
                 self.stats[key], torch.distributed.ReduceOp.SUM
             )
+        device = next(iter(self.stats.values())).device if self.stats else None
+        count = torch.tensor(float(self.observations), device=device)
+        count = ddp_all_reduce(count, torch.distributed.ReduceOp.SUM)
+        self.observations = int(count)
 
     def score(self, members):
         """Return one importance score per member (higher: keep).

