@@ -20,7 +20,8 @@ the classes in the mean-pooled output of every encoder layer (depth 0: the
 encoder input), for FSDD digits (keyword, 10 classes) and FSDD speakers
 (6), resampled to 16 kHz, and for the Libri-Light speakers (24); ``per``
 utterances per class, drawn with seed 0; the layer a ``peak`` cut keeps
-up to. (The cut's classifier accuracies are not measured yet.)
+up to; the curves as a PNG beside the JSON. (The cut's classifier
+accuracies are not measured yet.)
 
 Usage: python benchmarks/whisper.py [--quick] [--convexity] [--json PATH]
 """
@@ -143,6 +144,17 @@ def convexity(folder, work, per, data):
     }
 
 
+def plot(result, path):
+    """The per-depth convexity curves of every task, as one PNG."""
+    from sb_prune.analysis.convexity.hooks import plot_convexity
+
+    history = [
+        {"when": task, "scores": found["scores"]}
+        for task, found in result["convexity"].items()
+    ]
+    plot_convexity(history, path, title="Whisper tiny.en encoder")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="12 utterances")
@@ -223,6 +235,8 @@ def main():
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
+        if result["convexity"]:
+            plot(result, Path(args.json).with_suffix(".png"))
 
 
 if __name__ == "__main__":
