@@ -144,6 +144,93 @@ def convexity(folder, work, per, data):
     }
 
 
+def probe_accuracy(train, train_labels, test, test_labels, steps=300):
+    """Test accuracy of a linear classifier on frozen, standardised states."""
+    torch.manual_seed(0)
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    train, test = (train - mean) / std, (test - mean) / std
+    classes = sorted(set(train_labels))
+    index = {label: i for i, label in enumerate(classes)}
+    y = torch.tensor([index[label] for label in train_labels])
+    probe = torch.nn.Linear(train.shape[1], len(classes))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=0.01, weight_decay=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(probe(train), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = probe(test).argmax(1).tolist()
+    hits = sum(classes[p] == t for p, t in zip(predicted, test_labels))
+    return round(100 * hits / len(test_labels), 2)
+
+
+def keyword_probe(folder, work, cut_layers):
+    """FSDD keyword accuracy of linear probes on uncut and cut encoders.
+
+    Train: recordings 10-19 of every speaker and digit (600); test: 0-4
+    (300, FSDD's test split). Encoders: uncut (4 layers); the convexity
+    cut (the first ``cut_layers``); the same number of layers evenly
+    spaced (a rule that does not read convexity).
+    """
+    import copy
+
+    import soundfile
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    from sb_prune.analysis import pooled_layer_states
+    from sb_prune.core.surgery import apply_plan
+    from sb_prune.methods.layer_cut.rules import evenly_spaced
+
+    with open(work / "fsdd_csv" / "all.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    index = {row["ID"]: int(row["ID"].split("_")[2]) for row in rows}
+    train = [r for r in rows if 10 <= index[r["ID"]] < 20]
+    test = [r for r in rows if index[r["ID"]] < 5]
+    extractor = WhisperFeatureExtractor.from_pretrained(folder)
+    uncut = WhisperModel.from_pretrained(folder).encoder.eval()
+    total = len(uncut.layers)
+    spaced = copy.deepcopy(uncut)
+    kept = evenly_spaced(cut_layers, total)
+    apply_plan(spaced, {"": {"layers": kept}})
+    audio = work / "fsdd_audio"
+
+    def states(encoder, chosen):
+        batches = [chosen[i : i + 16] for i in range(0, len(chosen), 16)]
+
+        def run(batch):
+            signals = [
+                soundfile.read(str(audio / f"{r['ID']}.wav"))[0] for r in batch
+            ]
+            features = extractor(
+                signals, sampling_rate=16000, return_tensors="pt"
+            ).input_features
+            encoder(features)
+            return torch.tensor([float(r["duration"]) / WINDOW for r in batch])
+
+        return pooled_layer_states(encoder, batches, run)
+
+    def labels(chosen):
+        return [r["keyword"] for r in chosen]
+
+    full_train, full_test = states(uncut, train), states(uncut, test)
+    spaced_train, spaced_test = states(spaced, train), states(spaced, test)
+    variants = {
+        f"uncut ({total} layers)": (full_train[total], full_test[total]),
+        f"convexity peak (layers 1-{cut_layers})": (
+            full_train[cut_layers],
+            full_test[cut_layers],
+        ),
+        f"evenly spaced (layers {[k + 1 for k in kept]})": (
+            spaced_train[-1],
+            spaced_test[-1],
+        ),
+    }
+    return {
+        name: probe_accuracy(a, labels(train), b, labels(test))
+        for name, (a, b) in variants.items()
+    }
+
+
 def plot(result, path):
     """The per-depth convexity curves of every task, as one PNG."""
     from sb_prune.analysis.convexity.hooks import plot_convexity
@@ -162,6 +249,11 @@ def main():
     parser.add_argument("--data", default=str(SHARED))
     parser.add_argument(
         "--convexity", action="store_true", help="also per-layer convexity"
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="with --convexity: keyword accuracy of the cut encoders",
     )
     args = parser.parse_args()
 
@@ -226,6 +318,12 @@ def main():
         f"{result['wer_dense']:>8.2f}{len(rows):>6}"
         f"{seconds / audio:>7.2f}"
     )
+    if args.probe and result["convexity"]:
+        cut = result["convexity"]["fsdd_keyword"]["peak_cut_layers"]
+        accuracy = keyword_probe(work / "whisper", work, cut)
+        result["convexity"]["fsdd_keyword"]["probe_accuracy"] = accuracy
+        for name, value in accuracy.items():
+            print(f"FSDD keyword probe  {name:<34}{value:>7.2f}%")
     for task, found in result["convexity"].items():
         scores = " ".join(f"{score:5.1f}" for score in found["scores"])
         print(
