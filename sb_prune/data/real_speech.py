@@ -32,6 +32,7 @@ import csv
 import logging
 import os
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -60,6 +61,30 @@ DIGITS = (
 #: FSDD's split by recording index (its README's convention, dev added).
 FSDD_SPLITS = {"test": range(0, 5), "dev": range(5, 10)}
 FSDD_COLUMNS = ["ID", "duration", "wav", "spk_id", "keyword"]
+
+
+def plain_words(text):
+    """Words of a transcript or hypothesis, for scoring against LibriSpeech.
+
+    Upper case; digits and punctuation other than apostrophes removed; no
+    spelling normalisation.
+
+    Arguments
+    ---------
+    text : str
+        A transcript or a model's output.
+
+    Returns
+    -------
+    list of str
+        The words.
+
+    Example
+    -------
+    >>> plain_words("Well, it's 4 o'clock.")
+    ['WELL', "IT'S", "O'CLOCK"]
+    """
+    return re.sub(r"[^A-Z' ]", " ", text.upper()).split()
 
 
 def _write(path, rows, columns):
