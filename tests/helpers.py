@@ -91,3 +91,35 @@ def random_batch(batch=3, time=11, feats=12, seed=1):
     x = torch.randn(batch, time, feats, generator=gen)
     lens = torch.linspace(1.0, 0.5, batch)
     return x, lens
+
+
+#: Hugging Face SSL models with a tiny random configuration, by name.
+SSL_MODELS = {
+    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
+    "hubert": ("HubertConfig", "HubertModel"),
+    "wavlm": ("WavLMConfig", "WavLMModel"),
+}
+
+
+def tiny_ssl_model(name, layers, seed=0):
+    """A randomly initialised SSL model of ``SSL_MODELS`` (eval mode).
+
+    Hidden size 16, 2 heads, FFN 32, a 2-block feature extractor; needs
+    ``transformers`` (the caller skips without it).
+    """
+    import transformers
+
+    config_name, model_name = SSL_MODELS[name]
+    config = getattr(transformers, config_name)(
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(config).eval()

@@ -12,7 +12,13 @@ import pytest
 import speechbrain as sb
 import torch
 import yaml
-from helpers import encode, random_batch, tiny_conformer
+from helpers import (
+    SSL_MODELS,
+    encode,
+    random_batch,
+    tiny_conformer,
+    tiny_ssl_model,
+)
 from speechbrain.lobes.features import Fbank
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 from speechbrain.utils.checkpoints import Checkpointer
@@ -170,31 +176,11 @@ def test_registered_stack_cuts_restores_and_syncs_its_config():
     assert torch.equal(fresh["ssl"]["encoder"](x), encoder(x))
 
 
-HF_MODELS = {
-    "wav2vec2": ("Wav2Vec2Config", "Wav2Vec2Model"),
-    "hubert": ("HubertConfig", "HubertModel"),
-    "wavlm": ("WavLMConfig", "WavLMModel"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(HF_MODELS))
+@pytest.mark.parametrize("name", sorted(SSL_MODELS))
 def test_huggingface_encoder_cut(name):
     """Tiny randomly initialised SSL models (runs where transformers is)."""
-    transformers = pytest.importorskip("transformers")
-    config_name, model_name = HF_MODELS[name]
-    config = getattr(transformers, config_name)(
-        hidden_size=16,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(16, 16),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 8),
-        num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=2,
-    )
-    torch.manual_seed(0)
-    model = getattr(transformers, model_name)(config).eval()
+    pytest.importorskip("transformers")
+    model = tiny_ssl_model(name, layers=4)
     wavs = torch.randn(2, 1600)
     root = torch.nn.ModuleDict({"ssl": model})
     path, encoder = find_layer_stack(root)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_conformer
+from helpers import SSL_MODELS, tiny_conformer, tiny_ssl_model
 
 from sb_prune.core.registry import (
     ModuleSpec,
@@ -227,32 +227,13 @@ def test_whisper_encoder_is_one_entry_of_the_registry():
     assert type(encoder.layers[0].fc1).__name__ == "LowRankLinear"
 
 
-@pytest.mark.parametrize(
-    "config_name, model_name",
-    [
-        ("Wav2Vec2Config", "Wav2Vec2Model"),
-        ("HubertConfig", "HubertModel"),
-        ("WavLMConfig", "WavLMModel"),
-    ],
-)
-def test_ssl_encoder_ffn_units_are_pruned_exactly(config_name, model_name):
+@pytest.mark.parametrize("name", sorted(SSL_MODELS))
+def test_ssl_encoder_ffn_units_are_pruned_exactly(name):
     """wav2vec2/HuBERT/WavLM feed-forward blocks: criteria and low rank."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from sb_prune import convert
 
-    config = getattr(transformers, config_name)(
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        conv_dim=(16, 16),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 8),
-        num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=2,
-    )
-    torch.manual_seed(0)
-    model = getattr(transformers, model_name)(config).eval()
+    model = tiny_ssl_model(name, layers=2)
     root = torch.nn.ModuleDict({"ssl": model})
     members = find_members(root, ["ffn", "layers"])
     assert [(m.group, m.count) for m in members] == [

@@ -125,26 +125,47 @@ def check_pruned_and_tested(hparams_file, corpus, output):
     return tested
 
 
-def check_export(output, folder, corpus):
-    """The export loads in EncoderASR and computes what the run tested."""
+def encoded_by_the_run(output, corpus):
+    """The run's evaluated model, three test utterances and its encoding.
+
+    Returns ``(modules, wav paths, signals, lengths, encoder output)``,
+    computed with the run's own blocks (the reference for exports).
+    """
     from speechbrain.dataio.batch import PaddedBatch
     from speechbrain.dataio.dataio import read_audio
+
+    from sb_prune.deploy.pretrained import load_model
+
+    run_model = load_model(output)  # the evaluated checkpoints
+    torch.nn.ModuleDict(run_model["modules"]).eval()
+    wavs = sorted(Path(corpus, "test-clean").rglob("*.flac"))[:3]
+    signals, lengths = PaddedBatch(
+        [{"sig": read_audio(str(w))} for w in wavs]
+    ).sig
+    with torch.no_grad():
+        feats = run_model["normalize"](
+            run_model["compute_features"](signals), lengths
+        )
+        encoded = run_model["Transformer"].encode(
+            run_model["CNN"](feats), lengths
+        )
+    return run_model, wavs, signals, lengths, encoded
+
+
+def check_export(output, folder, corpus):
+    """The export loads in EncoderASR and computes what the run tested."""
     from speechbrain.inference.ASR import EncoderASR
 
-    from sb_prune.deploy.pretrained import export_pretrained, load_model
+    from sb_prune.deploy.pretrained import export_pretrained
 
     export_pretrained(output, folder)
     asr = EncoderASR.from_hparams(source=str(folder), savedir=str(folder))
-    run = load_model(output)  # the run's own modules, evaluated checkpoints
-    torch.nn.ModuleDict(run["modules"]).eval()
-    wavs = sorted(Path(corpus, "test-clean").rglob("*.flac"))[:3]
-    batch = PaddedBatch([{"sig": read_audio(str(w))} for w in wavs])
-    signals, lengths = batch.sig
+    run_model, wavs, signals, lengths, encoded = encoded_by_the_run(
+        output, corpus
+    )
     with torch.no_grad():
         exported = asr.encode_batch(signals, lengths)
-        feats = run["normalize"](run["compute_features"](signals), lengths)
-        encoded = run["Transformer"].encode(run["CNN"](feats), lengths)
-        expected = run["log_softmax"](run["ctc_lin"](encoded))
+        expected = run_model["log_softmax"](run_model["ctc_lin"](encoded))
     assert torch.allclose(exported, expected, atol=1e-5)
     assert (
         asr.transcribe_file(str(wavs[0]))
@@ -268,11 +289,9 @@ def test_swapping_a_linear_for_a_low_rank_one(tiny_corpus, tmp_path):
 def test_encoder_decoder_recipe_prunes_both_and_exports(tiny_corpus, tmp_path):
     """Joint CTC-attention Transformer: criteria prune encoder and decoder;
     the export loads in EncoderDecoderASR and decodes like the run."""
-    from speechbrain.dataio.batch import PaddedBatch
-    from speechbrain.dataio.dataio import read_audio
     from speechbrain.inference.ASR import EncoderDecoderASR
 
-    from sb_prune.deploy.pretrained import export_pretrained, load_model
+    from sb_prune.deploy.pretrained import export_pretrained
 
     fragment, substitutions, _, _ = CASES["criteria_two_optimizers"]
     hparams_file = compose(
@@ -292,19 +311,11 @@ def test_encoder_decoder_recipe_prunes_both_and_exports(tiny_corpus, tmp_path):
     asr = EncoderDecoderASR.from_hparams(
         source=str(folder), savedir=str(folder)
     )
-    run_model = load_model(output)
-    torch.nn.ModuleDict(run_model["modules"]).eval()
-    wavs = sorted(Path(tiny_corpus, "test-clean").rglob("*.flac"))[:3]
-    batch = PaddedBatch([{"sig": read_audio(str(w))} for w in wavs])
-    signals, lengths = batch.sig
+    run_model, _, signals, lengths, encoded = encoded_by_the_run(
+        output, tiny_corpus
+    )
     with torch.no_grad():
         exported = asr.encode_batch(signals, lengths)
-        feats = run_model["normalize"](
-            run_model["compute_features"](signals), lengths
-        )
-        encoded = run_model["Transformer"].encode(
-            run_model["CNN"](feats), lengths
-        )
         hyps, _, _, _ = run_model["valid_search"](encoded, lengths)
         _, exported_tokens = asr.transcribe_batch(signals, lengths)
     assert torch.allclose(exported, encoded, atol=1e-5)

@@ -173,6 +173,9 @@ class ModuleSpec:
 
 
 def _qualified(module_type):
+    """The registry key of a class, or of a qualified name given as is."""
+    if isinstance(module_type, str):
+        return module_type
     return f"{module_type.__module__}.{module_type.__qualname__}"
 
 
@@ -204,10 +207,7 @@ def register(module_type, spec):
         raise ValueError(
             f"register: spec must be a ModuleSpec, got {type(spec).__name__}"
         )
-    key = (
-        module_type if isinstance(module_type, str) else _qualified(module_type)
-    )
-    _SPECS[key] = spec
+    _SPECS[_qualified(module_type)] = spec
 
 
 def unregister(module_type):
@@ -218,10 +218,7 @@ def unregister(module_type):
     module_type : type or str
         As given to :func:`register`.
     """
-    key = (
-        module_type if isinstance(module_type, str) else _qualified(module_type)
-    )
-    _SPECS.pop(key, None)
+    _SPECS.pop(_qualified(module_type), None)
 
 
 def _load_builtins():

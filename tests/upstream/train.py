@@ -173,8 +173,13 @@ def dataio_prepare(hparams, tokenizer):
     return train_data, valid_data, test_datasets
 
 
-if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+def main(argv, brain_class, add_items=None):
+    """Prepare the data, train, then test each test set (upstream's steps).
+
+    ``add_items(datasets, tokenizer, hparams)``, if given, adds the dynamic
+    items a recipe needs beyond ``sig``, ``wrd`` and ``tokens``.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
@@ -207,7 +212,10 @@ if __name__ == "__main__":
         eos_id=hparams["eos_index"],
     )
     train_data, valid_data, test_datasets = dataio_prepare(hparams, tokenizer)
-    asr_brain = ASR(
+    if add_items is not None:
+        datasets = [train_data, valid_data, *test_datasets.values()]
+        add_items(datasets, tokenizer, hparams)
+    asr_brain = brain_class(
         modules=hparams["modules"],
         opt_class=hparams["model_opt_class"],
         hparams=hparams,
@@ -231,3 +239,7 @@ if __name__ == "__main__":
             min_key="WER",
             test_loader_kwargs=hparams["test_dataloader_opts"],
         )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:], ASR)

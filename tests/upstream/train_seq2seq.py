@@ -9,18 +9,13 @@ Usage: python train_seq2seq.py hparams/transformer_seq2seq.yaml \
     --data_folder=... --output_folder=...
 """
 
-import os
 import sys
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
-from speechbrain.tokenizers.SentencePiece import SentencePiece
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process
 from train import ASR as CTCRecipe
-from train import dataio_prepare
-
-from sb_prune.data.librispeech import prepare_librispeech
+from train import main
 
 
 class ASR(CTCRecipe):
@@ -108,63 +103,4 @@ def add_bos_eos(datasets, tokenizer, hparams):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "tr_splits": hparams["train_splits"],
-            "dev_splits": hparams["dev_splits"],
-            "te_splits": hparams["test_splits"],
-            "save_folder": hparams["output_folder"],
-            "merge_lst": hparams["train_splits"],
-            "merge_name": "train.csv",
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
-    tokenizer = SentencePiece(
-        model_dir=hparams["save_folder"],
-        vocab_size=hparams["output_neurons"],
-        annotation_train=hparams["train_csv"],
-        annotation_read="wrd",
-        model_type=hparams["token_type"],
-        character_coverage=hparams["character_coverage"],
-        bos_id=hparams["bos_index"],
-        eos_id=hparams["eos_index"],
-    )
-    train_data, valid_data, test_datasets = dataio_prepare(hparams, tokenizer)
-    add_bos_eos(
-        [train_data, valid_data, *test_datasets.values()], tokenizer, hparams
-    )
-    asr_brain = ASR(
-        modules=hparams["modules"],
-        opt_class=hparams["model_opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    asr_brain.tokenizer = tokenizer
-    asr_brain.fit(
-        asr_brain.hparams.epoch_counter,
-        train_data,
-        valid_data,
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
-    for name, test_set in test_datasets.items():
-        asr_brain.hparams.wer_file = os.path.join(
-            hparams["output_folder"], f"wer_{name}.txt"
-        )
-        asr_brain.evaluate(
-            test_set,
-            min_key="WER",
-            test_loader_kwargs=hparams["test_dataloader_opts"],
-        )
+    main(sys.argv[1:], ASR, add_bos_eos)
