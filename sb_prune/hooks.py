@@ -14,10 +14,14 @@ from sb_prune.analysis.importance.tracking import WeightChangeTracker
 from sb_prune.methods.adaptive_dropout.hook import AdaptiveDropoutPruning
 from sb_prune.methods.criteria.hook import CriterionPruning
 from sb_prune.methods.layer_cut.hook import LayerCut
-from sb_prune.methods.low_rank.hook import LowRankCompression
+from sb_prune.methods.low_rank.hook import (
+    ActivationLowRank,
+    LowRankCompression,
+)
 from sb_prune.training.hooks import PruningHook, prune_by_plan
 
 __all__ = [
+    "ActivationLowRank",
     "AdaptiveDropoutPruning",
     "ConvexityScoring",
     "CriterionPruning",

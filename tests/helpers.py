@@ -123,3 +123,33 @@ def tiny_ssl_model(name, layers, seed=0):
     )
     torch.manual_seed(seed)
     return getattr(transformers, model_name)(config).eval()
+
+
+def tiny_whisper(seed=0):
+    """A random Whisper of 2 + 2 layers of width 16 (non-zero biases)."""
+    import transformers
+
+    config = transformers.WhisperConfig(
+        vocab_size=60,
+        num_mel_bins=8,
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=10,
+        max_target_positions=12,
+        pad_token_id=50,
+        bos_token_id=50,
+        eos_token_id=50,
+        decoder_start_token_id=51,
+    )
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():  # biases are zero at initialisation: make them not
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()
+    return model

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_whisper
 
 from sb_prune.importers.ctranslate2 import (
     convert_whisper,
@@ -15,33 +16,6 @@ from sb_prune.importers.ctranslate2 import (
 
 transformers = pytest.importorskip("transformers")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def tiny_whisper(seed=0):
-    config = transformers.WhisperConfig(
-        vocab_size=60,
-        num_mel_bins=8,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_source_positions=10,
-        max_target_positions=12,
-        pad_token_id=50,
-        bos_token_id=50,
-        eos_token_id=50,
-        decoder_start_token_id=51,
-    )
-    torch.manual_seed(seed)
-    model = transformers.WhisperForConditionalGeneration(config).eval()
-    with torch.no_grad():  # biases are zero at initialisation: make them not
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.normal_()
-    return model
 
 
 def ct2_variables(model):

@@ -12,7 +12,11 @@ from toy_brain import build_brain, fit
 from sb_prune import convert
 from sb_prune.core.structure import describe, restore
 from sb_prune.deploy.checkpoint import load_exported
-from sb_prune.hooks import LowRankCompression
+from sb_prune.hooks import ActivationLowRank, LowRankCompression
+from sb_prune.methods.low_rank.activations import (
+    OutputStatistics,
+    pca_low_rank,
+)
 from sb_prune.methods.low_rank.layer import (
     rank_for_compression,
     set_compression,
@@ -306,3 +310,49 @@ def test_asr_low_rank_hparams(tmp_path):
     hook = hparams["prune_hooks"][0]
     assert isinstance(hook, LowRankCompression)
     assert [hook.schedule.epoch_of(k) for k in (1, 2)] == [4, 6]
+
+
+def test_activation_pca_beats_weight_svd_on_its_calibration_inputs():
+    """LiteASR-style factors: exact on outputs of low rank, and closer than
+    truncated SVD to the layer on inputs from a low-dimensional subspace."""
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(24, 40)
+    mixing = torch.randn(6, 24)
+    x = torch.randn(400, 6) @ mixing + 0.01 * torch.randn(400, 24)
+    stats = OutputStatistics(dense)
+    dense(x)
+    stats.remove()
+    pca = pca_low_rank(dense, stats, rank=6)
+    svd = LowRankLinear.from_linear(dense, rank=6)
+    with torch.no_grad():
+        target = dense(x)
+        pca_error = (pca(x) - target).pow(2).mean()
+        svd_error = (svd(x) - target).pow(2).mean()
+    assert pca_error < 1e-3 * target.pow(2).mean()
+    assert pca_error < 0.01 * svd_error
+    full = pca_low_rank(dense, stats, rank=24)
+    assert torch.allclose(full(x), target, atol=1e-4)
+
+
+def test_activation_low_rank_hook_converts_and_resumes(tmp_path):
+    """Calibrated during epoch 1, factorised at its end, and a resumed run
+    rebuilds the factors from the structure record."""
+    torch.manual_seed(0)
+    hook = ActivationLowRank(0.5, points=["ffn"], epoch=1)
+    brain = build_brain(tmp_path, tiny_conformer().train(), [hook], epochs=2)
+    fit(brain, n_train=16)
+    layers = [
+        m for m in brain.modules.model.modules() if isinstance(m, LowRankLinear)
+    ]
+    assert len(layers) == 8 and hook.done  # 2 layers x 2 FFNs x 2
+    assert {m.rank for m in layers} == {rank_for_compression(16, 32, 0.5)}
+    x, lens = random_batch()
+    brain.modules.eval()
+    trained = encode(brain.modules.model, x, lens)
+    resumed = build_brain(
+        tmp_path, tiny_conformer(seed=5), [ActivationLowRank(0.5)], epochs=2
+    )
+    resumed.checkpointer.recover_if_possible()
+    assert resumed.prune_hooks[0].done
+    resumed.modules.eval()
+    assert torch.equal(encode(resumed.modules.model, x, lens), trained)

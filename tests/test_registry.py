@@ -316,3 +316,36 @@ def test_encoder_decoder_transformer_prunes_encoder_and_decoder(attention):
         again = fresh["Transformer"](src, tgt, wav_len=torch.ones(2))
     for a, b in zip(again, got):
         assert torch.equal(a, b)
+
+
+def test_whisper_heads_are_pruned_exactly_and_rebuilt():
+    """Removing a Whisper encoder head equals zeroing its output columns."""
+    encoder = tiny_whisper_encoder()
+    root = torch.nn.ModuleDict({"whisper": encoder})
+    heads = find_members(root, ["heads"])
+    assert [(m.path, m.count) for m in heads] == [
+        (f"whisper.layers.{i}.self_attn", 2) for i in range(3)
+    ]
+    features = torch.randn(2, 8, 20)
+    attention = encoder.layers[2].self_attn
+    with torch.no_grad():
+        attention.out_proj.weight[:, :8] = 0.0  # head 0 of width 8
+        expected = encoder(features).last_hidden_state
+    apply_plan(root, {"whisper.layers.2.self_attn": {"heads": [1]}})
+    assert attention.q_proj.out_features == attention.out_proj.in_features
+    assert attention.num_heads == 1 and attention.k_proj.out_features == 8
+    with torch.no_grad():
+        assert torch.allclose(
+            encoder(features).last_hidden_state, expected, atol=1e-5
+        )
+    record = describe(root)
+    assert record["whisper.layers.2.self_attn"] == {
+        "type": "WhisperAttention",
+        "heads": 1,
+    }
+    fresh = torch.nn.ModuleDict({"whisper": tiny_whisper_encoder()})
+    restore(fresh, record)
+    fresh.load_state_dict(root.state_dict())
+    with torch.no_grad():
+        again = fresh["whisper"](features).last_hidden_state
+    assert torch.equal(again, encoder(features).last_hidden_state)

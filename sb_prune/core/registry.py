@@ -83,6 +83,10 @@ class ModuleSpec:
         the children holding their weights, for importance analysis,
         federated dropout and the ``weights`` criterion group. The first
         child with a prunable spec is the one federated dropout thins.
+    replaces : callable, optional
+        ``(module, record entry) -> module or None``: build a module of this
+        type in place of another one (e.g. a Linear that a conversion
+        during training replaced), so a structure record restores it.
 
     Example
     -------
@@ -112,6 +116,7 @@ class ModuleSpec:
         linears=None,
         low_rank_point=None,
         layer_modules=None,
+        replaces=None,
     ):
         if criterion_group not in (None, *CRITERION_GROUPS):
             raise ValueError(
@@ -132,6 +137,7 @@ class ModuleSpec:
         self.dropouts = dropouts
         self.linears = linears
         self.low_rank_point = low_rank_point
+        self.replaces = replaces
         self.layer_modules = layer_modules and {
             name: list(paths) for name, paths in layer_modules.items()
         }
@@ -257,6 +263,31 @@ def spec_of(module):
     for module_type in type(module).__mro__:
         spec = _SPECS.get(_qualified(module_type))
         if spec is not None:
+            return spec
+    return None
+
+
+def spec_named(type_name):
+    """Return the spec of the registered type with this class name, or None.
+
+    Arguments
+    ---------
+    type_name : str
+        A class name as structure records store it.
+
+    Returns
+    -------
+    ModuleSpec or None
+        The spec (the first registered, if several classes share the name).
+
+    Example
+    -------
+    >>> spec_named("LowRankLinear").groups
+    ('rank',)
+    """
+    _load_builtins()
+    for key, spec in _SPECS.items():
+        if key.rsplit(".", 1)[-1] == type_name:
             return spec
     return None
 

@@ -19,8 +19,10 @@ adaptive dropout, low rank) or, for encoder layers, which modules a
   wav2vec2, HuBERT, WavLM and Whisper encoders: ``layers``; criterion group
   ``layers``;
 * the Hugging Face ``WhisperEncoderLayer``: ``hidden`` (its ``fc1`` /
-  ``fc2`` feed-forward block), and the feed-forward blocks of the wav2vec2,
-  HuBERT and WavLM encoders: ``hidden``; criterion group ``ffn``.
+  ``fc2`` feed-forward block), and the feed-forward blocks of the
+  wav2vec2, HuBERT and WavLM encoders: ``hidden``; criterion group ``ffn``;
+* the Hugging Face ``WhisperAttention``: ``heads`` (whole heads);
+  criterion group ``heads``.
 
 Authors
  * sb_prune developers
@@ -294,6 +296,17 @@ def _prune_rank(module, rank):
     module.select_ranks(torch.as_tensor(rank, dtype=torch.long))
 
 
+def _low_rank_in_place_of(linear, record):
+    if type(linear) is not torch.nn.Linear:
+        return None
+    return LowRankLinear(
+        linear.in_features,
+        linear.out_features,
+        record["rank"],
+        bias=linear.bias is not None,
+    ).to(device=linear.weight.device, dtype=linear.weight.dtype)
+
+
 register(
     LowRankLinear,
     _own_structure(
@@ -301,6 +314,7 @@ register(
         groups=("rank",),
         prune=_prune_rank,
         group_size=lambda module, group: module.rank,
+        replaces=_low_rank_in_place_of,
     ),
 )
 for _type in (AdaptiveDropout, UnitSelect, ConvGroupNorm):
@@ -359,6 +373,73 @@ register(
             "attention": ["self_attn_layer_norm", "self_attn"],
             "ffn": ["final_layer_norm", "fc1", "fc2"],
         },
+    ),
+)
+
+
+# Hugging Face Whisper attention: group "heads" (whole heads; Whisper's
+# attention reshapes by ``num_heads`` and ``head_dim``, so heads cannot
+# keep different widths). The key projection has no bias.
+
+_WHISPER_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+
+
+def _whisper_head_units(attention, heads):
+    width = attention.head_dim
+    heads = torch.as_tensor(heads, dtype=torch.long)
+    return (heads[:, None] * width + torch.arange(width)).flatten()
+
+
+def _prune_whisper_heads(attention, heads):
+    units = _whisper_head_units(attention, heads)
+    for name in _WHISPER_PROJECTIONS:
+        select_linear_(getattr(attention, name), rows=units)
+    select_linear_(attention.out_proj, cols=units)
+    attention.num_heads = len(heads)
+
+
+def _set_whisper_heads(attention, spec):
+    width = spec["heads"] * attention.head_dim
+    for name in _WHISPER_PROJECTIONS:
+        linear = getattr(attention, name)
+        resize_linear_(linear, width, linear.in_features)
+    resize_linear_(attention.out_proj, attention.out_proj.out_features, width)
+    attention.num_heads = spec["heads"]
+
+
+def _per_whisper_head(attention, values):
+    return values.reshape(attention.num_heads, attention.head_dim).sum(1)
+
+
+def _whisper_head_magnitude(attention):
+    with torch.no_grad():
+        rows = attention.out_proj.weight.pow(2).sum(0)
+        for name in _WHISPER_PROJECTIONS:
+            linear = getattr(attention, name)
+            rows = rows + linear.weight.pow(2).sum(1)
+            if linear.bias is not None:
+                rows = rows + linear.bias.pow(2)
+        return _per_whisper_head(attention, rows).sqrt()
+
+
+register(
+    _WHISPER + "WhisperAttention",
+    ModuleSpec(
+        groups=("heads",),
+        prune=_prune_whisper_heads,
+        get_structure=lambda attention: {"heads": attention.num_heads},
+        set_structure=_set_whisper_heads,
+        criterion_group="heads",
+        count=lambda attention: attention.num_heads,
+        member_plan=lambda attention, kept: {"heads": kept},
+        consumer=lambda attention: attention.out_proj,
+        per_member=_per_whisper_head,
+        magnitude=_whisper_head_magnitude,
+        group_size=lambda attention, group: attention.num_heads,
+        linears=lambda attention: [
+            (attention, name) for name in _WHISPER_PROJECTIONS + ("out_proj",)
+        ],
+        low_rank_point="attention",
     ),
 )
 

@@ -4,7 +4,10 @@ A structure record maps module paths to the sizes that pruning can change
 (hidden units of a feed-forward block, per-head attention widths, inputs of
 a convolution module, number of layers of an encoder, ranks...). It is saved
 with every checkpoint; before a checkpoint is loaded, the freshly built
-dense model is reshaped to the record, so the checkpoint fits.
+dense model is reshaped to the record, so the checkpoint fits. A module
+whose recorded type differs is replaced when the recorded type's spec says
+it ``replaces`` it (a Linear factorised during training becomes a
+LowRankLinear of the recorded rank).
 
 Sizes are read and written by the ``get_structure`` / ``set_structure`` of
 each module type's spec (:mod:`sb_prune.core.registry`). ``set_structure``
@@ -16,10 +19,7 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import (
-    how_to_register,
-    spec_of,
-)
+from sb_prune.core.registry import how_to_register, spec_named, spec_of
 
 
 def _structure_spec(module):
@@ -103,6 +103,8 @@ def restore(root, record):
                 "sb_prune.convert options as the checkpoint"
             ) from error
         if type(module).__name__ != expected_type:
+            module = _replace(root, path, module, expected_type, spec)
+        if type(module).__name__ != expected_type:
             raise ValueError(
                 f"The structure record expects a {expected_type} at "
                 f"'{path}' but the model has a {type(module).__name__}: "
@@ -120,6 +122,17 @@ def restore(root, record):
             handler.set_structure(module, spec)
             changed = True
     return changed
+
+
+def _replace(root, path, module, expected_type, spec):
+    """Build the recorded type in place of ``module`` if its spec can."""
+    builder = getattr(spec_named(expected_type), "replaces", None)
+    new = builder(module, spec) if builder is not None else None
+    if new is None or not path:
+        return module
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent), name, new)
+    return new
 
 
 def summarize(record):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sb_prune.core.validation import check_int
+from sb_prune.deploy.whisper import whisper_asr_hparams
 
 #: Binary versions of ``model.bin`` this reader knows.
 BINARY_VERSIONS = (5, 6)
@@ -377,13 +377,8 @@ def convert_whisper(source, out_folder, beam_size=None):
         max_length=config.max_target_positions,
         is_multilingual=config.vocab_size >= 51865,
     ).save_pretrained(out)
-    decoder = GREEDY_DECODER
-    if beam_size is not None:
-        decoder = BEAM_DECODER.format(
-            beam_size=check_int("beam_size", beam_size, minimum=1)
-        )
     (out / "hyperparams.yaml").write_text(
-        WHISPER_ASR_HPARAMS.format(folder=out.resolve(), decoder=decoder)
+        whisper_asr_hparams(out.resolve(), beam_size=beam_size)
     )
     encoder = sum(
         v.numel() for k, v in state.items() if k.startswith("model.encoder.")
@@ -395,45 +390,3 @@ def convert_whisper(source, out_folder, beam_size=None):
         "d_model": config.d_model,
         "folder": str(out),
     }
-
-
-#: The decoder of a converted folder: greedy, or beam search.
-GREEDY_DECODER = """\
-decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher
-    model: !ref <whisper>
-    min_decode_ratio: 0.0
-    max_decode_ratio: !ref <max_decode_ratio>"""
-BEAM_DECODER = """\
-decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperBeamSearcher
-    module: [!ref <whisper>]
-    min_decode_ratio: 0.0
-    max_decode_ratio: !ref <max_decode_ratio>
-    beam_size: {beam_size}"""
-
-#: hyperparams.yaml of a converted folder, for WhisperASR.from_hparams.
-WHISPER_ASR_HPARAMS = """\
-# Whisper converted from CTranslate2 by sb_prune. Load with
-# speechbrain.inference.ASR.WhisperASR.from_hparams(source=<this folder>);
-# if the folder moves, pass overrides={{"whisper_folder": <new path>}}.
-whisper_folder: {folder}
-language: english
-sample_rate: 16000
-max_decode_ratio: 0.5
-
-whisper: !new:speechbrain.integrations.huggingface.whisper.Whisper
-    source: !ref <whisper_folder>
-    save_path: !ref <whisper_folder>
-    freeze: True
-    language: !ref <language>
-    task: transcribe
-
-{decoder}
-
-modules:
-    whisper: !ref <whisper>
-    decoder: !ref <decoder>
-
-# The weights are in model.safetensors, which the Whisper lobe loads.
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables: {{}}
-"""

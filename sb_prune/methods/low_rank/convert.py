@@ -16,7 +16,7 @@ from sb_prune.methods.low_rank.layer import (
 LOW_RANK_POINTS = ("ffn", "attention")
 
 
-def _low_rank_targets(model, points):
+def low_rank_targets(model, points):
     """``(parent, attribute name, path)`` of each Linear to factorise.
 
     The Linear layers of a point are those the registry's specs list under
@@ -106,7 +106,7 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
         check_number("low_rank.compression", compression, 0, 1, open_high=True)
     if "attention" in points:
         add_prunable_attention(model)
-    targets = _low_rank_targets(model, points)
+    targets = low_rank_targets(model, points)
     if not targets:
         raise ValueError(
             f"low_rank: the model has no Linear layer at points {points}"

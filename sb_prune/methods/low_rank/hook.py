@@ -1,4 +1,4 @@
-"""The hook that lowers the rank of low-rank layers on a schedule.
+"""The hooks of low rank: SVD ranks on a schedule, or activation PCA.
 
 Authors
  * sb_prune developers
@@ -10,12 +10,19 @@ import os
 import torch
 from speechbrain.utils.distributed import if_main_process
 
+from sb_prune.core.validation import check_choices, check_int, check_number
 from sb_prune.deploy.checkpoint import export_model
+from sb_prune.methods.low_rank.activations import (
+    OutputStatistics,
+    pca_low_rank,
+)
+from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS, low_rank_targets
 from sb_prune.methods.low_rank.layer import LowRankLinear, rank_for_compression
 from sb_prune.training.hooks import (
     PruningHook,
     check_epochs,
     checked_schedule,
+    number_of_epochs,
     prune_by_plan,
 )
 
@@ -151,3 +158,100 @@ class LowRankCompression(PruningHook):
         """Restore the steps taken (training resumes mid-schedule)."""
         self.step = int(state["step"])
         self.history = list(state["history"])
+
+
+class ActivationLowRank(PruningHook):
+    """Factorise Linear layers on their calibration outputs (LiteASR-style).
+
+    During the training batches of epoch ``epoch``, the outputs of every
+    Linear at the application ``points`` are summarised
+    (:class:`~sb_prune.methods.low_rank.activations.OutputStatistics`,
+    summed over DDP processes); at the end of that epoch each is replaced
+    by a :class:`~sb_prune.nn.LowRankLinear` on the principal directions of
+    its outputs (:func:`~sb_prune.methods.low_rank.activations.pca_low_rank`)
+    at the rank that removes ``compression`` of its weights, the rule
+    :class:`LowRankCompression` uses, so both give models of the same size.
+    With ``lr: 0`` in that epoch, the epoch is a pure calibration pass; the
+    epochs after it fine-tune the factors.
+
+    Arguments
+    ---------
+    compression : float
+        In [0, 1); see
+        :func:`~sb_prune.methods.low_rank.layer.rank_for_compression`.
+    points : list of str
+        A subset of ``ffn, attention``.
+    epoch : int
+        The calibration epoch, >= 1.
+
+    name : str, optional
+        The key of the hook's state in checkpoints (default: the class
+        name).
+
+    Example
+    -------
+    >>> ActivationLowRank(0.5, points="ffn").points
+    ['ffn']
+    >>> ActivationLowRank(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: compression must be in [0, 1), got 1.5
+    """
+
+    def __init__(self, compression, points=("ffn",), epoch=1, name=None):
+        super().__init__(name)
+        self.compression = check_number(
+            "compression", compression, 0, 1, open_high=True
+        )
+        self.points = check_choices("points", points, LOW_RANK_POINTS)
+        self.epoch = check_int("epoch", epoch, minimum=1)
+        self.done = False
+        self._observed = []
+
+    def on_fit_start(self, brain):
+        """Start observing the outputs of the layers to factorise."""
+        limit = number_of_epochs(brain)
+        if limit is not None and self.epoch > limit:
+            raise ValueError(
+                f"ActivationLowRank: epoch {self.epoch} is after the last "
+                f"epoch ({limit})"
+            )
+        if self.done:
+            return
+        self._observed = [
+            (parent, name, OutputStatistics(getattr(parent, name)))
+            for parent, name, _ in low_rank_targets(
+                brain.unwrapped_modules(), self.points
+            )
+        ]
+
+    def on_train_epoch_end(self, brain, epoch):
+        """Replace the observed layers by their factors after ``epoch``."""
+        if self.done or epoch != self.epoch:
+            return False
+        ranks = []
+        for parent, name, stats in self._observed:
+            stats.remove()
+            stats.all_reduce()
+            dense = getattr(parent, name)
+            rank = rank_for_compression(
+                dense.in_features, dense.out_features, self.compression
+            )
+            low = pca_low_rank(dense, stats, rank).train(dense.training)
+            setattr(parent, name, low)
+            ranks.append(rank)
+        self._observed = []
+        self.done = True
+        logger.info(
+            f"sb_prune: activation low rank at epoch {epoch}: compression "
+            f"{self.compression:.2f}, ranks {ranks}"
+        )
+        return True
+
+    def state_dict(self):
+        """Return whether the layers were factorised."""
+        return {"done": self.done}
+
+    def load_state_dict(self, state):
+        """Restore whether the layers were factorised."""
+        self.done = bool(state["done"])
