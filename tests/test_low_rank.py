@@ -352,7 +352,7 @@ def test_activation_low_rank_hook_converts_and_resumes(tmp_path):
     resumed = build_brain(
         tmp_path, tiny_conformer(seed=5), [ActivationLowRank(0.5)], epochs=2
     )
-    resumed.checkpointer.recover_if_possible()
+    fit(resumed, n_train=16)  # recovers, with the optimizer, and stops
     assert resumed.prune_hooks[0].done
     resumed.modules.eval()
     assert torch.equal(encode(resumed.modules.model, x, lens), trained)

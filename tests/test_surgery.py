@@ -149,3 +149,28 @@ def test_strip_adaptive_dropout_keeps_outputs():
     restore(fresh, describe(model))
     fresh.load_state_dict(model.state_dict())
     assert torch.equal(encode(fresh, x, lens), encode(model, x, lens))
+
+
+def test_whisper_ffn_adaptive_dropout_pruned_equals_masked():
+    """Whisper encoder: FFN units dropped by adaptive dropout are removed
+    exactly; the stripped encoder loads into a plain one."""
+    from helpers import tiny_whisper
+
+    from sb_prune.deploy.strip import strip_adaptive_dropout
+
+    encoder = tiny_whisper().model.encoder
+    convert(encoder, adaptive_dropout={"points": ["ffn"]})
+    _scramble_retention(encoder)
+    encoder.eval()
+    features = torch.randn(2, 8, 20)
+    with torch.no_grad():
+        masked = encoder(features).last_hidden_state
+    strip_adaptive_dropout(encoder)
+    assert encoder.layers[0].fc1.out_features < 32
+    plain = tiny_whisper(seed=4).model.encoder.eval()
+    restore(plain, describe(encoder))
+    plain.load_state_dict(encoder.state_dict())
+    with torch.no_grad():
+        assert (plain(features).last_hidden_state - masked).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="has only the 'ffn' point"):
+        convert(tiny_whisper().model.encoder, adaptive_dropout={})

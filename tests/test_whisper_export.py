@@ -11,6 +11,7 @@ from sb_prune.deploy.whisper import (
     ENCODER_STRUCTURE,
     ENCODER_WEIGHTS,
     export_whisper,
+    load_exported_encoder,
     rebuild_encoder,
 )
 from sb_prune.methods.criteria.criteria import find_members, make_criterion
@@ -53,7 +54,12 @@ def test_pruned_encoder_round_trips_through_the_folder(tmp_path):
     with torch.no_grad():
         expected = model(features, decoder_input_ids=tokens).logits
         got = fresh(features, decoder_input_ids=tokens).logits
+        alone = load_exported_encoder(tmp_path / "out")(features)
     assert torch.equal(got, expected)
+    assert torch.equal(
+        alone.last_hidden_state,
+        model.model.encoder(features).last_hidden_state,
+    )
 
 
 def test_compressed_real_whisper_transcribes_as_exported(tmp_path):

@@ -369,6 +369,7 @@ register(
     _WHISPER + "WhisperEncoderLayer",
     feed_forward_spec(
         lambda layer: (layer, "fc1", "fc2"),
+        dropouts=lambda layer: {"hidden": _first_dropout(layer)},
         layer_modules={
             "attention": ["self_attn_layer_norm", "self_attn"],
             "ffn": ["final_layer_norm", "fc1", "fc2"],

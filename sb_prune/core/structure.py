@@ -103,7 +103,9 @@ def restore(root, record):
                 "sb_prune.convert options as the checkpoint"
             ) from error
         if type(module).__name__ != expected_type:
-            module = _replace(root, path, module, expected_type, spec)
+            replaced = _replace(root, path, module, expected_type, spec)
+            changed = changed or replaced is not module
+            module = replaced
         if type(module).__name__ != expected_type:
             raise ValueError(
                 f"The structure record expects a {expected_type} at "

@@ -19,6 +19,7 @@ Authors
  * sb_prune developers
 """
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from sb_prune.core.structure import describe, restore
 from sb_prune.core.validation import check_int
+from sb_prune.deploy.strip import strip_adaptive_dropout
 
 #: The files of a structured encoder in an exported folder.
 ENCODER_WEIGHTS = "encoder.ckpt"
@@ -64,7 +66,7 @@ _HPARAMS = """\
 whisper_folder: {folder}
 language: english
 sample_rate: 16000
-max_decode_ratio: 0.5
+max_decode_ratio: 0.15  # 225 tokens: Whisper's own limit is 224
 
 whisper: !new:speechbrain.integrations.huggingface.whisper.Whisper
     source: !ref <whisper_folder>
@@ -177,8 +179,9 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
     Arguments
     ---------
     whisper : torch.nn.Module
-        The model whose encoder is exported (see :func:`whisper_encoder`);
-        the other weights are those of ``dense_folder``.
+        The model whose encoder is exported (see :func:`whisper_encoder`;
+        adaptive-dropout layers are left out, after removing the units
+        they drop); the other weights are those of ``dense_folder``.
     dense_folder : str or pathlib.Path
         The Hugging Face Whisper folder it was built from (e.g. written by
         :func:`sb_prune.importers.ctranslate2.convert_whisper`).
@@ -209,7 +212,8 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
         if not key.startswith(("model.encoder.", "encoder."))
     }
     save_file(rest, out / "model.safetensors", metadata={"format": "pt"})
-    encoder = whisper_encoder(whisper)
+    # Adaptive-dropout layers are for training: removed from a copy.
+    encoder = strip_adaptive_dropout(copy.deepcopy(whisper_encoder(whisper)))
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     torch.save(state, out / ENCODER_WEIGHTS)
     (out / ENCODER_STRUCTURE).write_text(json.dumps(describe(encoder)))
@@ -220,3 +224,31 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
         "encoder_params": sum(p.numel() for p in encoder.parameters()),
         "folder": str(out),
     }
+
+
+def load_exported_encoder(folder):
+    """The encoder of a folder written by :func:`export_whisper`.
+
+    Arguments
+    ---------
+    folder : str or pathlib.Path
+        The exported folder.
+
+    Returns
+    -------
+    torch.nn.Module
+        The Hugging Face ``WhisperEncoder``, pruned, in eval mode.
+    """
+    from transformers import WhisperModel
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the encoder weights are not in it
+    try:
+        model = WhisperModel.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    encoder = rebuild_encoder(model, folder / ENCODER_STRUCTURE)
+    encoder.load_state_dict(torch.load(folder / ENCODER_WEIGHTS))
+    return encoder.eval()

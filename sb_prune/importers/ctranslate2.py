@@ -20,6 +20,7 @@ Authors
 """
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -390,3 +391,49 @@ def convert_whisper(source, out_folder, beam_size=None):
         "d_model": config.d_model,
         "folder": str(out),
     }
+
+
+def hugging_face_whisper(source, cache_folder):
+    """A Hugging Face Whisper folder for ``source``, converting if needed.
+
+    For hparams files (``!apply:``, evaluated before the Whisper lobe is
+    built): a Hugging Face folder is returned as is; a CTranslate2 folder
+    is converted once into ``cache_folder/whisper_hf`` (each process writes
+    its own temporary folder and renames it, so concurrent DDP processes
+    neither clash nor see a half-written folder).
+
+    Arguments
+    ---------
+    source : str or pathlib.Path
+        A Hugging Face Whisper folder (``config.json``) or a CTranslate2
+        one (``model.bin``).
+    cache_folder : str or pathlib.Path
+        Where a conversion goes.
+
+    Returns
+    -------
+    str
+        The Hugging Face folder.
+    """
+    source = Path(source)
+    if (source / "config.json").is_file() and not (
+        source / "model.bin"
+    ).is_file():
+        return str(source)
+    if not (source / "model.bin").is_file():
+        raise FileNotFoundError(
+            f"whisper_source: {source} is neither a Hugging Face Whisper "
+            "folder (config.json) nor a CTranslate2 one (model.bin)"
+        )
+    target = Path(cache_folder) / "whisper_hf"
+    if not (target / "hyperparams.yaml").is_file():
+        scratch = Path(f"{target}.{os.getpid()}.tmp")
+        convert_whisper(source, scratch)
+        (scratch / "hyperparams.yaml").write_text(
+            whisper_asr_hparams(target.resolve())
+        )
+        try:
+            os.rename(scratch, target)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(scratch)
+    return str(target)

@@ -148,7 +148,12 @@ class Federation:
         if init_file.exists():
             initial = torch.load(init_file)
         else:
-            initial = self.model.state_dict()
+            # A copy: state_dict() tensors are the live parameters, which
+            # the seed training below would change.
+            initial = {
+                k: v.detach().clone()
+                for k, v in self.model.state_dict().items()
+            }
             torch.save(initial, init_file)
         if seed_file.exists():
             self.model.load_state_dict(torch.load(seed_file))

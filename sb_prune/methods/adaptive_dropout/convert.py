@@ -73,8 +73,41 @@ def adaptive_dropout_points(layer):
     return points
 
 
+def whisper_encoder_layers(model):
+    """Return the Hugging Face Whisper encoder layers of a model, in order.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any module.
+
+    Returns
+    -------
+    list of torch.nn.Module
+        The ``WhisperEncoderLayer`` s found.
+    """
+    return [
+        m for m in model.modules() if type(m).__name__ == "WhisperEncoderLayer"
+    ]
+
+
+def _add_to_whisper(model, layers, points, options):
+    """Whisper: the FFN hidden units, masked after the activation."""
+    if points != ["ffn"]:
+        raise ValueError(
+            "adaptive_dropout.points: a Whisper encoder has only the 'ffn' "
+            f"point (its attention reshapes by a fixed head width), got "
+            f"{points}"
+        )
+    for layer in layers:
+        adl = AdaptiveDropout(layer.fc1.out_features, **options)
+        layer.activation_fn = nn.Sequential(layer.activation_fn, adl)
+    device = next(model.parameters()).device
+    return model.to(device).train(model.training)
+
+
 def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
-    """Insert AdaptiveDropout layers into every Conformer layer.
+    """Insert AdaptiveDropout layers into every Conformer or Whisper layer.
 
     Application points (Kubo et al. 2024):
 
@@ -88,6 +121,9 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
       depthwise convolution instead would not be exact in SpeechBrain,
       whose LayerNorm after the depthwise convolution normalises over all
       channels.
+
+    A Hugging Face Whisper encoder (no Conformer layers) has the ``ffn``
+    point only: the hidden units after ``activation_fn``.
 
     Arguments
     ---------
@@ -121,14 +157,18 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     points = check_choices(
         "adaptive_dropout.points", points, ADAPTIVE_DROPOUT_POINTS
     )
+    if any(isinstance(m, AdaptiveDropout) for m in model.modules()):
+        raise ValueError("adaptive_dropout: the model is already converted")
     layers = conformer_layers(model)
+    whisper = whisper_encoder_layers(model)
+    if whisper and not layers:
+        return _add_to_whisper(model, whisper, points, options)
     if not layers:
         raise ValueError(
             "adaptive_dropout: the model has no Conformer encoder layers "
-            "(ConformerEncoderLayer); use encoder_module: conformer"
+            "(ConformerEncoderLayer; use encoder_module: conformer) and no "
+            "Hugging Face Whisper encoder layers"
         )
-    if any(isinstance(m, AdaptiveDropout) for m in model.modules()):
-        raise ValueError("adaptive_dropout: the model is already converted")
     for layer in layers:
         if "ffn" in points:
             for block in (layer.ffn_module1, layer.ffn_module2):

@@ -57,6 +57,25 @@ def _prunable_equivalent(module):
     return None
 
 
+def swap_speechbrain_attention(model):
+    """Swap SpeechBrain's attention modules for prunable ones, if any.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model, converted in place.
+
+    Returns
+    -------
+    bool
+        Whether the model now has prunable SpeechBrain attention.
+    """
+    _replace_modules(model, _prunable_equivalent)
+    return any(
+        isinstance(m, (PrunableMHA, PrunableRelPosMHA)) for m in model.modules()
+    )
+
+
 def add_prunable_attention(model):
     """Make every self-attention module prunable, head by head.
 
@@ -88,10 +107,7 @@ def add_prunable_attention(model):
     >>> type(lm.encoder.layers[0].self_att).__name__
     'PrunableMHA'
     """
-    _replace_modules(model, _prunable_equivalent)
-    if not any(
-        isinstance(m, (PrunableMHA, PrunableRelPosMHA)) for m in model.modules()
-    ):
+    if not swap_speechbrain_attention(model):
         raise ValueError(
             "prunable_attention: the model has no RelPosMHAXL or regularMHA "
             "attention (attention_type: RelPosMHAXL or regularMHA)"

@@ -6,7 +6,7 @@ Authors
 
 from sb_prune.core.registry import spec_of
 from sb_prune.core.validation import check_choices, check_int, check_number
-from sb_prune.methods.attention.convert import add_prunable_attention
+from sb_prune.methods.attention.convert import swap_speechbrain_attention
 from sb_prune.methods.low_rank.layer import (
     LowRankLinear,
     check_rank,
@@ -45,12 +45,14 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
 
     * ``ffn``: both Linear layers of every feed-forward block
       (``PositionalwiseFeedForward``: Conformer macaron FFNs, Transformer
-      encoder/LM FFNs);
+      encoder/LM FFNs; Hugging Face Whisper, wav2vec2, HuBERT, WavLM);
     * ``attention``: the input (query/key/value) and output projections of
-      every self-attention, made prunable first (see
-      :func:`add_prunable_attention`). Low-rank projections cannot have
-      their heads pruned afterwards. :class:`~sb_prune.nn.PrunableMHA`
-      (regularMHA: Transformer encoders, TransformerLM) applies them as
+      every self-attention (SpeechBrain's are made prunable first, see
+      :func:`add_prunable_attention`; Hugging Face Whisper's query, key,
+      value and output projections are factorised as they are).
+      Low-rank projections cannot have their heads pruned afterwards.
+      :class:`~sb_prune.nn.PrunableMHA` (regularMHA: Transformer
+      encoders, TransformerLM) applies them as
       modules, so they save time; :class:`~sb_prune.nn.PrunableRelPosMHA`
       (Conformers) builds padded dense weights on every call, so there they
       save parameters but not time.
@@ -104,8 +106,8 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
         check_int("low_rank.rank", rank)
     if compression is not None:
         check_number("low_rank.compression", compression, 0, 1, open_high=True)
-    if "attention" in points:
-        add_prunable_attention(model)
+    if "attention" in points:  # SpeechBrain's; others have a spec of their own
+        swap_speechbrain_attention(model)
     targets = low_rank_targets(model, points)
     if not targets:
         raise ValueError(
