@@ -20,10 +20,21 @@ the classes in the mean-pooled output of every encoder layer (depth 0: the
 encoder input), for FSDD digits (keyword, 10 classes) and FSDD speakers
 (6), resampled to 16 kHz, and for the Libri-Light speakers (24); ``per``
 utterances per class, drawn with seed 0; the layer a ``peak`` cut keeps
-up to; the curves as a PNG beside the JSON. (The cut's classifier
-accuracies are not measured yet.)
+up to; the curves as a PNG beside the JSON. ``--probe``: FSDD keyword
+accuracy of linear probes on the uncut and cut encoders.
 
-Usage: python benchmarks/whisper.py [--quick] [--convexity] [--json PATH]
+Compression (``--compress``): every method of
+``recipes/LibriSpeech/whisper`` at each ``--sizes`` (the fraction of FFN
+units and heads, or of each matrix's weights for low rank), plus a layer
+cut and adaptive dropout, through the recipe: a calibration epoch at
+learning rate 0 then the cut (row "no fine-tuning"), and for the methods
+named by ``--finetune`` the same run resumed with ``--ft_epochs`` epochs on
+``--ft_utterances`` training utterances. Then the exported encoders' MACs
+and CPU latency at batch 1 and 8 (30 s input), interleaved in one process
+(``sb_prune.reporting.profiling.measure_latency``), as ratios to dense.
+
+Usage: python benchmarks/whisper.py [--quick] [--convexity [--probe]]
+       [--compress [--sizes S ...] [--finetune NAME ...]] [--json PATH]
 """
 
 import argparse

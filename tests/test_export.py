@@ -236,3 +236,40 @@ def test_runs_without_the_metric_are_not_asr_runs(tiny_adaptive_run):
     hparams = read_hparams(tiny_adaptive_run, "source")
     with pytest.raises(FileNotFoundError, match="records accuracy"):
         load_evaluated_checkpoints(hparams, "accuracy")
+
+
+def test_report_groups_compressions_by_their_dense_model(tmp_path):
+    """Compressions of one dense model are one family; a model trained
+    from scratch (the ambient run) is marked apart."""
+    from sb_prune.reporting.render import model_families, render_report
+
+    def run(name, init_from=None, wer=10.0, params=100):
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        lines = ["seed: 1"]
+        if init_from is not None:
+            lines.append(f"init_from: {init_from}")
+        (folder / "hyperparams.yaml").write_text("\n".join(lines) + "\n")
+        results = {"params": params, "test": {"WER": wer}}
+        (folder / "results.json").write_text(json.dumps(results))
+        return folder
+
+    dense = run("dense", init_from="", params=300)
+    run("taylor/run", init_from=dense / "exported", wer=12.0, params=150)
+    run("low_rank/run", init_from=dense, wer=11.0, params=200)
+    run("ambient", wer=30.0, params=50)
+    families = model_families(
+        {
+            name: tmp_path / name
+            for name in ("dense", "taylor/run", "low_rank/run", "ambient")
+        }
+    )
+    assert families == {
+        "dense": "dense",
+        "taylor/run": "dense",
+        "low_rank/run": "dense",
+        "ambient": "ambient",
+    }
+    report = render_report(tmp_path, latency=False).read_text()
+    assert "| taylor/run | dense |" in report
+    assert "| ambient | ambient |" in report

@@ -54,6 +54,51 @@ def find_runs(results_dir):
     return runs
 
 
+def _init_from(folder):
+    """The ``init_from`` a run's saved hyperparams.yaml names, or None."""
+    path = Path(folder) / "hyperparams.yaml"
+    if not path.is_file():
+        return None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition(":")
+        if key == "init_from" and value.strip() not in ("", "null", "None"):
+            return Path(value.strip()).resolve()
+    return None
+
+
+def model_families(runs):
+    """The model family of each run: a dense model and its compressions.
+
+    A run's family is the run whose folder holds the run's ``init_from``
+    (``sb-prune compress`` writes it), else the ``init_from`` path itself;
+    a run without ``init_from`` (trained from scratch) is its own family.
+
+    Arguments
+    ---------
+    runs : dict
+        ``name -> run folder``, from :func:`find_runs`.
+
+    Returns
+    -------
+    dict
+        ``name -> family`` (a run name or a path).
+    """
+    folders = {name: Path(folder).resolve() for name, folder in runs.items()}
+    families = {}
+    for name, folder in folders.items():
+        source = _init_from(folder)
+        if source is None:
+            families[name] = name
+            continue
+        owners = [
+            other
+            for other, path in folders.items()
+            if other != name and (source == path or path in source.parents)
+        ]
+        families[name] = owners[0] if owners else str(source)
+    return families
+
+
 def _asr_metrics(results):
     """The first test split's WER/CER of an ASR run, or None."""
     for value in results.values():
@@ -150,8 +195,13 @@ def pareto_front(points):
     return front
 
 
-def plot_pareto(rows, cost_key, cost_label, path):
-    """Scatter WER against a cost, label the runs, draw the front."""
+def plot_pareto(rows, cost_key, cost_label, path, family=None):
+    """Scatter WER against a cost, label the runs, draw the front.
+
+    With ``family``, the runs of that model family (a dense model and its
+    compressions) are plotted as dots and make the front; runs of other
+    models are crosses, outside the front.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,11 +209,19 @@ def plot_pareto(rows, cost_key, cost_label, path):
 
     rows = [r for r in rows if r.get(cost_key) is not None]
     points = [(r[cost_key], r["wer"]) for r in rows]
+    ours = [family is None or r.get("family") == family for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(*zip(*points))
+    for member, marker, label in (
+        (True, "o", f"compressions of {family}" if family else None),
+        (False, "x", "other models"),
+    ):
+        chosen = [p for p, m in zip(points, ours) if m == member]
+        if chosen:
+            ax.scatter(*zip(*chosen), marker=marker, label=label)
     for row, (x, y) in zip(rows, points):
         ax.annotate(row["run"], (x, y), fontsize=7)
-    front = [points[i] for i in pareto_front(points)]
+    members = [p for p, m in zip(points, ours) if m]
+    front = [members[i] for i in pareto_front(members)]
     ax.plot(*zip(*front), linestyle="--", color="grey", label="Pareto front")
     ax.set(xlabel=cost_label, ylabel="test WER (%)")
     ax.legend()
@@ -212,6 +270,7 @@ def render_report(results_dir, out=None, latency=True):
     out = Path(out or results_dir)
     out.mkdir(parents=True, exist_ok=True)
     measured = measure_runs(runs) if latency else {}
+    families = model_families(runs)
     asr_rows, other = [], {}
     for name, folder in runs.items():
         results = json.loads((folder / "results.json").read_text())
@@ -222,6 +281,7 @@ def render_report(results_dir, out=None, latency=True):
         asr_rows.append(
             {
                 "run": name,
+                "family": families[name],
                 "params": results.get("params"),
                 "encoder_params": results.get("encoder_params"),
                 "wer": metrics["WER"],
@@ -244,12 +304,16 @@ def render_report(results_dir, out=None, latency=True):
             f"Latency: one process, models interleaved, batch 1, "
             f"{LATENCY_SECONDS:g} s of audio, CPU; speed-up relative to the "
             "run named dense, else the largest model "
-            f"({reference['run'] if reference else 'n/a'}).",
+            f"({reference['run'] if reference else 'n/a'}). Model: the dense "
+            "model a run compresses (its init_from); the plots draw the "
+            "model most runs compress and its Pareto front, runs of other "
+            "models are crosses outside it.",
             "",
             _table(
                 asr_rows,
                 [
                     ("run", "run"),
+                    ("family", "model"),
                     ("params", "params"),
                     ("encoder_params", "encoder params"),
                     ("wer", "test WER %"),
@@ -261,11 +325,24 @@ def render_report(results_dir, out=None, latency=True):
             ),
             "",
         ]
-        plot_pareto(asr_rows, "params", "parameters", out / "wer_vs_params.png")
+        # The main family: the model most runs compress.
+        counts = [r["family"] for r in asr_rows]
+        family = max(counts, key=counts.count)
+        plot_pareto(
+            asr_rows,
+            "params",
+            "parameters",
+            out / "wer_vs_params.png",
+            family=family,
+        )
         lines += ["![WER vs parameters](wer_vs_params.png)", ""]
         if measured:
             plot_pareto(
-                asr_rows, "latency_s", "latency (s)", out / "wer_vs_latency.png"
+                asr_rows,
+                "latency_s",
+                "latency (s)",
+                out / "wer_vs_latency.png",
+                family=family,
             )
             lines += ["![WER vs latency](wer_vs_latency.png)", ""]
     for name, results in other.items():
