@@ -27,7 +27,6 @@ Authors
 """
 
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,6 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 import sb_prune
 from sb_prune.data.real_speech import plain_words, prepare_librispeech_trees
 from sb_prune.deploy.whisper import export_whisper
-
-logger = logging.getLogger(__name__)
 
 
 class WhisperCompression(sb_prune.PruningBrain):
@@ -64,9 +61,10 @@ class WhisperCompression(sb_prune.PruningBrain):
         states = self.modules.whisper(wavs)
         if stage == sb.Stage.TEST:
             return states, wav_lens
-        teacher = self.hparams.teacher
-        with torch.no_grad():
-            targets = teacher.forward_encoder(teacher._get_mel(wavs))
+        teacher, targets = self.hparams.teacher, None
+        if self.hparams.distill_weight:
+            with torch.no_grad():
+                targets = teacher.forward_encoder(teacher._get_mel(wavs))
         bos, _ = batch.tokens_bos
         logits, _, _ = teacher.forward_decoder(states, bos, use_cache=False)
         return states, targets, logits
