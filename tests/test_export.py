@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from speechbrain.dataio.dataio import read_audio
 from speechbrain.inference.ASR import EncoderASR
 from speechbrain.utils.metric_stats import ErrorRateStats
 
-from sb_prune.deploy.pretrained import export_pretrained
+from sb_prune.deploy.pretrained import export_pretrained, exported_from
 from sb_prune.nn import AdaptiveDropout
 
 
@@ -57,6 +58,7 @@ def _check_transcribe_file(asr, corpus):
 def test_export_round_trip(tiny_adaptive_run, tiny_corpus, tmp_path):
     folder = tmp_path / "exported"
     summary = export_pretrained(tiny_adaptive_run, folder)
+    assert exported_from(folder) == Path(tiny_adaptive_run).resolve()
     asr = EncoderASR.from_hparams(source=str(folder), savedir=str(folder))
     assert not any(isinstance(m, AdaptiveDropout) for m in asr.mods.modules())
     exported_params = sum(p.numel() for p in asr.hparams.model.parameters())
@@ -255,7 +257,12 @@ def test_report_groups_compressions_by_their_dense_model(tmp_path):
         return folder
 
     dense = run("dense", init_from="", params=300)
-    run("taylor/run", init_from=dense / "exported", wer=12.0, params=150)
+    # An export elsewhere stands for its run (sb-prune demo's layout).
+    export = tmp_path / "elsewhere" / "dense"
+    export.mkdir(parents=True)
+    header = f"# Exported by sb_prune from {dense}: the run's blocks, then\n"
+    (export / "hyperparams.yaml").write_text(header)
+    run("taylor/run", init_from=export, wer=12.0, params=150)
     run("low_rank/run", init_from=dense, wer=11.0, params=200)
     run("ambient", wer=30.0, params=50)
     families = model_families(

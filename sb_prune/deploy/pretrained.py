@@ -72,6 +72,35 @@ _ADDED = (
 )
 
 
+#: The first line of an exported hyperparams.yaml names the run.
+_FROM_PREFIX = "# Exported by sb_prune from "
+_FROM_SUFFIX = ": the run's blocks, then"
+
+
+def exported_from(folder):
+    """The run folder an exported folder was written from, or None.
+
+    Arguments
+    ---------
+    folder : str or pathlib.Path
+        Any folder.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The run folder :func:`export_pretrained` read, if ``folder`` is an
+        export.
+    """
+    path = Path(folder) / "hyperparams.yaml"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline().rstrip("\n")
+    if first.startswith(_FROM_PREFIX) and first.endswith(_FROM_SUFFIX):
+        return Path(first[len(_FROM_PREFIX) : -len(_FROM_SUFFIX)])
+    return None
+
+
 def rebuild(modules, structure, strip=True):
     """Reshape freshly built modules into an exported architecture.
 
@@ -235,7 +264,7 @@ def export_pretrained(
     document = _exported_document(text, hparams, modules, record, search)
     out_folder.mkdir(parents=True, exist_ok=True)
     (out_folder / "hyperparams.yaml").write_text(
-        f"# Exported by sb_prune from {run_folder}: the run's blocks, then\n"
+        f"{_FROM_PREFIX}{Path(run_folder).resolve()}{_FROM_SUFFIX}\n"
         "# the pruned structure (sb_prune_rebuild) and the inference keys of\n"
         f"# speechbrain.inference.ASR.{_interface(hparams)}.\n" + dump(document)
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sb_prune.deploy.pretrained import exported_from
 from sb_prune.reporting.profiling import count_macs, measure_latency
 
 REPORT = "REPORT.md"
@@ -70,8 +71,9 @@ def model_families(runs):
     """The model family of each run: a dense model and its compressions.
 
     A run's family is the run whose folder holds the run's ``init_from``
-    (``sb-prune compress`` writes it), else the ``init_from`` path itself;
-    a run without ``init_from`` (trained from scratch) is its own family.
+    (``sb-prune compress`` writes it; an exported folder stands for the run
+    it was exported from), else the ``init_from`` path itself; a run
+    without ``init_from`` (trained from scratch) is its own family.
 
     Arguments
     ---------
@@ -90,6 +92,7 @@ def model_families(runs):
         if source is None:
             families[name] = name
             continue
+        source = exported_from(source) or source
         owners = [
             other
             for other, path in folders.items()
