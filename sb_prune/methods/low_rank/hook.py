@@ -172,7 +172,9 @@ class ActivationLowRank(PruningHook):
     at the rank that removes ``compression`` of its weights, the rule
     :class:`LowRankCompression` uses, so both give models of the same size.
     With ``lr: 0`` in that epoch, the epoch is a pure calibration pass; the
-    epochs after it fine-tune the factors.
+    epochs after it fine-tune the factors. Every process computes the same
+    factors from the summed statistics; a run resumed in the middle of the
+    calibration epoch uses the batches after the resumption only.
 
     Arguments
     ---------
