@@ -125,15 +125,15 @@ def tiny_ssl_model(name, layers, seed=0):
     return getattr(transformers, model_name)(config).eval()
 
 
-def tiny_whisper(seed=0):
-    """A random Whisper of 2 + 2 layers of width 16 (non-zero biases)."""
+def tiny_whisper(seed=0, encoder_layers=2):
+    """A random Whisper of width 16, 2 decoder layers (non-zero biases)."""
     import transformers
 
     config = transformers.WhisperConfig(
         vocab_size=60,
         num_mel_bins=8,
         d_model=16,
-        encoder_layers=2,
+        encoder_layers=encoder_layers,
         decoder_layers=2,
         encoder_attention_heads=2,
         decoder_attention_heads=2,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from helpers import SSL_MODELS, tiny_conformer, tiny_ssl_model
+from helpers import SSL_MODELS, tiny_conformer, tiny_ssl_model, tiny_whisper
 
 from sb_prune.core.registry import (
     ModuleSpec,
@@ -170,20 +170,8 @@ def test_a_spec_without_a_part_names_the_method_and_type(family):
 
 
 def tiny_whisper_encoder():
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    config = transformers.WhisperConfig(
-        d_model=16,
-        encoder_layers=3,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        num_mel_bins=8,
-        max_source_positions=10,
-        vocab_size=60000,  # Whisper's special token ids must fit
-    )
-    torch.manual_seed(0)
-    return WhisperEncoder(config).eval()
+    pytest.importorskip("transformers")
+    return tiny_whisper(encoder_layers=3).model.encoder
 
 
 def test_whisper_encoder_is_one_entry_of_the_registry():
