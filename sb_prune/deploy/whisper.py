@@ -135,18 +135,15 @@ def whisper_encoder(whisper):
     torch.nn.Module
         The encoder.
     """
-    module = whisper
-    for attribute in ("model", "model", "encoder"):
-        if type(module).__name__ == "WhisperEncoder":
-            return module
-        inner = getattr(module, attribute, None)
-        if isinstance(inner, torch.nn.Module):
-            module = inner
-    if type(module).__name__ != "WhisperEncoder":
+    found = [
+        m for m in whisper.modules() if type(m).__name__ == "WhisperEncoder"
+    ]
+    if len(found) != 1:
         raise ValueError(
-            f"{type(whisper).__name__} holds no Hugging Face WhisperEncoder"
+            f"{type(whisper).__name__} holds {len(found)} Hugging Face "
+            "WhisperEncoder modules, not one"
         )
-    return module
+    return found[0]
 
 
 def rebuild_encoder(whisper, structure):

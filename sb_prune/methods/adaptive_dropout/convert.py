@@ -91,7 +91,7 @@ def whisper_encoder_layers(model):
     ]
 
 
-def _add_to_whisper(model, layers, points, options):
+def _add_to_whisper(layers, points, options):
     """Whisper: the FFN hidden units, masked after the activation."""
     if points != ["ffn"]:
         raise ValueError(
@@ -102,8 +102,33 @@ def _add_to_whisper(model, layers, points, options):
     for layer in layers:
         adl = AdaptiveDropout(layer.fc1.out_features, **options)
         layer.activation_fn = nn.Sequential(layer.activation_fn, adl)
-    device = next(model.parameters()).device
-    return model.to(device).train(model.training)
+
+
+def _add_to_conformer(layers, points, options):
+    """Conformer: FFN hidden units, query/value units, conv inputs."""
+    for layer in layers:
+        if "ffn" in points:
+            for block in (layer.ffn_module1, layer.ffn_module2):
+                ffn = block[1].ffn
+                adl = AdaptiveDropout(ffn[0].out_features, **options)
+                ffn[2] = nn.Sequential(adl, ffn[2])
+        if "query" in points or "value" in points:
+            mha = prunable_attention(layer)
+            if "query" in points:
+                n_qk = sum(mha.qk_dims)
+                mha.query_dropout = AdaptiveDropout(n_qk, **options)
+            if "value" in points:
+                n_v = sum(mha.v_dims)
+                mha.value_dropout = AdaptiveDropout(n_v, **options)
+        if "conv" in points:
+            conv = layer.convolution_module
+            adl = AdaptiveDropout(
+                conv.bottleneck[0].in_channels,
+                dim=1,
+                gathers_input=True,
+                **options,
+            )
+            conv.bottleneck = nn.Sequential(adl, *conv.bottleneck)
 
 
 def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
@@ -162,36 +187,15 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     layers = conformer_layers(model)
     whisper = whisper_encoder_layers(model)
     if whisper and not layers:
-        return _add_to_whisper(model, whisper, points, options)
-    if not layers:
+        _add_to_whisper(whisper, points, options)
+    elif not layers:
         raise ValueError(
             "adaptive_dropout: the model has no Conformer encoder layers "
             "(ConformerEncoderLayer; use encoder_module: conformer) and no "
             "Hugging Face Whisper encoder layers"
         )
-    for layer in layers:
-        if "ffn" in points:
-            for block in (layer.ffn_module1, layer.ffn_module2):
-                ffn = block[1].ffn
-                adl = AdaptiveDropout(ffn[0].out_features, **options)
-                ffn[2] = nn.Sequential(adl, ffn[2])
-        if "query" in points or "value" in points:
-            mha = prunable_attention(layer)
-            if "query" in points:
-                n_qk = sum(mha.qk_dims)
-                mha.query_dropout = AdaptiveDropout(n_qk, **options)
-            if "value" in points:
-                n_v = sum(mha.v_dims)
-                mha.value_dropout = AdaptiveDropout(n_v, **options)
-        if "conv" in points:
-            conv = layer.convolution_module
-            adl = AdaptiveDropout(
-                conv.bottleneck[0].in_channels,
-                dim=1,
-                gathers_input=True,
-                **options,
-            )
-            conv.bottleneck = nn.Sequential(adl, *conv.bottleneck)
+    else:
+        _add_to_conformer(layers, points, options)
     # New modules follow the model's device and train/eval mode.
     device = next(model.parameters()).device
     return model.to(device).train(model.training)
