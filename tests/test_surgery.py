@@ -174,3 +174,63 @@ def test_whisper_ffn_adaptive_dropout_pruned_equals_masked():
         assert (plain(features).last_hidden_state - masked).abs().max() < 1e-5
     with pytest.raises(ValueError, match="has only the 'ffn' point"):
         convert(tiny_whisper().model.encoder, adaptive_dropout={})
+
+
+def test_ragged_heads_stay_exact_over_several_prunings():
+    """Groups of equal heads, ragged heads and a removed head, pruned in
+    three rounds: each round equals the masked model before it."""
+    from sb_prune.methods.attention.heads import head_groups
+
+    model = tiny_conformer(layers=1, d_model=24, heads=6)
+    convert(model, adaptive_dropout={"points": ["query", "value"]})
+    mha = model.encoder.layers[0].mha_layer
+    x, lens = random_batch()
+
+    def drop(adl, units):
+        logits = torch.full((adl.n_units,), 3.0)
+        logits[units] = -3.0
+        adl.set_logits(logits)
+
+    rounds = [
+        # One query unit of heads 2 and 3: groups (0, 1), (2, 3), (4, 5).
+        (lambda: drop(mha.query_dropout, [8, 12]), [(2, 4, 4), (2, 3, 4)]),
+        # Every value unit of head 1: the head goes.
+        (lambda: drop(mha.value_dropout, [4, 5, 6, 7]), None),
+        # Scattered units everywhere.
+        (lambda: drop(mha.query_dropout, [0, 5, 6, 11]), None),
+    ]
+    for make_drops, groups in rounds:
+        make_drops()
+        masked = encode(model, x, lens)
+        apply_plan(model, adaptive_dropout_plan(model))
+        assert (encode(model, x, lens) - masked).abs().max() <= 1e-5
+        if groups:
+            assert head_groups(mha.qk_dims, mha.v_dims)[:2] == groups
+    assert mha.num_heads == 5
+    assert len(head_groups(mha.qk_dims, mha.v_dims)) > 2
+
+
+def test_ragged_units_of_regular_attention_equal_zeroed_weights():
+    from sb_prune.nn import PrunableMHA
+
+    torch.manual_seed(0)
+    mha = PrunableMHA(16, 4).eval()
+    x, memory = torch.randn(2, 6, 16), torch.randn(2, 5, 16)
+    keep_qk = torch.tensor([0, 1, 2, 4, 5, 8, 9, 10, 11, 12])
+    keep_v = torch.tensor([0, 3, 4, 5, 6, 7, 12, 13])  # no value of head 2
+    with torch.no_grad():
+        # A zero query unit adds nothing to the scores, a zero output
+        # column nothing to the output.
+        dropped_q = torch.ones(16, dtype=torch.bool)
+        dropped_q[keep_qk] = False
+        mha.in_proj.weight[:16][dropped_q] = 0.0
+        mha.in_proj.bias[:16][dropped_q] = 0.0
+        dropped_v = torch.ones(16, dtype=torch.bool)
+        dropped_v[keep_v] = False
+        mha.out_proj.weight[:, dropped_v] = 0.0
+        expected = [mha(x, x, x)[0], mha(x, memory, memory)[0]]
+    mha.select_units(keep_qk, keep_v)
+    assert mha.qk_dims == [3, 2, 1] and mha.v_dims == [2, 4, 2]
+    got = [mha(x, x, x)[0], mha(x, memory, memory)[0]]
+    for out, ref in zip(got, expected):
+        assert (out - ref).abs().max() <= 1e-5

@@ -47,7 +47,8 @@ from sb_prune.core.registry import (
     register_layer_stack,
 )
 from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout, UnitSelect
-from sb_prune.methods.attention.relpos import PrunableHeads, PrunableRelPosMHA
+from sb_prune.methods.attention.heads import PrunableHeads
+from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 from sb_prune.methods.conv_norm.group_norm import ConvGroupNorm
 from sb_prune.methods.low_rank.layer import LowRankLinear
 

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sb_prune.methods.attention.relpos import PrunableHeads, _pad_index
+from sb_prune.methods.attention.heads import PrunableHeads
 
 
 class PrunableMHA(PrunableHeads):
@@ -116,19 +116,6 @@ class PrunableMHA(PrunableHeads):
                 new.out_proj.bias.copy_(att.out_proj.bias)
         return new
 
-    def _update_layout(self):
-        device = self.out_proj.weight.device
-        self._qk_index = _pad_index(self.qk_dims, device)
-        self._v_index = _pad_index(self.v_dims, device)
-        if self._v_index is not None:
-            self._v_unpad = (self._v_index < sum(self.v_dims)).nonzero()[:, 0]
-
-    def _split_heads(self, x, index, width):
-        """``[B, T, units]`` -> ``[B, H, T, width]`` (zero-padded)."""
-        if index is not None:
-            x = F.pad(x, (0, 1)).index_select(-1, index.to(x.device))
-        return x.view(*x.shape[:-1], self.num_heads, width).transpose(1, 2)
-
     def _project(self, query, key, value):
         n_qk, n_v = sum(self.qk_dims), sum(self.v_dims)
         if query is key and key is value:
@@ -182,11 +169,9 @@ class PrunableMHA(PrunableHeads):
         if pos_embs is not None:
             attn_mask = pos_embs if attn_mask is None else attn_mask + pos_embs
         q, k, v = self._project(query, key, value)
-        qk_width, v_width = max(self.qk_dims), max(self.v_dims)
-        q = self._split_heads(q * self.scale, self._qk_index, qk_width)
-        k = self._split_heads(k, self._qk_index, qk_width)
-        v = self._split_heads(v, self._v_index, v_width)
-        scores = q @ k.transpose(-1, -2)
+        scores = self._scores(
+            self._split_heads(q * self.scale), self._split_heads(k)
+        )
         if attn_mask is not None:
             if attn_mask.ndim == 3:
                 attn_mask = attn_mask.view(batch, -1, qlen, klen)
@@ -195,9 +180,7 @@ class PrunableMHA(PrunableHeads):
             mask = key_padding_mask.view(batch, 1, 1, klen)
             scores = _add_mask(scores, mask)
         attn = self.dropout_att(F.softmax(scores, dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(batch, qlen, -1)
-        if self._v_index is not None:
-            x = x.index_select(-1, self._v_unpad.to(x.device))
+        x = self._weigh_values(attn, self._split_heads(v, values=True))
         out = self.out_proj(x)
         if return_attn_weights:
             return out, attn.mean(dim=1)
