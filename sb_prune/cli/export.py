@@ -27,6 +27,13 @@ def add_arguments(parser):
         help=f"also write {TORCHSCRIPT} and time it against the model",
     )
     parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write ctc_encoder.onnx (batch 1, any length), checked "
+        "under ONNX Runtime (needs the onnx extra: pip install "
+        "sb_prune[onnx])",
+    )
+    parser.add_argument(
         "--search",
         default=None,
         help="encoder-decoder runs: the hparams key of the beam searcher "
@@ -42,5 +49,6 @@ def main(args):
         min_key=args.min_key,
         torchscript=args.torchscript,
         search=args.search,
+        onnx=args.onnx,
     )
     print(json.dumps(summary, indent=2))

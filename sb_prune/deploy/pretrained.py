@@ -216,7 +216,12 @@ def read_hparams(folder, argument):
 
 
 def export_pretrained(
-    run_folder, out_folder, min_key="WER", torchscript=False, search=None
+    run_folder,
+    out_folder,
+    min_key="WER",
+    torchscript=False,
+    search=None,
+    onnx=False,
 ):
     """Write a SpeechBrain pretrained-model folder from a recipe run.
 
@@ -238,12 +243,16 @@ def export_pretrained(
         For an encoder-decoder run: the hparams key of the beam searcher
         the exported model decodes with (default: ``valid_search``, else
         ``test_search``; both are SpeechBrain recipes' names).
+    onnx : bool
+        Also write ``ctc_encoder.onnx`` (batch 1, any length; see
+        :mod:`sb_prune.deploy.onnx`), checked under ONNX Runtime.
 
     Returns
     -------
     dict
         What was exported: parameters, averaged checkpoints, the inference
-        interface, the folder, and the TorchScript latency figures.
+        interface, the folder, the TorchScript latency figures and the
+        ONNX check.
     """
     run_folder, out_folder = Path(run_folder), Path(out_folder)
     hparams = read_hparams(run_folder, "--source")
@@ -291,6 +300,10 @@ def export_pretrained(
         summary["torchscript"] = compare_latency(
             traced, model, hparams["n_mels"]
         )
+    if onnx:
+        from sb_prune.deploy.onnx import ONNX_FILE, export_ctc_onnx
+
+        summary["onnx"] = export_ctc_onnx(hparams, out_folder / ONNX_FILE)
     return summary
 
 

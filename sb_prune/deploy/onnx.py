@@ -1,0 +1,246 @@
+"""ONNX export of a (pruned) encoder, checked under ONNX Runtime.
+
+A pruned model is a PyTorch model with smaller tensors, so torch's
+exporter (``torch.onnx.export``, built on ``torch.export``) writes a graph
+with the pruned shapes. The number of frames stays free; the batch size is
+the example's (SpeechBrain's padding masks read it as a Python number, so
+a graph exported at one batch size serves that batch size). Every export
+is checked: ONNX Runtime runs the graph on an input of another length and
+must reproduce the model within ``atol``. When the exporter fails, the
+error names the deepest submodule that fails on its own.
+
+Authors
+ * sb_prune developers
+"""
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import torch
+
+from sb_prune.deploy.torchscript import CTCEncoder, _features
+
+#: The ONNX file ``sb-prune export --onnx`` adds to an exported folder.
+ONNX_FILE = "ctc_encoder.onnx"
+
+
+def _onnx_program(module, args, kwargs=None, free_length=True):
+    """Export ``module`` called on ``args`` (the first one's axis 1 free)."""
+    dynamic = None
+    if free_length:
+        auto = torch.export.Dim.AUTO
+        dynamic = tuple({1: auto} if i == 0 else None for i in range(len(args)))
+    # The exporter prints its progress; keep the caller's output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return torch.onnx.export(
+            module,
+            tuple(args),
+            kwargs=kwargs or None,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            verbose=False,
+        )
+
+
+def failing_part(model, inputs):
+    """Name the deepest submodule whose own export fails.
+
+    Every submodule is exported alone on the arguments it received in one
+    forward pass of ``model``; the search descends into the first child
+    that fails, until no child of the failing module fails.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A module whose export failed.
+    inputs : tuple
+        Its positional inputs.
+
+    Returns
+    -------
+    str
+        ``"path (TypeName)"`` of that submodule (``""`` for the model).
+    """
+    calls = {}
+
+    def record(module, args, kwargs):
+        calls.setdefault(module, (args, kwargs))
+
+    handles = [
+        m.register_forward_pre_hook(record, with_kwargs=True)
+        for m in model.modules()
+    ]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    path, module = "", model
+    while True:
+        failing = next(
+            (
+                (name, child)
+                for name, child in _called_below(module, calls)
+                if not _exports(child, *calls[child])
+            ),
+            None,
+        )
+        if failing is None:
+            return f"{path} ({type(module).__name__})"
+        name, module = failing
+        path = f"{path}.{name}" if path else name
+
+
+def _called_below(module, calls, prefix=""):
+    """The nearest descendants that ran as modules, with their paths.
+
+    A child that did not run through ``__call__`` (a ``ModuleList``, or a
+    model whose method was called) is looked through.
+    """
+    for name, child in module.named_children():
+        if child in calls:
+            yield prefix + name, child
+        else:
+            yield from _called_below(child, calls, f"{prefix}{name}.")
+
+
+def _exports(module, args, kwargs):
+    try:
+        _onnx_program(module, args, kwargs, free_length=False)
+    except Exception:  # noqa: BLE001 - any failure means "not exportable"
+        return False
+    return True
+
+
+def ort_session(path, threads=None):
+    """An ONNX Runtime CPU session with torch's number of threads.
+
+    Arguments
+    ---------
+    path : str
+        The ``.onnx`` file.
+    threads : int, optional
+        Intra-op threads (default: ``torch.get_num_threads()``, so that
+        ONNX Runtime and PyTorch are timed alike).
+
+    Returns
+    -------
+    callable
+        ``(*tensors) -> torch.Tensor``: the graph's first output.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"]
+    )
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*tensors):
+        feed = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return run
+
+
+def export_onnx(model, path, inputs, check_inputs, atol=1e-4):
+    """Export a module to ONNX and check it under ONNX Runtime.
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The module (put in eval mode).
+    path : str
+        The ``.onnx`` file to write.
+    inputs : tuple
+        Example inputs; axis 1 of the first one (frames) stays free.
+    check_inputs : tuple
+        Inputs of the same batch size and another length, on which ONNX
+        Runtime must reproduce the model.
+    atol : float
+        Largest difference allowed on ``check_inputs``.
+
+    Returns
+    -------
+    float
+        The largest difference between ONNX Runtime and the model on
+        ``check_inputs``.
+
+    Raises
+    ------
+    ValueError
+        Naming the submodule that cannot be exported, or when the graph
+        does not reproduce the model.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> lin = torch.nn.Linear(4, 3)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     difference = export_onnx(
+    ...         lin, f"{folder}/lin.onnx",
+    ...         (torch.randn(1, 5, 4),), (torch.randn(1, 9, 4),),
+    ...     )
+    >>> difference < 1e-5
+    True
+    """
+    model.eval()
+    try:
+        program = _onnx_program(model, inputs)
+    except Exception as error:
+        part = failing_part(model, inputs)
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error).strip())
+        message = message.splitlines()[0]
+        raise ValueError(
+            f"ONNX cannot export the model: the part that fails on its own "
+            f"is {part}. Exporter's error: {message}"
+        ) from error
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path))
+    with torch.no_grad():
+        expected = model(*check_inputs)
+    difference = float(
+        (ort_session(path)(*check_inputs) - expected).abs().max()
+    )
+    if difference > atol:
+        raise ValueError(
+            f"The ONNX graph differs from the model by {difference:.2e} "
+            f"(more than {atol:g}) on an input of another length"
+        )
+    return difference
+
+
+def export_ctc_onnx(hparams, path, batch=1):
+    """Export a recipe's CTC encoder (features in, log-probabilities out).
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded hparams of an ASR run or exported folder (``CNN``,
+        ``Transformer``, ``ctc_lin``, ``n_mels``), weights loaded.
+    path : str
+        The ``.onnx`` file to write.
+    batch : int
+        The batch size of the graph.
+
+    Returns
+    -------
+    dict
+        ``batch`` and ``max_abs_diff`` (ONNX Runtime against PyTorch).
+    """
+    model = CTCEncoder(
+        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
+    )
+    n_mels = hparams["n_mels"]
+    difference = export_onnx(
+        model,
+        path,
+        _features(batch, 4.0, n_mels, 0),
+        _features(batch, 6.5, n_mels, 1),
+    )
+    return {"batch": batch, "max_abs_diff": difference}

@@ -1,0 +1,89 @@
+"""ONNX export: pruned and low-rank encoders under ONNX Runtime."""
+
+import pytest
+import torch
+from helpers import random_batch, tiny_conformer
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+
+from sb_prune import convert  # noqa: E402
+from sb_prune.deploy.onnx import (  # noqa: E402
+    ONNX_FILE,
+    export_onnx,
+    ort_session,
+)
+
+
+class Encode(torch.nn.Module):
+    """``(features, lengths) -> encoder output`` of a TransformerASR."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, lens):
+        return self.model.encode(x, lens)
+
+
+def _initializer_elements(path):
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return sum(
+        int(torch.tensor(list(t.dims)).prod()) for t in graph.initializer
+    )
+
+
+def test_pruned_run_exports_at_pruned_shapes(tiny_adaptive_run, tmp_path):
+    from sb_prune.deploy.pretrained import export_pretrained, load_model
+    from sb_prune.deploy.torchscript import CTCEncoder
+
+    summary = export_pretrained(tiny_adaptive_run, tmp_path, onnx=True)
+    assert summary["onnx"]["max_abs_diff"] <= 1e-4
+    hparams = load_model(tmp_path)
+    model = CTCEncoder(
+        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
+    ).eval()
+    feats = torch.randn(1, 271, hparams["n_mels"])
+    with torch.no_grad():
+        expected = model(feats, torch.ones(1))
+    got = ort_session(tmp_path / ONNX_FILE)(feats, torch.ones(1))
+    assert (got - expected).abs().max() <= 1e-4
+    # The graph stores the pruned weights, not dense ones.
+    stored = sum(p.numel() for p in model.parameters())
+    assert _initializer_elements(tmp_path / ONNX_FILE) <= 1.02 * stored
+
+
+@pytest.mark.parametrize(
+    "conversion",
+    [
+        {"low_rank": {"points": ["ffn", "attention"], "rank": 3}},
+        {"prunable_attention": {}},
+    ],
+)
+def test_low_rank_and_ragged_models_export(tmp_path, conversion):
+    from sb_prune.core.surgery import apply_plan
+
+    model = convert(tiny_conformer(), **conversion)
+    if "prunable_attention" in conversion:  # ragged heads
+        mha = model.encoder.layers[0].mha_layer
+        keep = torch.tensor([0, 1, 2, 5, 6, 9, 12, 13, 14, 15])
+        apply_plan(mha, {"": {"qk": keep, "v": keep[2:]}})
+        assert len(set(mha.qk_dims)) > 1
+    x, lens = random_batch(batch=2, time=9)
+    check = random_batch(batch=2, time=23, seed=2)
+    difference = export_onnx(
+        Encode(model).eval(), tmp_path / "m.onnx", (x, lens), check
+    )
+    assert difference <= 1e-4
+
+
+def test_unexportable_part_is_named(tmp_path):
+    model = convert(tiny_conformer(), dynamic_depth={"predictor": "local"})
+    x, lens = random_batch()
+    with pytest.raises(
+        ValueError, match=r"model\.encoder \(GatedConformerEncoder\)"
+    ):
+        export_onnx(
+            Encode(model).eval(), tmp_path / "m.onnx", (x, lens), (x, lens)
+        )
