@@ -356,3 +356,68 @@ def test_activation_low_rank_hook_converts_and_resumes(tmp_path):
     assert resumed.prune_hooks[0].done
     resumed.modules.eval()
     assert torch.equal(encode(resumed.modules.model, x, lens), trained)
+
+
+def test_densify_and_refactorise_keep_the_output():
+    torch.manual_seed(0)
+    low = LowRankLinear.from_linear(torch.nn.Linear(6, 5), rank=3)
+    x = torch.randn(4, 6)
+    expected = low(x)
+    low.densify_()
+    assert low.rank is None and low.up.weight.shape == (5, 6)
+    assert torch.allclose(low(x), expected, atol=1e-5)
+    low.select_ranks(torch.arange(3))  # factorised again, ordered
+    assert low.rank == 3
+    assert torch.allclose(low(x), expected, atol=1e-5)
+
+
+def _stub_cost_table():
+    """The FFN's up projections (16x32) are never faster factorised; its
+    down projections (32x16) are faster at every rank."""
+    return {
+        "tokens": 8,
+        "shapes": {
+            "16x32": {"dense": 1.0, "ranks": {"2": 1.1, "5": 1.2, "10": 1.3}},
+            "32x16": {"dense": 1.0, "ranks": {"2": 0.2, "5": 0.4, "10": 0.9}},
+        },
+    }
+
+
+def test_rank_chooser_keeps_slower_matrices_dense(tmp_path):
+    torch.manual_seed(0)
+    model = convert(tiny_conformer().train(), low_rank={"points": ["ffn"]})
+    hook = LowRankCompression(
+        Incremental(0.25, steps=2, ramp="linear"),
+        cost_table=_stub_cost_table(),
+    )
+    brain = build_brain(tmp_path, model, [hook], epochs=3)
+    fit(brain, n_train=16)
+    layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    up = [m for m in layers if m.in_features == 16]
+    down = [m for m in layers if m.in_features == 32]
+    assert up and all(m.rank is None for m in up)
+    assert down and all(m.rank is not None for m in down)
+    # The size target is met by the factorised matrices alone.
+    stored = sum(
+        p.numel() for m in layers for p in m.parameters() if p.ndim == 2
+    )
+    assert stored <= 0.75 * len(layers) * 16 * 32
+    # The record rebuilds the dense and the factorised layers.
+    fresh = convert(tiny_conformer(seed=4), low_rank={"points": ["ffn"]})
+    restore(fresh, describe(model))
+    fresh.load_state_dict(model.state_dict())
+    x, lens = random_batch()
+    model.eval()
+    assert torch.equal(encode(fresh, x, lens), encode(model, x, lens))
+
+
+def test_cost_table_must_cover_the_model(tmp_path):
+    table = _stub_cost_table()
+    del table["shapes"]["32x16"]
+    model = convert(tiny_conformer().train(), low_rank={"points": ["ffn"]})
+    hook = LowRankCompression(Incremental(0.5, steps=1), cost_table=table)
+    brain = build_brain(tmp_path, model, [hook], epochs=1)
+    with pytest.raises(ValueError, match="no measurement for a 32x16"):
+        hook.on_fit_start(brain)
+    with pytest.raises(ValueError, match="cost_table: no file"):
+        LowRankCompression(Incremental(0.5, steps=1), cost_table="nope.json")

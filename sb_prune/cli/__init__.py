@@ -1,10 +1,10 @@
 """The ``sb-prune`` command line.
 
 Each verb has its module in this package (``synth``, ``demo``, ``export``,
-``compress``, ``report``: its ``add_arguments(parser)`` and ``main(args)``);
-``recipes`` finds the repository recipes that ``demo`` and ``compress``
-run. This file only parses arguments and dispatches, importing the chosen
-verb's module only.
+``compress``, ``cost-table``, ``report``: its ``add_arguments(parser)``
+and ``main(args)``); ``recipes`` finds the repository recipes that
+``demo`` and ``compress`` run. This file only parses arguments and
+dispatches, importing the chosen verb's module only.
 
 Authors
  * sb_prune developers
@@ -35,6 +35,11 @@ SUBCOMMANDS = [
         "compress",
         "sb_prune.cli.compress",
         "prune a trained dense model with a method, export the result",
+    ),
+    (
+        "cost-table",
+        "sb_prune.cli.cost_table",
+        "time matrix shapes dense and factorised (low rank's cost_table)",
     ),
     (
         "report",

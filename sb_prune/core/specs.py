@@ -294,7 +294,10 @@ register(
 
 
 def _prune_rank(module, rank):
-    module.select_ranks(torch.as_tensor(rank, dtype=torch.long))
+    if rank is None:
+        module.densify_()
+    else:
+        module.select_ranks(torch.as_tensor(rank, dtype=torch.long))
 
 
 def _low_rank_in_place_of(linear, record):
@@ -303,7 +306,7 @@ def _low_rank_in_place_of(linear, record):
     return LowRankLinear(
         linear.in_features,
         linear.out_features,
-        record["rank"],
+        record["rank"] or 1,  # a dense record: set_structure densifies
         bias=linear.bias is not None,
     ).to(device=linear.weight.device, dtype=linear.weight.dtype)
 
@@ -314,7 +317,9 @@ register(
         LowRankLinear,
         groups=("rank",),
         prune=_prune_rank,
-        group_size=lambda module, group: module.rank,
+        group_size=lambda module, group: (
+            module.rank or min(module.in_features, module.out_features)
+        ),
         replaces=_low_rank_in_place_of,
     ),
 )

@@ -18,6 +18,11 @@ from sb_prune.methods.low_rank.activations import (
 )
 from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS, low_rank_targets
 from sb_prune.methods.low_rank.layer import LowRankLinear, rank_for_compression
+from sb_prune.methods.low_rank.speed import (
+    choose_ranks,
+    fastest_rank,
+    load_cost_table,
+)
 from sb_prune.training.hooks import (
     PruningHook,
     check_epochs,
@@ -53,7 +58,13 @@ class LowRankCompression(PruningHook):
     export_module : str, optional
         Export only this module of the Brain (e.g. ``model``), so a stage
         loads into that module alone; default: all the Brain's modules.
-
+    cost_table : str or dict, optional
+        Measured times of the model's matrix shapes (a JSON file from
+        ``sb-prune cost-table``): ranks are then chosen so that no matrix
+        is slower than dense (those that would be stay dense) and the
+        others meet the target together
+        (:func:`~sb_prune.methods.low_rank.speed.choose_ranks`). Without
+        it every matrix loses the same fraction of its weights.
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
         name); needed when ``prune_hooks`` has two hooks of this class.
@@ -67,12 +78,20 @@ class LowRankCompression(PruningHook):
     """
 
     def __init__(
-        self, schedule, export_folder=None, export_module=None, name=None
+        self,
+        schedule,
+        export_folder=None,
+        export_module=None,
+        cost_table=None,
+        name=None,
     ):
         super().__init__(name)
         self.schedule = checked_schedule(schedule)
         self.export_folder = export_folder
         self.export_module = export_module
+        self.cost_table = None
+        if cost_table is not None:
+            self.cost_table = load_cost_table(cost_table)
         self.step = 0
         self.history = []
 
@@ -98,6 +117,11 @@ class LowRankCompression(PruningHook):
                 "prune_hooks has LowRankCompression but the model has no "
                 "LowRankLinear layers: add low_rank to sb_prune.convert"
             )
+        if self.cost_table is not None:  # every shape must be measured
+            for _, layer in self._layers(brain):
+                fastest_rank(
+                    self.cost_table, layer.in_features, layer.out_features
+                )
 
     def on_train_epoch_end(self, brain, epoch):
         """Export the current stage, then cut the ranks, if a step is due."""
@@ -111,12 +135,14 @@ class LowRankCompression(PruningHook):
         compression = self.schedule.sparsity(step)
         plan = {}
         optimizer = getattr(brain, "optimizer", None)
-        for path, layer in self._layers(brain):
+        layers = self._layers(brain)
+        for rank, (path, layer) in zip(
+            self._ranks(layers, compression), layers
+        ):
             layer.reorder_()
-            rank = rank_for_compression(
-                layer.in_features, layer.out_features, compression
-            )
-            if rank < layer.rank:
+            if rank is None and layer.rank is not None:
+                plan[path] = {"rank": None}
+            elif rank is not None and rank < (layer.rank or float("inf")):
                 plan[path] = {"rank": torch.arange(rank)}
             if optimizer is not None:
                 for param in layer.parameters():
@@ -131,6 +157,15 @@ class LowRankCompression(PruningHook):
             f"sb_prune: low-rank step {step}/{self.schedule.steps} at epoch "
             f"{epoch}: compression {compression:.2f}, ranks {ranks}"
         )
+
+    def _ranks(self, layers, compression):
+        """The rank of each layer at ``compression`` (None: dense)."""
+        shapes = [
+            (layer.in_features, layer.out_features) for _, layer in layers
+        ]
+        if self.cost_table is not None:
+            return choose_ranks(shapes, compression, self.cost_table)
+        return [rank_for_compression(i, o, compression) for i, o in shapes]
 
     def _export(self, brain):
         if self.export_folder is None or self.step == 0:

@@ -20,8 +20,14 @@ weights: it is smaller than the dense matrix only below the break-even
 rank ``in * out / (in + out)``. :func:`rank_for_compression` turns a target
 fraction of removed weights into a rank.
 
-The rank is part of the structure record (``{"rank": R}``), so pruned
-checkpoints load into a freshly converted model.
+Fewer weights are not always less time: a thin product runs two matrix
+products instead of one. A layer whose factorisation would not be faster
+can hold its product as one dense matrix again
+(:meth:`LowRankLinear.densify_`, rank None); see
+:mod:`sb_prune.methods.low_rank.speed`.
+
+The rank is part of the structure record (``{"rank": R}``, None when
+dense), so pruned checkpoints load into a freshly converted model.
 
 Authors
  * sb_prune developers
@@ -220,8 +226,45 @@ class LowRankLinear(nn.Module):
 
     @property
     def rank(self):
-        """The number of directions the module stores."""
+        """The number of directions the module stores (None when dense)."""
+        if isinstance(self.down, nn.Identity):
+            return None
         return self.down.out_features
+
+    @torch.no_grad()
+    def densify_(self):
+        """Hold the product ``U V`` as one dense matrix, in place.
+
+        The output is unchanged; ``rank`` becomes None. Selecting ranks
+        later factorises the matrix again.
+        """
+        if self.rank is None:
+            return
+        dense = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None
+        ).to(device=self.up.weight.device, dtype=self.up.weight.dtype)
+        dense.weight.copy_(self.weight)
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        self.down, self.up, self.active_rank = nn.Identity(), dense, None
+
+    @torch.no_grad()
+    def _factorise_(self):
+        """A dense layer becomes factors of full, ordered rank (exact)."""
+        weight = self.up.weight
+        up, down = _balanced_factors(
+            weight.double(), min(self.in_features, self.out_features)
+        )
+        rank = up.shape[1]
+        self.down = nn.Linear(self.in_features, rank, bias=False)
+        factors = nn.Linear(rank, self.out_features, bias=self.bias is not None)
+        factors.to(device=weight.device, dtype=weight.dtype)
+        self.down.to(device=weight.device, dtype=weight.dtype)
+        factors.weight.copy_(up)
+        self.down.weight.copy_(down)
+        if self.bias is not None:
+            factors.bias.copy_(self.bias)
+        self.up = factors
 
     @property
     def bias(self):
@@ -235,6 +278,8 @@ class LowRankLinear(nn.Module):
         For code that reads ``.weight`` directly; it is a new tensor on
         every access, use the module's forward where possible.
         """
+        if self.rank is None:
+            return self.up.weight
         rank = self.active_rank or self.rank
         return self.up.weight[:, :rank] @ self.down.weight[:rank]
 
@@ -283,7 +328,8 @@ class LowRankLinear(nn.Module):
         Returns
         -------
         torch.Tensor
-            The singular values of ``U V``, in decreasing order.
+            The singular values of ``U V``, in decreasing order (None for
+            a dense layer, which has no directions to order).
 
         Example
         -------
@@ -295,6 +341,8 @@ class LowRankLinear(nn.Module):
         >>> bool(torch.allclose(low.weight, before, atol=1e-6))
         True
         """
+        if self.rank is None:
+            return None
         up, down = self.up.weight, self.down.weight
         q_up, r_up = torch.linalg.qr(up.double())
         q_down, r_down = torch.linalg.qr(down.double().T)
@@ -310,8 +358,11 @@ class LowRankLinear(nn.Module):
         Arguments
         ---------
         rank : torch.LongTensor
-            Indices of the directions to keep, in order.
+            Indices of the directions to keep, in order (a dense layer is
+            factorised first, its directions ordered).
         """
+        if self.rank is None:
+            self._factorise_()
         select_linear_(self.down, rows=rank)
         select_linear_(self.up, cols=rank)
         self.active_rank = None
@@ -324,6 +375,8 @@ class LowRankLinear(nn.Module):
         rank : int
             In ``[1, self.rank]``.
         """
+        if self.rank is None:
+            self._factorise_()
         check_rank(rank, self.rank, self.rank)
         self.reorder_()
         self.select_ranks(torch.arange(rank))
@@ -338,10 +391,20 @@ class LowRankLinear(nn.Module):
         Arguments
         ---------
         spec : dict
-            ``{"rank": R}`` as returned by :meth:`get_structure`.
+            ``{"rank": R}`` as returned by :meth:`get_structure` (None:
+            dense).
         """
-        resize_linear_(self.down, spec["rank"], self.in_features)
-        resize_linear_(self.up, self.out_features, spec["rank"])
+        rank = spec["rank"]
+        if (rank is None) != (self.rank is None):
+            if rank is None:
+                self.densify_()
+            else:
+                self._factorise_()
+        if rank is None:
+            resize_linear_(self.up, self.out_features, self.in_features)
+        else:
+            resize_linear_(self.down, rank, self.in_features)
+            resize_linear_(self.up, self.out_features, rank)
         self.active_rank = None
 
     def extra_repr(self):
@@ -374,7 +437,8 @@ def _balanced_factors(weight, rank):
 def set_compression(model, compression, physical=False):
     """Run every LowRankLinear of ``model`` at a compression level.
 
-    Each layer is reordered (:meth:`LowRankLinear.reorder_`, output
+    Each factorised layer (dense ones are left as they are) is reordered
+    (:meth:`LowRankLinear.reorder_`, output
     unchanged), then runs with the rank that removes ``compression`` of its
     dense weights (never more than the rank it has). One trained model thus
     delivers several sizes: ``physical=False`` only selects the directions
@@ -408,7 +472,7 @@ def set_compression(model, compression, physical=False):
     """
     ranks = []
     for layer in model.modules():
-        if not isinstance(layer, LowRankLinear):
+        if not isinstance(layer, LowRankLinear) or layer.rank is None:
             continue
         rank = min(
             layer.rank,
