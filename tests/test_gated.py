@@ -261,6 +261,12 @@ def test_local_gates_follow_a_layer_cut():
         ({"init_probability": 1.0}, "init_probability must be in"),
         ({"predictor_hidden": 0}, "predictor_hidden must be"),
         ({"tau": 1.0}, "dynamic_depth: unknown key"),
+        ({"gate_costs": {"ffn": 1.0}}, "gate_costs: give 'measure' or one"),
+        ({"gate_costs": "time"}, "gate_costs: give 'measure' or one"),
+        (
+            {"gate_costs": {"ffn": 1.0, "attention": 0}},
+            "gate_costs.attention must be",
+        ),
     ],
 )
 def test_bad_options_name_their_key(options, key):
@@ -459,3 +465,34 @@ def test_ddp_two_processes_train_gates_identically(tmp_path):
     for key in params0:
         assert torch.equal(params0[key], params1[key]), key
     assert any("gate_predictor" in key for key in params0)
+
+
+def test_gate_costs_weight_the_regulariser():
+    """Skipping the expensive gate meets a cost target that skipping the
+    cheap one does not."""
+    _, alike = gated_model(gates=["attention", "ffn"], target=0.5)
+    _, costly = gated_model(
+        gates=["attention", "ffn"],
+        target=0.5,
+        gate_costs={"attention": 1.0, "ffn": 3.0},
+    )
+    ffn_skipped = torch.tensor([[[1.0, 0.0]]])
+    attention_skipped = torch.tensor([[[0.0, 1.0]]])
+    assert alike.encoder.regularizer(ffn_skipped) == 0
+    assert alike.encoder.regularizer(attention_skipped) == 0
+    assert costly.encoder.regularizer(ffn_skipped) == pytest.approx(0.0625)
+    assert costly.encoder.regularizer(attention_skipped) == pytest.approx(
+        0.0625
+    )
+    # Executed cost fractions: 0.25 when the FFN is skipped, 0.75 when the
+    # attention is; a target of 0.25 is met by skipping the FFN only.
+    costly.encoder.target = 0.25
+    assert costly.encoder.regularizer(ffn_skipped) == 0
+    assert costly.encoder.regularizer(attention_skipped) > 0
+
+
+def test_measured_gate_costs():
+    _, gated = gated_model(gates=["attention", "ffn"], gate_costs="measure")
+    costs = gated.encoder.gate_costs
+    assert len(costs) == 2 and min(costs) > 0
+    assert sum(costs) == pytest.approx(2.0)

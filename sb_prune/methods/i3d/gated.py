@@ -29,7 +29,10 @@ every utterance and is multiplied by its gate, so that the gradient reaches
 the predictors. The regulariser ``regularization_weight * (mean p -
 target)^2`` on the mean execution probability (over utterances, layers and
 gates) enters the gradient through
-:func:`sb_prune.training.auxiliary.attach_auxiliary_loss`. In evaluation a gate
+:func:`sb_prune.training.auxiliary.attach_auxiliary_loss`. With
+``gate_costs`` each gate's probability is weighted by its branch's cost
+(measured, or given), so the target is a fraction of the gated branches'
+time rather than of their number. In evaluation a gate
 is open when its probability exceeds ``threshold``, and a closed branch is
 not computed at all: each branch runs only on the utterances of the batch
 whose gate is open (gathered, then scattered back).
@@ -88,6 +91,7 @@ DYNAMIC_DEPTH_OPTIONS = (
     "target",
     "regularization_weight",
     "init_probability",
+    "gate_costs",
 )
 
 
@@ -677,6 +681,13 @@ bias, dropout, causal, attention_type, output_hidden_states, layerdrop_prob
         Weight of ``(mean p - target)^2`` in the training loss, >= 0.
     init_probability : float, default 0.9
         Initial execution probability of every gate, in (0, 1).
+    gate_costs : dict or str, optional
+        Weights of the gates in the regulariser: ``{gate: cost}`` (positive
+        numbers, one per gate), or ``measure`` to time each branch of the
+        first layer on 10 s of input where the model is built
+        (:func:`~sb_prune.methods.i3d.costs.measure_gate_costs`; under DDP
+        each process measures its own, so give the dict for identical
+        costs). Default: every gate counts alike.
 
     Example
     -------
@@ -716,7 +727,7 @@ bias, dropout, causal, attention_type, output_hidden_states, layerdrop_prob
         encoder : ConformerEncoder
             The encoder to convert (trained or not).
         predictor, gates, predictor_hidden, temperature, threshold, \
-target, regularization_weight, init_probability
+target, regularization_weight, init_probability, gate_costs
             The gating options of :class:`GatedConformerEncoder`.
 
         Returns
@@ -758,6 +769,7 @@ target, regularization_weight, init_probability
         target=0.6,
         regularization_weight=1.0,
         init_probability=0.9,
+        gate_costs=None,
     ):
         """Validate the options, gate the layers, add the predictor.
 
@@ -803,6 +815,28 @@ target, regularization_weight, init_probability
             ).to(_device_of(self))
         self.gate_logits = None
         self.gate_decisions = None
+        self.gate_costs = self._checked_costs(gate_costs)
+
+    def _checked_costs(self, gate_costs):
+        """Per-gate regulariser weights averaging to 1 (None: alike)."""
+        if gate_costs is None:
+            return None
+        if gate_costs == "measure":
+            from sb_prune.methods.i3d.costs import measure_gate_costs
+
+            gate_costs = measure_gate_costs(self.layers[0], self.gates)
+        if not isinstance(gate_costs, dict) or set(gate_costs) != set(
+            self.gates
+        ):
+            raise ValueError(
+                "gate_costs: give 'measure' or one cost per gate "
+                f"{list(self.gates)}, got {gate_costs!r}"
+            )
+        costs = [
+            check_number(f"gate_costs.{g}", gate_costs[g], 0, open_low=True)
+            for g in self.gates
+        ]
+        return [c * len(costs) / sum(costs) for c in costs]
 
     @property
     def gate_probabilities(self):
@@ -824,16 +858,22 @@ target, regularization_weight, init_probability
     def regularizer(self, probabilities):
         """Return ``weight * (mean(probabilities) - target)^2``.
 
+        With ``gate_costs``, the mean weighs each gate by its cost.
+
         Arguments
         ---------
         probabilities : torch.Tensor
-            Execution probabilities, any shape.
+            Execution probabilities ``[..., gates]``.
 
         Returns
         -------
         torch.Tensor
             A scalar.
         """
+        if self.gate_costs is not None:
+            probabilities = probabilities * probabilities.new_tensor(
+                self.gate_costs
+            )
         return (
             self.regularization_weight
             * (probabilities.mean() - self.target) ** 2
@@ -988,7 +1028,7 @@ def add_dynamic_depth(model, **options):
         The gating options of :class:`GatedConformerEncoder`:
         ``predictor``, ``gates``, ``predictor_hidden``, ``temperature``,
         ``threshold``, ``target``, ``regularization_weight``,
-        ``init_probability``.
+        ``init_probability``, ``gate_costs``.
 
     Returns
     -------

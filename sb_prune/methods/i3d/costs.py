@@ -1,0 +1,79 @@
+"""What each gated branch of a Conformer layer costs, measured.
+
+I3D's regulariser pulls the mean execution probability of the gates
+towards a target. Counting every gate alike treats skipping a cheap branch
+like skipping an expensive one; with ``gate_costs`` the regulariser weighs
+each gate by its branch's cost, so that the target is a fraction of the
+*time* the gated branches take (see
+:class:`~sb_prune.nn.GatedConformerEncoder`).
+
+Authors
+ * sb_prune developers
+"""
+
+import torch
+
+from sb_prune.reporting.profiling import measure_latency
+
+
+def _branch_calls(layer):
+    """``gate -> callable(x, pos_embs)`` running the layer's branches."""
+
+    def attention(x, pos_embs):
+        h = layer.norm1(x)
+        return layer.mha_layer(h, h, h, pos_embs=pos_embs)
+
+    return {
+        "attention": attention,
+        "ffn": lambda x, pos_embs: (layer.ffn_module1(x), layer.ffn_module2(x)),
+        "conv": lambda x, pos_embs: layer.convolution_module(x),
+    }
+
+
+def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
+    """Median time of each gated branch of a Conformer layer, relative.
+
+    Arguments
+    ---------
+    layer : ConformerEncoderLayer
+        A layer of the encoder (every layer has the same sizes).
+    gates : list of str
+        The gates to measure, among ``attention, conv, ffn``.
+    frames : int
+        Frames of the timed input (250: 10 s after 4x frame stacking).
+    batch : int
+        Utterances of the timed input.
+    repeats : int
+        Timed calls of each branch (interleaved, medians).
+
+    Returns
+    -------
+    dict
+        ``gate -> cost``, the costs averaging to 1.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Conformer import (
+    ...     ConformerEncoderLayer,
+    ... )
+    >>> layer = ConformerEncoderLayer(8, 16, 2, kernel_size=3)
+    >>> costs = measure_gate_costs(layer, ["attention", "ffn"], 20, repeats=2)
+    >>> sorted(costs), round(sum(costs.values()), 6)
+    (['attention', 'ffn'], 2.0)
+    """
+    parameter = next(layer.parameters())
+    d_model = layer.mha_layer.embed_dim
+    options = {"device": parameter.device, "dtype": parameter.dtype}
+    x = torch.randn(batch, frames, d_model, **options)
+    pos_embs = torch.randn(1, 2 * frames - 1, d_model, **options)
+    calls = _branch_calls(layer)
+    was_training = layer.training
+    layer.eval()
+    times = measure_latency(
+        {gate: calls[gate] for gate in gates},
+        lambda: (x, pos_embs),
+        repeats=repeats,
+    )
+    layer.train(was_training)
+    mean = sum(times.values()) / len(times)
+    return {gate: seconds / mean for gate, seconds in times.items()}
