@@ -3,7 +3,8 @@
 After training, adaptive dropout has done its job: every unit it keeps has
 an evaluation mask of one. :func:`strip_adaptive_dropout` removes the
 layers themselves (an input-gathering layer becomes a plain
-:class:`~sb_prune.methods.adaptive_dropout.layer.UnitSelect`), so inference pays
+:class:`~sb_prune.methods.adaptive_dropout.layer.UnitSelect`, an
+``InputMaskedLinear`` a plain ``Linear``), so inference pays
 neither for the masks nor for their parameters. The outputs do not change.
 
 Authors
@@ -13,7 +14,11 @@ Authors
 from torch import nn
 
 from sb_prune.core.surgery import apply_plan
-from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout, UnitSelect
+from sb_prune.methods.adaptive_dropout.layer import (
+    AdaptiveDropout,
+    InputMaskedLinear,
+    UnitSelect,
+)
 from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
 from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 
@@ -48,6 +53,9 @@ def strip_adaptive_dropout(model):
     apply_plan(model, adaptive_dropout_plan(model))
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
+            if isinstance(child, InputMaskedLinear):
+                setattr(parent, child_name, child.to_linear())
+                continue
             if not isinstance(child, AdaptiveDropout):
                 continue
             if isinstance(parent, PrunableRelPosMHA):

@@ -8,7 +8,10 @@ from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
 from torch import nn
 
 from sb_prune.core.validation import check_choices, check_keys
-from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
+from sb_prune.methods.adaptive_dropout.layer import (
+    AdaptiveDropout,
+    InputMaskedLinear,
+)
 from sb_prune.methods.attention.convert import prunable_attention
 
 
@@ -92,7 +95,7 @@ def whisper_encoder_layers(model):
 
 
 def _add_to_whisper(layers, points, options):
-    """Whisper: the FFN hidden units, masked after the activation."""
+    """Whisper: the FFN hidden units, masked through ``fc2``."""
     if points != ["ffn"]:
         raise ValueError(
             "adaptive_dropout.points: a Whisper encoder has only the 'ffn' "
@@ -101,7 +104,7 @@ def _add_to_whisper(layers, points, options):
         )
     for layer in layers:
         adl = AdaptiveDropout(layer.fc1.out_features, **options)
-        layer.activation_fn = nn.Sequential(layer.activation_fn, adl)
+        layer.fc2 = InputMaskedLinear.from_linear(layer.fc2, adl)
 
 
 def _add_to_conformer(layers, points, options):
@@ -111,7 +114,7 @@ def _add_to_conformer(layers, points, options):
             for block in (layer.ffn_module1, layer.ffn_module2):
                 ffn = block[1].ffn
                 adl = AdaptiveDropout(ffn[0].out_features, **options)
-                ffn[2] = nn.Sequential(adl, ffn[2])
+                ffn[3] = InputMaskedLinear.from_linear(ffn[3], adl)
         if "query" in points or "value" in points:
             mha = prunable_attention(layer)
             if "query" in points:
@@ -136,7 +139,10 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
 
     Application points (Kubo et al. 2024):
 
-    * ``ffn``: the hidden units of both macaron feed-forward blocks;
+    * ``ffn``: the hidden units of both macaron feed-forward blocks,
+      masked through the columns of the down projection
+      (:class:`~sb_prune.methods.adaptive_dropout.layer.InputMaskedLinear`,
+      cheaper than masking the activations);
     * ``query`` / ``value``: the query and value vectors of self-attention
       (per unit; a dropped query dimension also removes its key and
       positional dimensions);
@@ -148,7 +154,7 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
       channels.
 
     A Hugging Face Whisper encoder (no Conformer layers) has the ``ffn``
-    point only: the hidden units after ``activation_fn``.
+    point only: the hidden units (inputs of ``fc2``).
 
     Arguments
     ---------

@@ -186,8 +186,8 @@ class AdaptiveDropout(nn.Module):
         if not self.training:
             return self.keep_mask().to(self.scaled_logits.dtype)
         logits = self.logits
-        uniform = torch.rand_like(logits).clamp_(1e-6, 1.0 - 1e-6)
-        noise = torch.log(uniform) - torch.log1p(-uniform)
+        # Logistic noise: logit(u) = log(u) - log(1 - u), u ~ U(0, 1).
+        noise = torch.logit(torch.rand_like(logits), eps=1e-6)
         mask = torch.sigmoid((logits + noise) / self.temperature)
         if self.hard:
             mask = (mask > 0.5).to(mask.dtype) + mask - mask.detach()
@@ -288,3 +288,74 @@ class UnitSelect(nn.Module):
     def set_structure(self, spec):
         """Resize to ``spec["units"]`` units (placeholder values)."""
         resize_(self, "index", (spec["units"],))
+
+
+class InputMaskedLinear(nn.Linear):
+    """A Linear whose input units adaptive dropout masks, via its weights.
+
+    ``F.linear(m * x, W, b) == F.linear(x, W diag(m), b)``: scaling the
+    columns of the weight (a weight-sized product) instead of the input
+    (an activation-sized product, forward and backward) is what keeps an
+    adaptive-dropout step close to a dense one where the masked units feed
+    a Linear, as the hidden units of a feed-forward block do.
+
+    Arguments
+    ---------
+    in_features, out_features, bias
+        Those of ``torch.nn.Linear``.
+    mask : AdaptiveDropout
+        The mask of the ``in_features`` input units.
+
+    Example
+    -------
+    >>> linear = torch.nn.Linear(4, 2)
+    >>> masked = InputMaskedLinear.from_linear(linear, AdaptiveDropout(4))
+    >>> masked.mask.set_logits(torch.tensor([5.0, -5.0, 5.0, 5.0]))
+    >>> x = torch.rand(3, 4)
+    >>> expected = linear(x * torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    >>> bool(torch.allclose(masked.eval()(x), expected))
+    True
+    """
+
+    def __init__(self, in_features, out_features, mask, bias=True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.mask = mask
+
+    @classmethod
+    def from_linear(cls, linear, mask):
+        """Wrap ``linear``'s parameters (shared, not copied) with a mask.
+
+        Arguments
+        ---------
+        linear : torch.nn.Linear
+            The Linear fed by the masked units.
+        mask : AdaptiveDropout
+            Their mask.
+
+        Returns
+        -------
+        InputMaskedLinear
+            A module on ``linear``'s device, in its train/eval mode.
+        """
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            mask.to(linear.weight.device),
+            bias=linear.bias is not None,
+        )
+        new.weight, new.bias = linear.weight, linear.bias
+        return new.train(linear.training)
+
+    def forward(self, x):
+        """``F.linear(x, W * mask, b)``."""
+        weight = self.weight
+        mask = self.mask(weight.new_ones(self.in_features))
+        return nn.functional.linear(x, weight * mask, self.bias)
+
+    def to_linear(self):
+        """A plain ``torch.nn.Linear`` with the same parameters (no mask)."""
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None
+        )
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear.train(self.training)
