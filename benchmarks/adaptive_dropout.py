@@ -28,49 +28,16 @@ import sys
 from pathlib import Path
 
 import torch
-from common import conformer
+from common import FRAMES_10S, LARGE, QUICK_RATIOS, conformer, encode
+from speed import adaptive_dropout_model, train_step_ratio
 from torch.nn.utils import prune as torch_prune
 
 from sb_prune import convert
 from sb_prune.core.surgery import apply_plan
-from sb_prune.deploy.strip import strip_adaptive_dropout
-from sb_prune.methods.adaptive_dropout.convert import (
-    adaptive_dropout_points,
-    conformer_layers,
-)
-from sb_prune.reporting.profiling import count_macs, measure_latency
+from sb_prune.reporting.profiling import count_macs, speedups
 from sb_prune.reporting.summary import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
-POINTS = ["ffn", "query", "value", "conv"]
-LARGE = dict(d_model=256, nhead=4, num_encoder_layers=18, d_ffn=1024)
-FRAMES_10S = 250  # 10 s of 10 ms frames, stacked by 4
-#: Keep ratios used by --quick (no trained model): roughly what training
-#: learns, FFNs pruned most.
-QUICK_RATIOS = {"ffn1": [0.35], "ffn2": [0.4], "query": [0.6], "value": [0.7]}
-
-
-def apply_keep_ratios(model, ratios, seed=0):
-    """Set adaptive-dropout logits so each layer keeps the given ratios.
-
-    Layer ``j`` of ``model`` uses the ratios of the small model's layer
-    ``j * L_small // L_model``; points without ratios keep everything.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    layers = conformer_layers(model)
-    for j, layer in enumerate(layers):
-        for point, adl in adaptive_dropout_points(layer).items():
-            per_layer = ratios.get(point, [1.0])
-            ratio = per_layer[j * len(per_layer) // len(layers)]
-            logits = torch.full((adl.n_units,), -4.0)
-            order = torch.randperm(adl.n_units, generator=generator)
-            logits[order[: max(1, round(ratio * adl.n_units))]] = 4.0
-            adl.set_logits(logits)
-
-
-def encode(model):
-    """``(x, lens) -> encoder output`` of a TransformerASR."""
-    return lambda x, lens: model.encode(x, lens)
 
 
 def unstructured_peer(dense, sparsity):
@@ -94,80 +61,38 @@ def unstructured_peer(dense, sparsity):
 def large_model_figures(ratios, repeats):
     """Exactness, parameters, MACs and latency on the large encoder."""
     dense = conformer(**LARGE, seed=0).eval()
-    model = convert(copy.deepcopy(dense), adaptive_dropout={"points": POINTS})
-    apply_keep_ratios(model, ratios)
-    x = torch.randn(1, FRAMES_10S, LARGE["d_model"])
-    lens = torch.ones(1)
-    with torch.no_grad():
-        masked = model.encode(x, lens)
-        strip_adaptive_dropout(model)
-        pruned_out = model.encode(x, lens)
+    model, difference = adaptive_dropout_model(dense, ratios)
+    x, lens = torch.randn(1, FRAMES_10S, LARGE["d_model"]), torch.ones(1)
     params_dense = count_parameters(dense.encoder)
     params_pruned = count_parameters(model.encoder)
     sparsity = 1 - params_pruned / params_dense
     peer, peer_stored, peer_nonzero = unstructured_peer(dense, sparsity)
-    macs_dense = count_macs(encode(dense), x, lens)
-    macs_pruned = count_macs(encode(model), x, lens)
     figures = {
-        "max_abs_diff_pruned_vs_masked": float(
-            (masked - pruned_out).abs().max()
-        ),
+        "max_abs_diff_pruned_vs_masked": difference,
         "large_encoder_params_dense": params_dense,
         "large_encoder_params_pruned": params_pruned,
         "torch_prune_params_stored": peer_stored,
         "torch_prune_nonzero": peer_nonzero,
-        "ideal_ratio": macs_dense / macs_pruned,
+        "ideal_ratio": count_macs(encode(dense), x, lens)
+        / count_macs(encode(model), x, lens),
     }
-    functions = {
-        "dense": encode(dense),
-        "pruned": encode(model),
-        "torch_prune": encode(peer),
-    }
+    measured = speedups(
+        {
+            "dense": encode(dense),
+            "pruned": encode(model),
+            "torch_prune": encode(peer),
+        },
+        lambda b: (torch.randn(b, FRAMES_10S, LARGE["d_model"]), torch.ones(b)),
+        repeats=repeats,
+    )
     for batch in (1, 8):
-        times = measure_latency(
-            functions,
-            lambda b=batch: (
-                torch.randn(b, FRAMES_10S, LARGE["d_model"]),
-                torch.ones(b),
-            ),
-            repeats=repeats,
-        )
-        figures[f"latency_ratio_b{batch}"] = times["dense"] / times["pruned"]
-        figures[f"torch_prune_latency_ratio_b{batch}"] = (
-            times["dense"] / times["torch_prune"]
-        )
-        figures[f"latency_dense_b{batch}_s"] = times["dense"]
+        key = f"latency_ratio_b{batch}"
+        figures[key] = measured["pruned"][key]
+        figures[f"torch_prune_{key}"] = measured["torch_prune"][key]
+        figures[f"latency_dense_b{batch}_s"] = measured["dense"][
+            f"latency_b{batch}_s"
+        ]
     return figures
-
-
-def train_step_ratio(sizes, repeats):
-    """Median training step time, adaptive dropout over dense."""
-    dense = conformer(**sizes, seed=0)
-    adl = convert(copy.deepcopy(dense), adaptive_dropout={"points": POINTS})
-    x = torch.randn(16, 60, sizes["d_model"])
-    lens = torch.ones(16)
-    steps = {}
-    for name, model in (("dense", dense), ("adaptive", adl)):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(model=model, optimizer=optimizer):
-            loss = model.encode(x, lens).pow(2).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-
-        steps[name] = step
-    times = {name: [] for name in steps}
-    import time
-
-    for repeat in range(repeats + 2):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if repeat >= 2:
-                times[name].append(time.perf_counter() - start)
-    median = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
-    return median["adaptive"] / median["dense"]
 
 
 def run_recipe(hparams, output, epochs):
@@ -306,8 +231,7 @@ def main(argv=None):
         figures.update(accuracy)
     repeats = 3 if args.quick else 15
     figures.update(large_model_figures(ratios, repeats))
-    small = dict(d_model=96, nhead=4, num_encoder_layers=4, d_ffn=384)
-    figures["train_step_ratio"] = train_step_ratio(small, repeats)
+    figures["train_step_ratio"] = train_step_ratio(2 * repeats)
     figures["keep_ratios"] = ratios
     print_table({k: v for k, v in figures.items() if k != "keep_ratios"})
     if args.json:

@@ -10,6 +10,19 @@ Authors
 import torch
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 
+from sb_prune.methods.adaptive_dropout.convert import (
+    adaptive_dropout_points,
+    conformer_layers,
+)
+
+#: The conformer-large-sized encoder of the speed benchmarks.
+LARGE = dict(d_model=256, nhead=4, num_encoder_layers=18, d_ffn=1024)
+#: 10 s of 10 ms frames, stacked by 4.
+FRAMES_10S = 250
+#: Adaptive-dropout keep ratios used without a trained model: roughly what
+#: training learns on the recipe's model, FFNs pruned most.
+QUICK_RATIOS = {"ffn1": [0.35], "ffn2": [0.4], "query": [0.6], "value": [0.7]}
+
 
 def conformer(
     d_model,
@@ -54,3 +67,26 @@ def conformer(
         normalize_before=True,
         causal=False,
     )
+
+
+def encode(model):
+    """``(x, lens) -> encoder output`` of a TransformerASR."""
+    return lambda x, lens: model.encode(x, lens)
+
+
+def apply_keep_ratios(model, ratios, seed=0):
+    """Set adaptive-dropout logits so each layer keeps the given ratios.
+
+    Layer ``j`` of ``model`` uses the ratios of the small model's layer
+    ``j * L_small // L_model``; points without ratios keep everything.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    layers = conformer_layers(model)
+    for j, layer in enumerate(layers):
+        for point, adl in adaptive_dropout_points(layer).items():
+            per_layer = ratios.get(point, [1.0])
+            ratio = per_layer[j * len(per_layer) // len(layers)]
+            logits = torch.full((adl.n_units,), -4.0)
+            order = torch.randperm(adl.n_units, generator=generator)
+            logits[order[: max(1, round(ratio * adl.n_units))]] = 4.0
+            adl.set_logits(logits)

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +61,7 @@ from sb_prune import PruningBrain, convert
 from sb_prune.data.lm_text import prepare_lm_text
 from sb_prune.deploy.checkpoint import load_exported
 from sb_prune.hooks import CriterionPruning, LowRankCompression
+from sb_prune.reporting.profiling import measure_latency
 from sb_prune.training.schedules import Incremental, OneShot
 
 #: Sizes and budgets, one column per task and preset: LM quick, LM full,
@@ -119,8 +119,7 @@ PRESETS = {
 }
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURED = ["ffn", "heads"]
-# PrunableRelPosMHA (Conformer) applies its projections from padded dense
-# weights, so low-rank attention saves no time there: FFN only for ASR.
+# ASR: FFN only, as the README's rows were measured.
 LOW_RANK_POINTS = {"lm": ["ffn", "attention"], "asr": ["ffn"]}
 CHARS = " ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
 PAD, BOS, EOS = 0, 1, 2  # LM ids; characters follow
@@ -135,20 +134,6 @@ def count_params(model, nonzero=False):
     if nonzero:
         return int(sum((p != 0).sum() for p in model.parameters()))
     return sum(p.numel() for p in model.parameters())
-
-
-def time_side_by_side(dense_fn, other_fn, repeats):
-    """Median forward times of two callables, timed in alternation."""
-    times = {"dense": [], "other": []}
-    with torch.no_grad():
-        for fn in (dense_fn, other_fn):
-            fn()
-        for _ in range(repeats):
-            for name, fn in (("dense", dense_fn), ("other", other_fn)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return statistics.median(times["other"]) / statistics.median(times["dense"])
 
 
 class _Brain(PruningBrain):
@@ -409,7 +394,8 @@ class Recorder:
             "params": count_params(model, nonzero),
             "ppl_or_wer": task.evaluate(model),
             "metric": task.metric,
-            "latency_ratio": time_side_by_side(
+            # Time over dense time (below 1: faster), interleaved medians.
+            "latency_ratio": _time_ratio(
                 task.forward_fn(self.dense),
                 task.forward_fn(model),
                 self.repeats,
@@ -419,6 +405,13 @@ class Recorder:
             row["note"] = note
         self.rows.append(row)
         self.log(_format(row))
+
+
+def _time_ratio(dense_fn, other_fn, repeats):
+    times = measure_latency(
+        {"dense": dense_fn, "other": other_fn}, lambda: (), repeats, warmup=1
+    )
+    return times["other"] / times["dense"]
 
 
 def _schedule(kind, target):

@@ -52,10 +52,9 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
       value and output projections are factorised as they are).
       Low-rank projections cannot have their heads pruned afterwards.
       :class:`~sb_prune.nn.PrunableMHA` (regularMHA: Transformer
-      encoders, TransformerLM) applies them as
-      modules, so they save time; :class:`~sb_prune.nn.PrunableRelPosMHA`
-      (Conformers) builds padded dense weights on every call, so there they
-      save parameters but not time.
+      encoders, TransformerLM) and :class:`~sb_prune.nn.PrunableRelPosMHA`
+      (Conformers) apply them as modules (except under adaptive-dropout
+      masks, which need the dense weights).
 
     Arguments
     ---------
