@@ -496,3 +496,28 @@ def test_measured_gate_costs():
     costs = gated.encoder.gate_costs
     assert len(costs) == 2 and min(costs) > 0
     assert sum(costs) == pytest.approx(2.0)
+
+
+def test_predictor_learns_gates_that_depend_on_the_input():
+    """Utterances whose feature 0 is positive gain from a branch, the others
+    lose: trained through straight-through Gumbel gates, the predictor opens
+    the gate for the first and closes it for the second."""
+    from sb_prune.methods.i3d.gated import GatePredictor, decide_gates
+
+    torch.manual_seed(0)
+    predictor = GatePredictor(8, n_gates=1, hidden_size=16)
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=0.05)
+    sign = torch.tensor([1.0, -1.0]).repeat(8)  # + gains, - loses
+    for _ in range(150):
+        x = torch.randn(16, 5, 8)
+        x[..., 0] += 2 * sign[:, None]
+        gates = decide_gates(predictor(x), training=True)[:, 0]
+        loss = -(gates * sign).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x = torch.randn(16, 5, 8)
+    x[..., 0] += 2 * sign[:, None]
+    with torch.no_grad():
+        opened = decide_gates(predictor(x), training=False)[:, 0]
+    assert torch.equal(opened, sign > 0)

@@ -12,7 +12,7 @@ model whose heads are all alike is one group: plain batched attention).
 The alternative, scattering the weights into a layout zero-padded to the
 widest head, was measured with torch.profiler on an 18-layer, 256-wide
 Conformer with 10 s inputs and adaptive-dropout-pruned heads (batch 1):
-the zero fills and scatters of the weights took about 10% of the encoder's
+the zero fills and scatters of the weights took about 7% of the encoder's
 time on every call, and the score products ran at the widest head's width
 (more time in ``bmm`` than the dense model). Per group, the few extra
 small matrix products cost less than that.
