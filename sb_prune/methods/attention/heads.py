@@ -129,8 +129,12 @@ class PrunableHeads(nn.Module):
         shapes = [(h, v if values else qk) for h, qk, v in self._groups]
         parts = x.split([h * w for h, w in shapes], dim=-1)
         return [
-            part.unflatten(-1, shape).transpose(-2, -3)
-            for part, shape in zip(parts, shapes)
+            part.unflatten(-1, (h, w)).transpose(-2, -3)
+            if w
+            # Heads left without query/key units: built, not reshaped
+            # (ONNX cannot reshape an empty tensor).
+            else x.new_zeros(*x.shape[:-2], h, x.shape[-2], 0)
+            for part, (h, w) in zip(parts, shapes)
         ]
 
     @staticmethod
@@ -141,7 +145,13 @@ class PrunableHeads(nn.Module):
     def _scores(self, queries, keys):
         """``[B, H, T, S]`` products of per-group queries and keys."""
         return self._heads_cat(
-            [q @ k.transpose(-1, -2) for q, k in zip(queries, keys)], -3
+            [
+                q @ k.transpose(-1, -2)
+                if q.shape[-1]
+                else q.new_zeros(*q.shape[:-1], k.shape[-2])
+                for q, k in zip(queries, keys)
+            ],
+            -3,
         )
 
     def _weigh_values(self, attn, values):
