@@ -18,11 +18,11 @@ warm-up, medians):
 * the adaptive-dropout training step against a dense step (the recipe's
   model size).
 
-For each model: ``ideal_ratio`` (dense MACs / its MACs) and
-``latency_ratio_b<B>`` (dense time / its time), ``onnx_latency_ratio_b<B>``
-under ONNX Runtime, and their quotient ``of_ideal_b<B>``. For I3D the
-batch's own MACs give ``ideal_ratio_b<B>``, and ``saving_of_ideal_b<B>`` is
-the time saved over the MACs saved.
+For each model: ``ideal_ratio_b<B>`` (dense MACs / its MACs on the batch;
+``ideal_ratio``: batch 1's), ``latency_ratio_b<B>`` (dense time / its
+time), ``onnx_latency_ratio_b<B>`` under ONNX Runtime, and
+``of_ideal_b<B>`` = latency ratio / ideal ratio. For I3D,
+``saving_of_ideal_b<B>`` is the time saved over the MACs saved.
 
 Usage:
     python benchmarks/speed.py --quick
@@ -189,7 +189,7 @@ def build_models(sizes, quick):
     return models, notes
 
 
-def make_batch_maker(device, dtype):
+def make_batch_maker(device):
     """``batch -> (features, lengths)``, the same tensors for a batch size."""
 
     def make(batch):
@@ -197,14 +197,32 @@ def make_batch_maker(device, dtype):
         x = torch.randn(
             batch, FRAMES_10S, LARGE["d_model"], generator=generator
         )
-        return x.to(device, dtype), torch.ones(batch, device=device)
+        return x.to(device), torch.ones(batch, device=device)
 
     return make
 
 
+def in_precision(function, device, dtype):
+    """``function`` under autocast to ``dtype`` (bf16: mixed precision, as
+    SpeechBrain runs it; fp32: as it is)."""
+    if dtype == torch.float32:
+        return function
+    device_type = torch.device(device).type
+
+    def run(*inputs):
+        with torch.autocast(device_type, dtype=dtype):
+            return function(*inputs)
+
+    return run
+
+
 def mac_figures(models, batches):
-    """MAC ratios against dense (CPU, fp32; per batch for gated models)."""
-    make = make_batch_maker("cpu", torch.float32)
+    """MAC ratios against dense per batch size (CPU, fp32).
+
+    ``ideal_ratio`` is the first batch size's (the positional projections
+    are computed once per batch, so the ratio moves a little with it).
+    """
+    make = make_batch_maker("cpu")
     dense = encode(models["dense"])
     figures = {name: {} for name in models}
     for batch in batches:
@@ -212,10 +230,8 @@ def mac_figures(models, batches):
         dense_macs = count_macs(dense, x, lens)
         for name, model in models.items():
             ideal = dense_macs / count_macs(encode(model), x, lens)
-            if name.startswith("i3d"):
-                figures[name][f"ideal_ratio_b{batch}"] = ideal
-            else:
-                figures[name]["ideal_ratio"] = ideal
+            figures[name][f"ideal_ratio_b{batch}"] = ideal
+            figures[name].setdefault("ideal_ratio", ideal)
     for name, model in models.items():
         figures[name]["params"] = sum(
             p.numel() for p in model.encoder.parameters()
@@ -225,20 +241,23 @@ def mac_figures(models, batches):
 
 def add_latency(figures, models, batches, repeats, device, dtype):
     """Latency ratios against dense, and how far they are from the MACs."""
-    make = make_batch_maker(device, dtype)
-    functions = {name: encode(model) for name, model in models.items()}
+    make = make_batch_maker(device)
+    functions = {
+        name: in_precision(encode(model), device, dtype)
+        for name, model in models.items()
+    }
     measured = speedups(functions, make, batches, repeats=repeats, warmup=2)
     for name, row in figures.items():
         row.update(measured[name])
         for batch in batches:
             ratio = row[f"latency_ratio_b{batch}"]
-            if "ideal_ratio" in row:
-                row[f"of_ideal_b{batch}"] = ratio / row["ideal_ratio"]
-                continue
             ideal = row[f"ideal_ratio_b{batch}"]
-            row[f"saving_of_ideal_b{batch}"] = (
-                (1 - 1 / ratio) / (1 - 1 / ideal) if ideal > 1 else None
-            )
+            if not name.startswith("i3d"):
+                row[f"of_ideal_b{batch}"] = ratio / ideal
+            elif ideal > 1:  # gated depth: time saved over MACs saved
+                row[f"saving_of_ideal_b{batch}"] = (1 - 1 / ratio) / (
+                    1 - 1 / ideal
+                )
 
 
 class _Encoder(torch.nn.Module):
@@ -256,7 +275,7 @@ def onnx_figures(models, batches, repeats):
 
     figures = {name: {} for name in ONNX_MODELS}
     with tempfile.TemporaryDirectory() as folder:
-        make = make_batch_maker("cpu", torch.float32)
+        make = make_batch_maker("cpu")
         for batch in batches:
             inputs = make(batch)
             check = (
@@ -330,8 +349,6 @@ def print_table(figures, batches):
             value = row.get(column)
             if value is None and column.startswith("of_ideal"):
                 value = row.get(f"saving_{column}")  # gated depth
-            if value is None and column == "ideal_ratio":
-                value = row.get(f"ideal_ratio_b{batches[-1]}")
             cells.append(f"{value:>10.3f}" if value is not None else " " * 10)
         print(f"{name:<24}" + "".join(cells))
 
@@ -372,10 +389,10 @@ def main(argv=None):
         onnx = onnx_figures(models, args.batches, repeats)
     if args.device == "cpu":
         result["train_step_ratio"] = train_step_ratio(repeats * 2)
+    for model in models.values():
+        model.to(args.device)
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        for model in models.values():
-            model.to(args.device, dtype)
         figures = copy.deepcopy(macs)
         add_latency(figures, models, args.batches, repeats, args.device, dtype)
         if dtype_name == "fp32":
