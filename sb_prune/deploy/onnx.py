@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sb_prune.deploy.torchscript import CTCEncoder, _features
+from sb_prune.deploy.torchscript import CTCEncoder, example_features
 
 #: The ONNX file ``sb-prune export --onnx`` adds to an exported folder.
 ONNX_FILE = "ctc_encoder.onnx"
@@ -240,7 +240,7 @@ def export_ctc_onnx(hparams, path, batch=1):
     difference = export_onnx(
         model,
         path,
-        _features(batch, 4.0, n_mels, 0),
-        _features(batch, 6.5, n_mels, 1),
+        example_features(batch, 4.0, n_mels, 0),
+        example_features(batch, 6.5, n_mels, 1),
     )
     return {"batch": batch, "max_abs_diff": difference}

@@ -63,7 +63,31 @@ class CTCEncoder(torch.nn.Module):
         return torch.log_softmax(self.ctc_lin(encoded), dim=-1)
 
 
-def _features(batch, seconds, n_mels, seed):
+def example_features(batch, seconds, n_mels, seed):
+    """Random features and relative lengths to trace or export a model with.
+
+    Arguments
+    ---------
+    batch : int
+        Utterances (all but the first padded when more than one).
+    seconds : float
+        Length of the longest, at 100 frames per second.
+    n_mels : int
+        Feature dimension.
+    seed : int
+        Seeds the features.
+
+    Returns
+    -------
+    tuple
+        ``(features [batch, frames, n_mels], relative lengths [batch])``.
+
+    Example
+    -------
+    >>> feats, lens = example_features(2, 0.5, 4, seed=0)
+    >>> feats.shape, lens.tolist()
+    (torch.Size([2, 50, 4]), [1.0, 0.6000000238418579])
+    """
     generator = torch.Generator().manual_seed(seed)
     frames = int(seconds * _FRAMES_PER_SECOND)
     feats = torch.randn(batch, frames, n_mels, generator=generator)
@@ -109,9 +133,9 @@ def trace_ctc_encoder(hparams, atol=1e-4):
     n_mels = hparams["n_mels"]
     with torch.no_grad():
         traced = torch.jit.trace(
-            model, _features(*_EXAMPLE, n_mels, 0), check_trace=False
+            model, example_features(*_EXAMPLE, n_mels, 0), check_trace=False
         )
-        check = _features(*_CHECK, n_mels, 1)
+        check = example_features(*_CHECK, n_mels, 1)
         difference = (traced(*check) - model(*check)).abs().max().item()
     if difference > atol:
         raise ValueError(
@@ -142,7 +166,7 @@ def compare_latency(traced, model, n_mels, seconds=10.0, repeats=10):
     dict
         ``eager_s``, ``torchscript_s`` and their ratio ``speedup``.
     """
-    inputs = _features(1, seconds, n_mels, 2)
+    inputs = example_features(1, seconds, n_mels, 2)
     with torch.no_grad():
         times = measure_latency(
             {"eager": model, "torchscript": traced},
