@@ -200,6 +200,8 @@ def choose_ranks(shapes, compression, table):
             for r, d, (i, o) in zip(ranks, dense, shapes)
         )
 
+    if kept(ranks_at(compression)) <= budget:
+        return ranks_at(compression)
     low, high = compression, 1.0 - 1e-9
     if kept(ranks_at(high)) > budget:
         raise ValueError(
