@@ -34,15 +34,8 @@ METHOD_RUNS = [
     (
         "adaptive_dropout",
         "adaptive-dropout",
-        3,
-        # From a trained model in 3 short epochs: retention starts at 0.6
-        # and moves fast (tuned on the demo model: 64% of the parameters
-        # removed; the paper's setting, from scratch, is the recipe's).
-        {
-            "adl_init_retention": 0.6,
-            "adl_logit_scale": 30.0,
-            "adl_regularization_weight": 0.0003,
-        },
+        6,
+        {},  # sb-prune compress's defaults from a trained model
     ),
     ("taylor", "taylor", 2, {"sparsity": 0.5}),
     ("low_rank", "low-rank", 2, {"compression": 0.5}),
