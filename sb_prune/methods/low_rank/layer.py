@@ -251,20 +251,8 @@ class LowRankLinear(nn.Module):
     @torch.no_grad()
     def _factorise_(self):
         """A dense layer becomes factors of full, ordered rank (exact)."""
-        weight = self.up.weight
-        up, down = _balanced_factors(
-            weight.double(), min(self.in_features, self.out_features)
-        )
-        rank = up.shape[1]
-        self.down = nn.Linear(self.in_features, rank, bias=False)
-        factors = nn.Linear(rank, self.out_features, bias=self.bias is not None)
-        factors.to(device=weight.device, dtype=weight.dtype)
-        self.down.to(device=weight.device, dtype=weight.dtype)
-        factors.weight.copy_(up)
-        self.down.weight.copy_(down)
-        if self.bias is not None:
-            factors.bias.copy_(self.bias)
-        self.up = factors
+        factors = LowRankLinear.from_linear(self.up)
+        self.down, self.up = factors.down, factors.up
 
     @property
     def bias(self):
