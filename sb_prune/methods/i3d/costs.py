@@ -16,18 +16,18 @@ import torch
 from sb_prune.reporting.profiling import measure_latency
 
 
-def _branch_calls(layer):
-    """``gate -> callable(x, pos_embs)`` running the layer's branches."""
+def _gate_calls(layer, pos_embs):
+    """``gate -> callable(x)`` running the layer's branches of that gate.
 
-    def attention(x, pos_embs):
-        h = layer.norm1(x)
-        return layer.mha_layer(h, h, h, pos_embs=pos_embs)
+    The branches are the layer's own (``GatedConformerLayer._branches``),
+    so what is timed is what a gate skips.
+    """
+    branches = layer._branches(None, pos_embs, None)
 
-    return {
-        "attention": attention,
-        "ffn": lambda x, pos_embs: (layer.ffn_module1(x), layer.ffn_module2(x)),
-        "conv": lambda x, pos_embs: layer.convolution_module(x),
-    }
+    def calls(gate):
+        return lambda x: [b(x, None) for name, b in branches if name == gate]
+
+    return {gate: calls(gate) for gate in layer.gates}
 
 
 def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
@@ -35,7 +35,7 @@ def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
 
     Arguments
     ---------
-    layer : ConformerEncoderLayer
+    layer : GatedConformerLayer
         A layer of the encoder (every layer has the same sizes).
     gates : list of str
         The gates to measure, among ``attention, conv, ffn``.
@@ -53,10 +53,8 @@ def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
 
     Example
     -------
-    >>> from speechbrain.lobes.models.transformer.Conformer import (
-    ...     ConformerEncoderLayer,
-    ... )
-    >>> layer = ConformerEncoderLayer(8, 16, 2, kernel_size=3)
+    >>> from sb_prune.nn import GatedConformerLayer
+    >>> layer = GatedConformerLayer(8, 16, 2, kernel_size=3)
     >>> costs = measure_gate_costs(layer, ["attention", "ffn"], 20, repeats=2)
     >>> sorted(costs), round(sum(costs.values()), 6)
     (['attention', 'ffn'], 2.0)
@@ -66,13 +64,11 @@ def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
     options = {"device": parameter.device, "dtype": parameter.dtype}
     x = torch.randn(batch, frames, d_model, **options)
     pos_embs = torch.randn(1, 2 * frames - 1, d_model, **options)
-    calls = _branch_calls(layer)
+    calls = _gate_calls(layer, pos_embs)
     was_training = layer.training
     layer.eval()
     times = measure_latency(
-        {gate: calls[gate] for gate in gates},
-        lambda: (x, pos_embs),
-        repeats=repeats,
+        {gate: calls[gate] for gate in gates}, lambda: (x,), repeats=repeats
     )
     layer.train(was_training)
     mean = sum(times.values()) / len(times)
