@@ -260,18 +260,10 @@ def add_latency(figures, models, batches, repeats, device, dtype):
                 )
 
 
-class _Encoder(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, lens):
-        return self.model.encode(x, lens)
-
-
 def onnx_figures(models, batches, repeats):
     """ONNX Runtime latency of dense and pruned models (CPU)."""
     from sb_prune.deploy.onnx import export_onnx, ort_session
+    from sb_prune.deploy.torchscript import TransformerEncode
 
     figures = {name: {} for name in ONNX_MODELS}
     with tempfile.TemporaryDirectory() as folder:
@@ -286,7 +278,7 @@ def onnx_figures(models, batches, repeats):
             for name in ONNX_MODELS:
                 path = f"{folder}/{name}_b{batch}.onnx"
                 difference = export_onnx(
-                    _Encoder(models[name]).eval(), path, inputs, check
+                    TransformerEncode(models[name]).eval(), path, inputs, check
                 )
                 figures[name][f"onnx_max_abs_diff_b{batch}"] = difference
                 sessions[name] = ort_session(path)

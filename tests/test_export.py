@@ -188,9 +188,7 @@ def test_torchscript_export_reproduces_the_pruned_model(
     assert summary["torchscript"]["eager_s"] > 0
     traced = torch.jit.load(str(tmp_path / TORCHSCRIPT))
     hparams = load_model(tmp_path)
-    model = CTCEncoder(
-        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
-    ).eval()
+    model = CTCEncoder.from_hparams(hparams)
     feats, lens = torch.randn(2, 333, hparams["n_mels"]), torch.tensor([1, 0.5])
     with torch.no_grad():
         assert torch.allclose(

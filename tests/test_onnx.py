@@ -12,17 +12,7 @@ from sb_prune.deploy.onnx import (  # noqa: E402
     export_onnx,
     ort_session,
 )
-
-
-class Encode(torch.nn.Module):
-    """``(features, lengths) -> encoder output`` of a TransformerASR."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, lens):
-        return self.model.encode(x, lens)
+from sb_prune.deploy.torchscript import TransformerEncode  # noqa: E402
 
 
 def _initializer_elements(path):
@@ -41,9 +31,7 @@ def test_pruned_run_exports_at_pruned_shapes(tiny_adaptive_run, tmp_path):
     summary = export_pretrained(tiny_adaptive_run, tmp_path, onnx=True)
     assert summary["onnx"]["max_abs_diff"] <= 1e-4
     hparams = load_model(tmp_path)
-    model = CTCEncoder(
-        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
-    ).eval()
+    model = CTCEncoder.from_hparams(hparams)
     feats = torch.randn(1, 271, hparams["n_mels"])
     with torch.no_grad():
         expected = model(feats, torch.ones(1))
@@ -74,7 +62,7 @@ def test_low_rank_and_ragged_models_export(tmp_path, conversion):
     x, lens = random_batch(batch=2, time=9)
     check = random_batch(batch=2, time=23, seed=2)
     difference = export_onnx(
-        Encode(model).eval(), tmp_path / "m.onnx", (x, lens), check
+        TransformerEncode(model).eval(), tmp_path / "m.onnx", (x, lens), check
     )
     assert difference <= 1e-4
 
@@ -83,8 +71,11 @@ def test_unexportable_part_is_named(tmp_path):
     model = convert(tiny_conformer(), dynamic_depth={"predictor": "local"})
     x, lens = random_batch()
     with pytest.raises(
-        ValueError, match=r"model\.encoder \(GatedConformerEncoder\)"
+        ValueError, match=r"transformer\.encoder \(GatedConformerEncoder\)"
     ):
         export_onnx(
-            Encode(model).eval(), tmp_path / "m.onnx", (x, lens), (x, lens)
+            TransformerEncode(model).eval(),
+            tmp_path / "m.onnx",
+            (x, lens),
+            (x, lens),
         )

@@ -233,12 +233,9 @@ def export_ctc_onnx(hparams, path, batch=1):
     dict
         ``batch`` and ``max_abs_diff`` (ONNX Runtime against PyTorch).
     """
-    model = CTCEncoder(
-        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
-    )
     n_mels = hparams["n_mels"]
     difference = export_onnx(
-        model,
+        CTCEncoder.from_hparams(hparams),
         path,
         example_features(batch, 4.0, n_mels, 0),
         example_features(batch, 6.5, n_mels, 1),

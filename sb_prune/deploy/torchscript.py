@@ -57,10 +57,58 @@ class CTCEncoder(torch.nn.Module):
         self.transformer = transformer
         self.ctc_lin = ctc_lin
 
+    @classmethod
+    def from_hparams(cls, hparams):
+        """The CTC encoder of loaded recipe hparams, in eval mode.
+
+        Arguments
+        ---------
+        hparams : dict
+            With ``CNN``, ``Transformer`` and ``ctc_lin``.
+
+        Returns
+        -------
+        CTCEncoder
+            Holding those modules (not copies).
+        """
+        return cls(
+            hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
+        ).eval()
+
     def forward(self, feats, lens):
         """Log-probabilities ``[batch, steps, tokens]`` of features."""
         encoded = self.transformer.encode(self.front_end(feats), lens)
         return torch.log_softmax(self.ctc_lin(encoded), dim=-1)
+
+
+class TransformerEncode(torch.nn.Module):
+    """A TransformerASR's ``encode`` as a module, for the exporters.
+
+    Arguments
+    ---------
+    transformer : TransformerASR
+        The (pruned) model.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.TransformerASR import (
+    ...     TransformerASR,
+    ... )
+    >>> model = TransformerASR(
+    ...     8, 16, 16, 2, 1, 0, 32, encoder_module="conformer",
+    ...     attention_type="RelPosMHAXL", normalize_before=True,
+    ... )
+    >>> TransformerEncode(model)(torch.randn(2, 30, 16), torch.ones(2)).shape
+    torch.Size([2, 30, 16])
+    """
+
+    def __init__(self, transformer):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, feats, lens):
+        """The encoder output of ``feats`` with relative lengths ``lens``."""
+        return self.transformer.encode(feats, lens)
 
 
 def example_features(batch, seconds, n_mels, seed):
@@ -127,9 +175,7 @@ def trace_ctc_encoder(hparams, atol=1e-4):
             "TorchScript trace would freeze those choices: export them "
             "without --torchscript"
         )
-    model = CTCEncoder(
-        hparams["CNN"], hparams["Transformer"], hparams["ctc_lin"]
-    ).eval()
+    model = CTCEncoder.from_hparams(hparams)
     n_mels = hparams["n_mels"]
     with torch.no_grad():
         traced = torch.jit.trace(
