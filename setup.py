@@ -33,7 +33,7 @@ setup(
         "bench": ["nnconvexity"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "test": [
-            "pytest",
+            "pytest>=7.3",
             "pytest-xdist",
             "ruff",
             "flwr>=1.20",
