@@ -7,6 +7,10 @@ Authors
  * sb_prune developers
 """
 
+import platform
+import subprocess
+from pathlib import Path
+
 import torch
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 
@@ -14,6 +18,8 @@ from sb_prune.methods.adaptive_dropout.convert import (
     adaptive_dropout_points,
     conformer_layers,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: The conformer-large-sized encoder of the speed benchmarks.
 LARGE = dict(d_model=256, nhead=4, num_encoder_layers=18, d_ffn=1024)
@@ -90,3 +96,21 @@ def apply_keep_ratios(model, ratios, seed=0):
             order = torch.randperm(adl.n_units, generator=generator)
             logits[order[: max(1, round(ratio * adl.n_units))]] = 4.0
             adl.set_logits(logits)
+
+
+def provenance():
+    """The commit and machine a benchmark ran on, to store in its JSON."""
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {
+        "commit": commit + ("+uncommitted changes" if changed else ""),
+        "machine": f"{platform.node()}: {platform.machine()}, "
+        f"{torch.get_num_threads()} threads",
+    }

@@ -1,9 +1,9 @@
 """Benchmark federated dropout on Flower: none vs uniform vs importance.
 
-Runs the federated recipe (``recipes/LibriSpeech/federated``) once: a seed
-model trained on the server's speakers, its ambient modules measured,
-then the same number of Flower rounds from that seed model for each
-strategy, clients being the other speakers:
+Runs the federated recipe (``recipes/LibriSpeech/federated``) once per
+seed: a seed model trained on the server's speakers, its ambient modules
+measured, then the same number of Flower rounds from that seed model for
+each strategy, clients being the other speakers:
 
 * ``none``: clients train the full model (FedAvg);
 * ``uniform``: federated dropout, one rate for every FFN and attention
@@ -11,31 +11,41 @@ strategy, clients being the other speakers:
 * ``importance``: federated dropout targeted at the most ambient modules
   first, at the same client size.
 
-Figures per strategy: ``client_params`` (mean trainable parameters of a
-client's sub-model), ``bytes_per_round`` (Flower messages both ways,
-serialised, per round), ``wer``/``cer`` (test set, final global model).
+The two dropout strategies run twice, without and with compensation
+(``compensate``: sub-models scaled as inverted dropout scales a network,
+undone in the merge), from the same seed model.
+
+Figures per strategy and seed: ``client_params`` (mean trainable
+parameters of a client's sub-model), ``bytes_per_round`` (Flower messages
+both ways, serialised, per round), ``wer``/``cer`` (test set, final
+global model), ``dev_wer`` (whole dev set every ``--eval-every`` rounds,
+to see whether FedAvg has converged); per strategy, the mean, standard
+deviation, minimum and maximum of the test WER over the seeds.
 
 ``--quick``: a tiny corpus (generated here), a tiny model, two rounds of
 two clients: a smoke test of the whole path; its WERs mean nothing.
-Full mode: the recipe's own configuration (12 rounds: about 4 minutes on 2
-CPU cores when the machine is otherwise idle; ``--rounds`` changes it).
+Full mode: the recipe's own configuration, 48 rounds, seeds 1 2 3 (about
+8 minutes a seed on 2 CPU cores when the machine is otherwise idle).
 
 Usage::
 
     python benchmarks/federated_dropout.py --quick
-    python benchmarks/federated_dropout.py --json benchmarks/out/fd.json
-    python benchmarks/federated_dropout.py --rounds 48 --json ...
+    python benchmarks/federated_dropout.py \\
+        --json benchmarks/results/federated_dropout.json
+    python benchmarks/federated_dropout.py --rounds 96 --seeds 1 2 3 4 5
 """
 
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from common import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "federated"
@@ -49,19 +59,38 @@ QUICK_CORPUS = dict(
     utterances_per_speaker=6,
     seed=20241,
 )
+#: (compensate, strategies) of the recipe's runs for each seed.
+RUNS = (
+    (False, ["none", "uniform", "importance"]),
+    (True, ["uniform", "importance"]),
+)
+#: What each row keeps of the recipe's results.
+ROW_KEYS = (
+    "strategy",
+    "compensate",
+    "client_params",
+    "client_params_fraction",
+    "bytes_per_round",
+    "bytes_down_per_round",
+    "bytes_up_per_round",
+    "wer",
+    "cer",
+    "dev_wer",
+)
 
 
-def recipe_command(output, quick, rounds=None):
+def recipe_command(output, quick, seed, compensate, strategies, args):
     """The federated recipe's command line."""
     command = [
         sys.executable,
         "federated.py",
         "hparams/federated_dropout.yaml",
         f"--output_folder={output}",
+        f"--seed={seed}",
+        f"--compensate={compensate}",
+        f"--strategies=[{', '.join(strategies)}]",
         "--noprogressbar",
     ]
-    if rounds is not None:
-        command.append(f"--num_rounds={rounds}")
     if quick:
         overrides = yaml.safe_load(
             (RECIPE / "hparams" / "quick_overrides.yaml").read_text()
@@ -72,27 +101,88 @@ def recipe_command(output, quick, rounds=None):
             f"--synthetic_folder={OUT / 'federated_quick' / 'corpus'}",
             f"--synthetic_corpus={{{corpus}}}",
         ]
+    else:
+        command += [
+            f"--num_rounds={args.rounds}",
+            f"--eval_every={args.eval_every}",
+            "--eval_batches=null",
+        ]
     return command
 
 
-def print_table(results):
+def label(row):
+    """A strategy's name in the tables."""
+    return row["strategy"] + (" + compensation" if row["compensate"] else "")
+
+
+def summarise(rows):
+    """Test WER over the seeds, per strategy: mean, sd, min, max.
+
+    Arguments
+    ---------
+    rows : list of dict
+        One per strategy and seed.
+
+    Returns
+    -------
+    list of dict
+        One per strategy, in the order first seen.
+
+    Example
+    -------
+    >>> rows = [{"strategy": "none", "compensate": False, "wer": w,
+    ...          "client_params": 10, "bytes_per_round": 5}
+    ...         for w in (30.0, 34.0)]
+    >>> summary = summarise(rows)[0]
+    >>> summary["wer_mean"], round(summary["wer_sd"], 3), summary["seeds"]
+    (32.0, 2.828, 2)
+    """
+    groups = {}
+    for row in rows:
+        groups.setdefault(label(row), []).append(row)
+    summary = []
+    for name, group in groups.items():
+        wers = [row["wer"] for row in group]
+        summary.append(
+            {
+                "strategy": name,
+                "seeds": len(group),
+                "client_params": round(
+                    statistics.mean(row["client_params"] for row in group)
+                ),
+                "bytes_per_round": round(
+                    statistics.mean(row["bytes_per_round"] for row in group)
+                ),
+                "wer_mean": statistics.mean(wers),
+                "wer_sd": statistics.stdev(wers) if len(wers) > 1 else 0.0,
+                "wer_min": min(wers),
+                "wer_max": max(wers),
+            }
+        )
+    return summary
+
+
+def print_table(figures):
     """Print the comparison table."""
-    full = results["full_params"]
+    full = figures["full_params"]
     print(
-        f"{'strategy':<12}{'client params':>14}{'vs full':>9}"
-        f"{'bytes/round':>13}{'WER %':>8}{'CER %':>8}"
+        f"{'strategy':<28}{'client params':>14}{'vs full':>9}"
+        f"{'bytes/round':>13}{'WER mean':>10}{'sd':>6}{'min':>7}{'max':>7}"
     )
-    for row in results["rows"]:
+    for row in figures["summary"]:
         change = row["client_params"] / full - 1
         print(
-            f"{row['strategy']:<12}{row['client_params']:>14,}"
+            f"{row['strategy']:<28}{row['client_params']:>14,}"
             f"{change:>+9.1%}{row['bytes_per_round']:>13,}"
-            f"{row['wer']:>8.2f}{row['cer']:>8.2f}"
+            f"{row['wer_mean']:>10.2f}{row['wer_sd']:>6.2f}"
+            f"{row['wer_min']:>7.2f}{row['wer_max']:>7.2f}"
         )
+    seeds = ", ".join(
+        f"{seed}: {wer:.2f}" for seed, wer in figures["seed_model_wer"].items()
+    )
     print(
-        f"full model {full:,} parameters; {results['clients']} clients; "
-        f"{results['rounds']} rounds; seed model WER "
-        f"{results['seed_model']['wer']:.2f}"
+        f"full model {full:,} parameters; {figures['clients']} clients; "
+        f"{figures['rounds']} rounds; seed models' WER ({seeds})"
     )
 
 
@@ -104,50 +194,59 @@ def main(argv=None):
     parser.add_argument(
         "--output",
         type=Path,
-        help="the recipe's output folder (default: benchmarks/out/...)",
+        help="the recipe's output folders' parent (default: benchmarks/out)",
+    )
+    parser.add_argument("--rounds", type=int, default=48, help="Flower rounds")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=12,
+        help="rounds between dev-set evaluations of the global model",
     )
     parser.add_argument(
-        "--rounds", type=int, help="Flower rounds (default: the recipe's)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="one recipe run (seed model, then every strategy) per seed",
     )
     args = parser.parse_args(argv)
     name = "federated_quick" if args.quick else "federated_full"
-    output = (args.output or OUT / name / "run").resolve()
-    if args.quick:
-        shutil.rmtree(output, ignore_errors=True)
+    parent = (args.output or OUT / name).resolve()
     start = time.time()
-    subprocess.run(
-        recipe_command(output, args.quick, args.rounds),
-        cwd=RECIPE,
-        check=True,
-        stdout=subprocess.DEVNULL if args.quick else None,
-    )
-    results = json.loads((output / "results.json").read_text())
+    rows, seed_wer, results = [], {}, None
+    for seed in args.seeds:
+        output = parent / f"seed{seed}"
+        if args.quick:
+            shutil.rmtree(output, ignore_errors=True)
+        for compensate, strategies in RUNS:
+            subprocess.run(
+                recipe_command(
+                    output, args.quick, seed, compensate, strategies, args
+                ),
+                cwd=RECIPE,
+                check=True,
+                stdout=subprocess.DEVNULL if args.quick else None,
+            )
+            results = json.loads((output / "results.json").read_text())
+            rows += [
+                {"seed": seed, **{key: row[key] for key in ROW_KEYS}}
+                for row in results["rows"]
+            ]
+        seed_wer[seed] = results["seed_model"]["wer"]
     figures = {
         "mode": "quick" if args.quick else "full",
+        **provenance(),
         "seconds": round(time.time() - start, 1),
         "full_params": results["full_params"],
         "clients": results["clients"],
         "rounds": results["rounds"],
-        "seed_model": results["seed_model"],
-        "rows": [
-            {
-                key: row[key]
-                for key in (
-                    "strategy",
-                    "client_params",
-                    "client_params_fraction",
-                    "bytes_per_round",
-                    "bytes_down_per_round",
-                    "bytes_up_per_round",
-                    "wer",
-                    "cer",
-                    "dev_wer",
-                )
-            }
-            for row in results["rows"]
-        ],
+        "seeds": args.seeds,
+        "seed_model_wer": seed_wer,
+        "summary": summarise(rows),
+        "rows": rows,
     }
-    print_table(results)
+    print_table(figures)
     print(f"({figures['seconds']} s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,6 @@ Authors
 import argparse
 import copy
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +49,7 @@ from common import (
     apply_keep_ratios,
     conformer,
     encode,
+    provenance,
 )
 
 from sb_prune import convert
@@ -66,7 +65,6 @@ from sb_prune.reporting.profiling import (
     timing_conditions,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 AD_POINTS = ["ffn", "query", "value", "conv"]
 LOW_RANK_POINTS = ["ffn", "attention"]
 SIZES = (0.25, 0.5, 0.75)
@@ -349,7 +347,7 @@ def main(argv=None):
     """Run the benchmark, print the table, optionally save the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="50% only, few repeats"
+        "--quick", action="store_true", help="50%% only, few repeats"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -362,13 +360,7 @@ def main(argv=None):
     sizes = (0.5,) if args.quick else SIZES
     models, notes = build_models(sizes, args.quick)
     result = {
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        ).stdout.strip(),
-        "machine": platform.node(),
+        **provenance(),
         "conditions": timing_conditions(args.device),
         "encoder": {**LARGE, "frames": FRAMES_10S},
         "repeats": repeats,

@@ -40,7 +40,6 @@ Usage: python benchmarks/whisper.py [--quick] [--convexity [--probe]]
 import argparse
 import csv
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "librilight"
@@ -482,13 +482,7 @@ def main():
             else {}
         ),
         "quick": args.quick,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        **provenance(),
     }
     print(f"{'model':<22}{'enc params':>12}{'WER %':>8}{'utts':>6}{'RTF':>7}")
     print(

@@ -1,5 +1,7 @@
 """Federated dropout: sub-models, merging, policies and a Flower run."""
 
+import copy
+import itertools
 import json
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import pytest
 import torch
 import yaml
 from helpers import tiny_conformer
+from speechbrain.nnet.attention import PositionalwiseFeedForward
 
 import sb_prune
 from sb_prune.federated import (
@@ -85,6 +88,31 @@ def test_extract_and_merge_keep_outside_and_average_inside():
     assert torch.equal(coverage, first * 1.0 + second * 3.0)
 
 
+def test_compensated_submodels_average_to_the_full_model():
+    # Inverted dropout: over every way of keeping 2 of 4 hidden units, the
+    # compensated sub-models' mean output is the full model's output.
+    torch.manual_seed(0)
+    ffn = PositionalwiseFeedForward(d_ffn=4, input_size=3).eval()
+    x = torch.randn(2, 5, 3)
+    outputs = {True: [], False: []}
+    for kept in itertools.combinations(range(4), 2):
+        plan = {"": {"hidden": torch.tensor(kept)}}
+        for compensate in outputs:
+            sub = extract_submodel(ffn, plan, compensate)
+            outputs[compensate].append(sub.module(x))
+            # Undone before the merge: untrained, the full model is back.
+            twin = copy.deepcopy(ffn)
+            params = sub.unscaled(sub.parameters_dict())
+            merge_submodels(twin, [(sub.positions, params, 1.0)])
+            for before, after in zip(ffn.parameters(), twin.parameters()):
+                assert torch.allclose(before, after, atol=1e-7)
+    full = ffn(x)
+    mean = torch.stack(outputs[True]).mean(0)
+    assert torch.allclose(mean, full, atol=1e-6)
+    uncompensated = torch.stack(outputs[False]).mean(0)
+    assert not torch.allclose(uncompensated, full, atol=1e-2)
+
+
 def test_a_dropped_layer_maps_back_to_its_place():
     model = tiny_conformer(layers=2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -129,6 +157,11 @@ def test_bad_dropout_settings_name_the_key_or_client():
         DropoutPolicy("uniform", 0.05, dropped_units=UNITS).setup(model)
     with pytest.raises(ValueError, match="no score for the unit"):
         DropoutPolicy("importance", 0.7, {"layer0.ffn1": 1.0}).setup(model)
+    other_model = {"layer2.ffn1": 0.0, "layer0.ffn1": 1.0, "layer1": 2.0}
+    with pytest.raises(ValueError, match=r"\['layer2.ffn1'\] are not in"):
+        DropoutPolicy("importance", 0.9, other_model).setup(model)
+    with pytest.raises(ValueError, match="compensate must be True or False"):
+        DropoutPolicy("uniform", compensate="yes")
     with pytest.raises(ValueError, match="needs prunable attention"):
         DropoutPolicy("uniform", 0.7).setup(tiny_conformer())
     tiny = prunable_conformer(d_ffn=2)
@@ -192,6 +225,26 @@ def test_two_round_flower_simulation_in_process():
     # The critical layer 1 is trained whole, the ambient layer 0 thinned.
     for params in targeted[0].history[0]["client_params"]:
         assert params < 0.72 * sum(p.numel() for p in initial.parameters())
+
+
+def test_compensation_is_undone_in_the_merge():
+    # Clients that do not train send back their scaled weights: the merge
+    # must turn them back into the global model's own.
+    def no_training(model, partition, config):
+        return 4, {}
+
+    initial = prunable_conformer()
+    policy = DropoutPolicy("uniform", 0.7, dropped_units=UNITS, compensate=True)
+    strategy = FederatedDropout(prunable_conformer(), policy, 2, seed=1)
+    app = make_server_app(strategy, parameter_record(initial), 2)
+    client = make_client_app(prunable_conformer, no_training)
+    context, _ = run_inprocess(app, client, num_nodes=3)
+    final = prunable_conformer()
+    load_parameter_record(final, context.state["arrays"])
+    assert all(r["coverage"] < 1.0 for r in strategy.history)
+    assert torch.allclose(
+        flat_parameters(final), flat_parameters(initial), atol=1e-6
+    )
 
 
 def test_a_client_without_data_is_named():

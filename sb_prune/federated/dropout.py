@@ -34,6 +34,7 @@ import os
 
 import torch
 
+from sb_prune.analysis.importance.units import find_units
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.registry import layer_spec, spec_of
 from sb_prune.core.surgery import apply_plan
@@ -315,6 +316,41 @@ def read_scores(importance):
     return importance
 
 
+def check_unit_names(scores, model):
+    """Refuse scores of units that ``model`` does not have.
+
+    Arguments
+    ---------
+    scores : dict
+        ``{unit: score}`` (see :func:`read_scores`).
+    model : torch.nn.Module
+        The federated model.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Conformer import (
+    ...     ConformerEncoder,
+    ... )
+    >>> encoder = ConformerEncoder(2, d_model=8, d_ffn=16, nhead=2)
+    >>> check_unit_names({"layer1.ffn2": 0.3, "layer0": 1.0}, encoder)
+    >>> check_unit_names({"layer5.ffn1": 0.3}, encoder)
+    Traceback (most recent call last):
+    ...
+    ValueError: importance: the unit(s) ['layer5.ffn1'] are not in the ...
+    """
+    names = find_units(model, "both")
+    unknown = sorted(set(scores) - set(names))
+    if unknown:
+        layers = [name for name in names if "." not in name]
+        first = f"{layers[0]}."
+        kinds = [name[len(first) :] for name in names if name.startswith(first)]
+        raise ValueError(
+            f"importance: the unit(s) {unknown} are not in the model "
+            f"({layers[0]}..{layers[-1]}, each with {', '.join(kinds)}): "
+            "are the scores of another model?"
+        )
+
+
 class _ScoreTable(dict):
     """Scores whose missing module units fall back to their layer."""
 
@@ -354,6 +390,11 @@ class DropoutPolicy:
         single name is a list of one).
     seed : int
         Seed of the random choice of kept units (per client and round).
+    compensate : bool
+        Scale each sub-model as inverted dropout does: the layers reading
+        thinned units are multiplied by ``units / kept units`` before the
+        client trains and divided by it before the merge (see
+        :mod:`sb_prune.federated.submodel`).
 
     Example
     -------
@@ -380,6 +421,7 @@ class DropoutPolicy:
         max_rate=0.9,
         dropped_units=("ffn1", "ffn2", "ffn", "attention"),
         seed=0,
+        compensate=False,
     ):
         check_choice("mode", mode, MODES)
         check_number("client_size", client_size, 0, 1, open_low=True)
@@ -388,6 +430,10 @@ class DropoutPolicy:
             "dropped_units", dropped_units, DROPPABLE_UNITS
         )
         check_int("seed", seed)
+        if not isinstance(compensate, bool):
+            raise ValueError(
+                f"compensate must be True or False, got {compensate!r}"
+            )
         if mode == "importance" and importance is None:
             raise ValueError("mode importance needs importance scores")
         importance = read_scores(importance)
@@ -397,6 +443,7 @@ class DropoutPolicy:
         self.max_rate = max_rate
         self.dropped_units = dropped_units
         self.seed = seed
+        self.compensate = compensate
         self.groups = None
         self.rates = None
 
@@ -433,6 +480,7 @@ class DropoutPolicy:
         if self.mode == "uniform":
             self.rates = uniform_rates(self.groups, drop)
         else:
+            check_unit_names(self.importance, model)
             self.rates = importance_rates(
                 self.groups, self.importance, drop, self.max_rate
             )

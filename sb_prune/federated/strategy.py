@@ -167,8 +167,8 @@ class FederatedDropout(FedAvg):
         messages, sizes = [], []
         for node in self.sample(grid, server_round):
             plan = self.policy.plan(self.model, node, server_round)
-            sub = extract_submodel(self.model, plan)
-            self.sent[node] = sub.positions
+            sub = extract_submodel(self.model, plan, self.policy.compensate)
+            self.sent[node] = sub
             sizes.append(sub.num_parameters)
             node_config = ConfigRecord(dict(config))
             node_config["server-round"] = server_round
@@ -218,7 +218,8 @@ class FederatedDropout(FedAvg):
                 )
             params = reply.content[ARRAYS_KEY].to_torch_state_dict()
             weight = float(record[self.weighted_by_key])
-            updates.append((self.sent.pop(node), params, weight))
+            sub = self.sent.pop(node)
+            updates.append((sub.positions, sub.unscaled(params), weight))
             contents.append(reply.content)
         coverage = merge_submodels(self.model, updates)
         self.history[-1]["coverage"] = float((coverage > 0).double().mean())

@@ -13,6 +13,14 @@ element of the full model becomes the weighted mean of the clients that
 held it (weights: e.g. their numbers of examples), and an element that no
 client held keeps its value.
 
+With ``compensate=True`` a sub-model is scaled as inverted dropout scales
+a network at training time: the layer that reads a thinned group's
+activations (its spec's ``consumer``: an FFN's down projection, the
+attention's output projection) has its weights multiplied by
+``units / kept units``, so that the sub-model's output keeps the full
+model's scale; :meth:`SubModel.unscaled` undoes it on the trained weights
+before they are merged.
+
 Authors
  * sb_prune developers
 """
@@ -21,6 +29,7 @@ import copy
 
 import torch
 
+from sb_prune.core.registry import spec_of
 from sb_prune.core.structure import describe
 from sb_prune.core.surgery import apply_plan
 
@@ -76,12 +85,16 @@ class SubModel:
         element's position in the full model's flat parameter vector.
     plan : dict
         The surgery plan that made it.
+    scales : dict, optional
+        ``{parameter name: factor}``: the compensated weights and the
+        factor they were multiplied by (see :func:`extract_submodel`).
     """
 
-    def __init__(self, module, positions, plan):
+    def __init__(self, module, positions, plan, scales=None):
         self.module = module
         self.positions = positions
         self.plan = plan
+        self.scales = scales or {}
 
     @property
     def structure(self):
@@ -100,8 +113,47 @@ class SubModel:
             for name, param in self.module.named_parameters()
         }
 
+    def unscaled(self, params):
+        """Undo the compensation on a client's trained parameters.
 
-def extract_submodel(model, plan):
+        Arguments
+        ---------
+        params : dict
+            ``{name: tensor}`` of this sub-model's shapes.
+
+        Returns
+        -------
+        dict
+            The same, compensated weights divided by their factor, so
+            that they read as the full model's weights.
+        """
+        return {
+            name: value / self.scales[name] if name in self.scales else value
+            for name, value in params.items()
+        }
+
+
+def _compensate(model, module, plan):
+    """Scale the consumers of thinned groups; return ``{name: factor}``."""
+    names = {id(param): name for name, param in module.named_parameters()}
+    scales = {}
+    for path in plan:
+        thinned = module.get_submodule(path)
+        spec = spec_of(thinned)
+        if spec is None or spec.consumer is None:
+            continue
+        full = spec.consumer(model.get_submodule(path)).in_features
+        consumer = spec.consumer(thinned)
+        if consumer.in_features == full:
+            continue
+        factor = full / consumer.in_features
+        with torch.no_grad():
+            consumer.weight.mul_(factor)
+        scales[names[id(consumer.weight)]] = factor
+    return scales
+
+
+def extract_submodel(model, plan, compensate=False):
     """Make a sub-model of ``model`` with the surgery ``plan``.
 
     Arguments
@@ -111,6 +163,9 @@ def extract_submodel(model, plan):
     plan : dict
         ``{module path: {group: kept indices}}``, see
         :func:`sb_prune.core.surgery.apply_plan`; an empty plan gives a copy.
+    compensate : bool
+        Scale the layers that read thinned units by ``units / kept units``
+        (inverted dropout; see the module docstring).
 
     Returns
     -------
@@ -126,6 +181,11 @@ def extract_submodel(model, plan):
     (torch.Size([2, 4]), 22)
     >>> sub.positions["ffn.0.bias"].tolist()  # after the 6 x 4 weight
     [25, 28]
+    >>> scaled = extract_submodel(ffn, sub.plan, compensate=True)
+    >>> scaled.scales
+    {'ffn.3.weight': 3.0}
+    >>> torch.equal(scaled.module.ffn[3].weight, 3 * sub.module.ffn[3].weight)
+    True
     """
     module = copy.deepcopy(model)
     apply_plan(module, plan)
@@ -138,7 +198,8 @@ def extract_submodel(model, plan):
     sub_names = [name for name, _ in module.named_parameters()]
     if list(positions) != sub_names:
         raise RuntimeError("The index twin and the sub-model disagree")
-    return SubModel(module, positions, plan)
+    scales = _compensate(model, module, plan) if compensate else {}
+    return SubModel(module, positions, plan, scales)
 
 
 def merge_submodels(model, updates):

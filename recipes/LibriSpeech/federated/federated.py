@@ -221,6 +221,7 @@ class Federation:
             max_rate=hp["max_rate"],
             dropped_units=hp["dropped_units"],
             seed=hp["seed"],
+            compensate=hp["compensate"],
         )
         server_model = self.build_model()
         server_model.load_state_dict(seed_state)
@@ -264,6 +265,7 @@ class Federation:
         full = count_parameters(server_model)
         return {
             "strategy": mode,
+            "compensate": policy.compensate,
             "client_params": round(sum(sizes) / len(sizes)),
             "client_params_fraction": sum(sizes) / len(sizes) / full,
             "bytes_per_round": round(down + up),
