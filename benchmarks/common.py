@@ -8,6 +8,7 @@ Authors
 """
 
 import platform
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -113,4 +114,32 @@ def provenance():
         "commit": commit + ("+uncommitted changes" if changed else ""),
         "machine": f"{platform.node()}: {platform.machine()}, "
         f"{torch.get_num_threads()} threads",
+    }
+
+
+def spread(values):
+    """Mean, standard deviation, minimum and maximum over seeds.
+
+    Arguments
+    ---------
+    values : list of float
+        One value per seed (at least one).
+
+    Returns
+    -------
+    dict
+        ``seeds``, ``mean``, ``sd`` (0 for one seed), ``min``, ``max``.
+
+    Example
+    -------
+    >>> figures = spread([30.0, 34.0])
+    >>> figures["mean"], round(figures["sd"], 3), figures["seeds"]
+    (32.0, 2.828, 2)
+    """
+    return {
+        "seeds": len(values),
+        "mean": statistics.mean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
     }

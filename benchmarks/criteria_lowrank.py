@@ -571,7 +571,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _corpus(args, preset, out_dir):
+def asr_corpus(args, preset, out_dir):
+    """The ASR part's corpus: the preset's, or --corpus (made if missing)."""
     from sb_prune.data import synthesize_corpus
 
     options = preset["asr"]["corpus"]
@@ -605,7 +606,7 @@ def main(argv=None):
             task, "lm", targets, args.criteria, preset["repeats"], log
         )
     if "asr" in args.parts:
-        corpus = _corpus(args, preset, out_dir)
+        corpus = asr_corpus(args, preset, out_dir)
         task = ASRTask(preset["asr"], out_dir, args.seed, corpus)
         log(f"[asr] {len(task.train_data)} training utterances")
         rows += benchmark_task(

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import provenance
+from common import provenance, spread
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "federated"
@@ -134,29 +134,24 @@ def summarise(rows):
     ...          "client_params": 10, "bytes_per_round": 5}
     ...         for w in (30.0, 34.0)]
     >>> summary = summarise(rows)[0]
-    >>> summary["wer_mean"], round(summary["wer_sd"], 3), summary["seeds"]
-    (32.0, 2.828, 2)
+    >>> summary["strategy"], summary["wer"]["mean"], summary["wer"]["seeds"]
+    ('none', 32.0, 2)
     """
     groups = {}
     for row in rows:
         groups.setdefault(label(row), []).append(row)
     summary = []
     for name, group in groups.items():
-        wers = [row["wer"] for row in group]
         summary.append(
             {
                 "strategy": name,
-                "seeds": len(group),
                 "client_params": round(
                     statistics.mean(row["client_params"] for row in group)
                 ),
                 "bytes_per_round": round(
                     statistics.mean(row["bytes_per_round"] for row in group)
                 ),
-                "wer_mean": statistics.mean(wers),
-                "wer_sd": statistics.stdev(wers) if len(wers) > 1 else 0.0,
-                "wer_min": min(wers),
-                "wer_max": max(wers),
+                "wer": spread([row["wer"] for row in group]),
             }
         )
     return summary
@@ -174,8 +169,8 @@ def print_table(figures):
         print(
             f"{row['strategy']:<28}{row['client_params']:>14,}"
             f"{change:>+9.1%}{row['bytes_per_round']:>13,}"
-            f"{row['wer_mean']:>10.2f}{row['wer_sd']:>6.2f}"
-            f"{row['wer_min']:>7.2f}{row['wer_max']:>7.2f}"
+            f"{row['wer']['mean']:>10.2f}{row['wer']['sd']:>6.2f}"
+            f"{row['wer']['min']:>7.2f}{row['wer']['max']:>7.2f}"
         )
     seeds = ", ".join(
         f"{seed}: {wer:.2f}" for seed, wer in figures["seed_model_wer"].items()

@@ -418,7 +418,13 @@ def main(argv=None):
             name: {
                 k: v
                 for k, v in recipe_results[name].get("test-clean", {}).items()
-                if k in ("executed_fraction", "open_rate", "correlation")
+                if k
+                in (
+                    "executed_fraction",
+                    "input_dependent",
+                    "open_rate",
+                    "correlation",
+                )
             }
             for name in recipe_results
         },

@@ -144,6 +144,10 @@ class ASR(sb_prune.PruningBrain):
             )
             self.hparams.model.load_state_dict(state, strict=True)
         self.averaged_checkpoints = len(checkpoints)
+        # Model selection reads the validation set, never the test set.
+        self.valid_wer = min(
+            (ckpt.meta["WER"] for ckpt in checkpoints), default=None
+        )
 
 
 def dataio_prepare(hparams, tokenizer):
@@ -265,6 +269,8 @@ def main(argv):
             "WER": asr_brain.test_stats["WER"],
             "CER": asr_brain.test_stats["CER"],
         }
+        # The validation WER of the (best) checkpoint tested.
+        results["valid"] = {"WER": asr_brain.valid_wer}
         # Gate statistics, and gates_<name>.png against the input.
         results[name].update(
             gates.report(

@@ -54,8 +54,8 @@ class GateRecorder:
     ...     _ = enc(torch.rand(2, 5, 8), pos_embs=pos)
     >>> gates.probabilities.shape, gates.frames.tolist()
     (torch.Size([5, 2, 2]), [5, 5, 5, 5, 5])
-    >>> gates.summary()["avg_layers"]
-    2.0
+    >>> gates.summary()["avg_layers"], gates.summary()["input_dependent"]
+    (2.0, 0.0)
     """
 
     def __init__(self, model):
@@ -135,22 +135,26 @@ class GateRecorder:
         dict
             ``utterances``, ``layers`` (of the encoder), ``avg_layers``
             (executed, each gate counting ``1 / len(gates)`` of a layer),
-            ``executed_fraction``, and per gate the ``open_rate`` and
-            ``mean_probability`` of each layer. Empty if nothing was
-            recorded.
+            ``executed_fraction``, ``input_dependent`` (the share of the
+            gates open for some utterances and closed for others), and per
+            gate the ``open_rate`` and ``mean_probability`` of each layer.
+            Empty if nothing was recorded.
         """
         if not self._batches:
             return {}
         decisions, probabilities = self.decisions, self.probabilities
         gates = self.encoder.gates
+        open_rate = decisions.float().mean(0)
+        varies = (open_rate > 0) & (open_rate < 1)
         return {
             "utterances": len(self),
             "layers": decisions.shape[1],
             "gates": list(gates),
             "avg_layers": round(float(self.executed_layers.mean()), 4),
             "executed_fraction": round(float(decisions.mean()), 4),
+            "input_dependent": round(float(varies.float().mean()), 4),
             "open_rate": {
-                gate: _rounded(decisions[:, :, g].mean(0))
+                gate: _rounded(open_rate[:, g])
                 for g, gate in enumerate(gates)
             },
             "mean_probability": {
