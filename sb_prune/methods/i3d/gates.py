@@ -154,8 +154,7 @@ class GateRecorder:
             "executed_fraction": round(float(decisions.mean()), 4),
             "input_dependent": round(float(varies.float().mean()), 4),
             "open_rate": {
-                gate: _rounded(open_rate[:, g])
-                for g, gate in enumerate(gates)
+                gate: _rounded(open_rate[:, g]) for g, gate in enumerate(gates)
             },
             "mean_probability": {
                 gate: _rounded(probabilities[:, :, g].mean(0))
