@@ -59,11 +59,15 @@ QUICK_CORPUS = dict(
     utterances_per_speaker=6,
     seed=20241,
 )
-#: (compensate, strategies) of the recipe's runs for each seed.
-RUNS = (
-    (False, ["none", "uniform", "importance"]),
-    (True, ["uniform", "importance"]),
-)
+#: --compensation -> (compensate, strategies) of the recipe's runs per seed.
+RUNS = {
+    "both": (
+        (False, ["none", "uniform", "importance"]),
+        (True, ["uniform", "importance"]),
+    ),
+    "on": ((True, ["none", "uniform", "importance"]),),
+    "off": ((False, ["none", "uniform", "importance"]),),
+}
 #: What each row keeps of the recipe's results.
 ROW_KEYS = (
     "strategy",
@@ -112,7 +116,8 @@ def recipe_command(output, quick, seed, compensate, strategies, args):
 
 def label(row):
     """A strategy's name in the tables."""
-    return row["strategy"] + (" + compensation" if row["compensate"] else "")
+    compensated = row["compensate"] and row["strategy"] != "none"
+    return row["strategy"] + (" + compensation" if compensated else "")
 
 
 def summarise(rows):
@@ -199,6 +204,12 @@ def main(argv=None):
         help="rounds between dev-set evaluations of the global model",
     )
     parser.add_argument(
+        "--compensation",
+        choices=sorted(RUNS),
+        default="both",
+        help="dropout strategies with compensation, without, or both",
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
@@ -214,7 +225,7 @@ def main(argv=None):
         output = parent / f"seed{seed}"
         if args.quick:
             shutil.rmtree(output, ignore_errors=True)
-        for compensate, strategies in RUNS:
+        for compensate, strategies in RUNS[args.compensation]:
             subprocess.run(
                 recipe_command(
                     output, args.quick, seed, compensate, strategies, args
@@ -237,6 +248,7 @@ def main(argv=None):
         "clients": results["clients"],
         "rounds": results["rounds"],
         "seeds": args.seeds,
+        "compensation": args.compensation,
         "seed_model_wer": seed_wer,
         "summary": summarise(rows),
         "rows": rows,
