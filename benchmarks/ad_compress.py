@@ -2,15 +2,16 @@
 """Adaptive dropout through ``sb-prune compress``, the demo's path.
 
 Compresses the demo's trained dense model (``make demo`` writes it under
-``results/demo``) with adaptive dropout exactly as the demo does: its
-fine-tuning subset, validation subset, test set and fine-tuning overrides
-(``sb_prune.cli.demo``; ``--whole-training-set``: the dense model's
-training set instead of the subset), for every combination of ``--epochs``,
-``--weights`` (``adl_regularization_weight``) and ``--seeds``. Prints
-encoder parameters removed, validation WER (of the checkpoint tested) and
-test WER per setting, mean and spread over the seeds; the setting to keep
-is chosen on the validation WER, among those removing at least half of
-the encoder's parameters.
+``results/demo``) with adaptive dropout as the demo does: its fine-tuning
+subset, validation subset, test set and fine-tuning overrides
+(``sb_prune.cli.demo``). ``--whole-training-set``: the dense model's
+training set instead of the subset; ``--no-demo-fine-tuning``: the
+recipe's learning rate instead of the demo's. One run for every
+combination of ``--epochs``, ``--weights`` (``adl_regularization_weight``)
+and ``--seeds``. Prints encoder parameters removed, validation WER (of
+the checkpoint tested) and test WER per setting, mean and spread over the
+seeds; the setting to keep is chosen on the validation WER, among those
+removing at least half of the encoder's parameters.
 
 Usage::
 
@@ -32,11 +33,12 @@ from sb_prune.cli.demo import FINE_TUNING
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "out"
 
 
-def run(demo, train_csv, output, epochs, weight, seed):
+def run(demo, train_csv, output, epochs, weight, seed, fine_tuning):
     """One compression; return its row."""
     dense = demo / "runs" / "dense"
     data = json.loads((dense / "librispeech_prepare.json").read_text())
-    folder = output / f"{train_csv.stem}_e{epochs}_w{weight:g}_s{seed}"
+    tag = "demo_lr" if fine_tuning else "recipe_lr"
+    folder = output / f"{train_csv.stem}_{tag}_e{epochs}_w{weight:g}_s{seed}"
     began = time.time()
     summary = compress(
         demo / "exported" / "dense",
@@ -47,7 +49,7 @@ def run(demo, train_csv, output, epochs, weight, seed):
         valid_csv=demo / "validation.csv",
         test_csv=dense / "test-clean.csv",
         overrides={
-            **FINE_TUNING,
+            **fine_tuning,
             "adl_regularization_weight": weight,
             "seed": seed,
         },
@@ -70,6 +72,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo", type=Path, default=Path("results/demo"))
     parser.add_argument(
+        "--no-demo-fine-tuning",
+        action="store_true",
+        help="leave the recipe's learning rate, warm-up and checkpoint "
+        "averaging (sb-prune compress's defaults) instead of the demo's "
+        "FINE_TUNING overrides",
+    )
+    parser.add_argument(
         "--whole-training-set",
         action="store_true",
         help="fine-tune on the dense model's whole training set instead of "
@@ -90,8 +99,17 @@ def main(argv=None):
         if args.whole_training_set
         else demo / "finetune.csv"
     )
+    fine_tuning = {} if args.no_demo_fine_tuning else FINE_TUNING
     rows = [
-        run(demo, train_csv, args.output.resolve(), epochs, weight, seed)
+        run(
+            demo,
+            train_csv,
+            args.output.resolve(),
+            epochs,
+            weight,
+            seed,
+            fine_tuning,
+        )
         for epochs in args.epochs
         for weight in args.weights
         for seed in args.seeds
@@ -139,7 +157,7 @@ def main(argv=None):
             "encoder_params": dense["encoder_params"],
             "wer": dense["test-clean"]["WER"],
         },
-        "fine_tuning": FINE_TUNING,
+        "fine_tuning": fine_tuning,
         "train_csv": str(train_csv.relative_to(demo)),
         "settings": settings,
         "chosen": chosen and {k: chosen[k] for k in ("epochs", "weight")},

@@ -170,27 +170,6 @@ def i3d(figures):
     ]
 
 
-def federated(figures):
-    """Federated dropout strategies."""
-    rows = [
-        [r["strategy"], r["client_params"], r["bytes_per_round"], r["wer"]]
-        for r in figures["rows"]
-    ]
-    return [
-        f"**Federated dropout** (`benchmarks/federated_dropout.py`, "
-        f"{figures.get('mode', 'full')} mode, "
-        f"{figures['rounds']} rounds, {figures['clients']} clients"
-        + (f"; {figures['note']}" if "note" in figures else "")
-        + ")",
-        "",
-        *_table(
-            ["strategy", "client params", "bytes per round", "test WER %"],
-            rows,
-        ),
-        "",
-    ]
-
-
 def convexity(figures):
     """Our graph convexity vs nnconvexity."""
     return [
@@ -233,7 +212,6 @@ TARGETS = {
         from_json("adaptive_dropout", adaptive_dropout),
         from_json("criteria_lowrank", criteria_lowrank),
         from_json("i3d", i3d),
-        from_json("federated_dropout", federated),
         from_json("convexity", convexity),
     ],
     "recipes/LibriSpeech/ambient/README.md": [
@@ -249,9 +227,6 @@ TARGETS = {
             "python compare.py --pretrained_folder ../../../results/demo/"
             "runs/dense --output ../../../benchmarks/out/classification",
         )
-    ],
-    "recipes/LibriSpeech/federated/README.md": [
-        from_json("federated_dropout", federated),
     ],
 }
 
