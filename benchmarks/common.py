@@ -7,6 +7,7 @@ Authors
  * sb_prune developers
 """
 
+import json
 import platform
 import statistics
 import subprocess
@@ -143,3 +144,9 @@ def spread(values):
         "min": min(values),
         "max": max(values),
     }
+
+
+def write_json(path, figures):
+    """Write a benchmark's figures to ``path`` (its folder made if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=1, default=str))

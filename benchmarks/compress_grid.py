@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import provenance, spread
+from common import provenance, spread, write_json
 
 from sb_prune.cli.compress import METHODS, compress
 from sb_prune.cli.demo import FINE_TUNING
@@ -183,8 +183,7 @@ def main(argv=None):
         "rows": rows,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1))
+        write_json(args.json, figures)
     return figures
 
 

@@ -213,6 +213,19 @@ class Task:
         brain.fit(counter, self.loader(self.train_data, batches, seed))
         return model.eval()
 
+    def train_dense(self):
+        """The dense model: one epoch of the preset's batches, warm-up."""
+        c = self.config
+        return self.train(
+            self.build(),
+            [],
+            epochs=1,
+            batches=c["dense_batches"],
+            lr=c["lr"],
+            warmup=max(1, c["dense_batches"] // 10),
+            seed=self.seed,
+        )
+
 
 class LMTask(Task):
     brain_class = LMBrain
@@ -423,15 +436,7 @@ def _schedule(kind, target):
 def benchmark_task(task, name, targets, criteria, repeats, log):
     c = task.config
     start = time.time()
-    dense = task.train(
-        task.build(),
-        [],
-        epochs=1,
-        batches=c["dense_batches"],
-        lr=c["lr"],
-        warmup=max(1, c["dense_batches"] // 10),
-        seed=task.seed,
-    )
+    dense = task.train_dense()
     log(f"[{name}] dense trained in {time.time() - start:.0f} s")
     budget = dict(epochs=c["epochs"], batches=c["batches"], lr=c["lr"] / 4)
     record = Recorder(task, name, dense, repeats, log)

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import provenance, spread
+from common import provenance, spread, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "federated"
@@ -256,8 +256,7 @@ def main(argv=None):
     print_table(figures)
     print(f"({figures['seconds']} s)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=1))
+        write_json(args.json, figures)
     return figures
 
 

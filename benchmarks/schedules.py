@@ -30,12 +30,11 @@ Usage::
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
 import torch
-from common import provenance, spread
+from common import provenance, spread, write_json
 from criteria_lowrank import (
     PRESETS,
     ROOT,
@@ -70,15 +69,7 @@ SCHEDULES = {
 def compare(task, targets, budgets, seeds, criterion, log):
     """Every schedule, target, budget and seed from one dense model."""
     c = task.config
-    dense = task.train(
-        task.build(),
-        [],
-        epochs=1,
-        batches=c["dense_batches"],
-        lr=c["lr"],
-        warmup=max(1, c["dense_batches"] // 10),
-        seed=task.seed,
-    )
+    dense = task.train_dense()
     rows = [{"schedule": "dense", "quality": task.evaluate(dense)}]
     for budget in budgets:
         for target in targets:
@@ -219,8 +210,7 @@ def main(argv=None):
     result["seconds"] = round(time.time() - start, 1)
     print(f"\n{result['seconds']} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=str))
+        write_json(args.json, result)
     return result
 
 
