@@ -138,6 +138,7 @@ def main(argv=None):
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.demo, args.output = args.demo.resolve(), args.output.resolve()
+    ran_on = provenance()
     grid = parse_grid(args.set)
     dense = json.loads(
         (args.demo / "runs" / "dense" / "results.json").read_text()
@@ -169,7 +170,7 @@ def main(argv=None):
         mark = "  <- chosen on validation" if s is chosen else ""
         print(f"epochs {s['epochs']} {s['setting']}: {cells}{mark}")
     figures = {
-        **provenance(),
+        **ran_on,
         "method": args.method,
         "dense": {
             "encoder_params": dense["encoder_params"],

@@ -219,7 +219,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     name = "federated_quick" if args.quick else "federated_full"
     parent = (args.output or OUT / name).resolve()
-    start = time.time()
+    start, ran_on = time.time(), provenance()
     rows, seed_wer, results = [], {}, None
     for seed in args.seeds:
         output = parent / f"seed{seed}"
@@ -242,7 +242,7 @@ def main(argv=None):
         seed_wer[seed] = results["seed_model"]["wer"]
     figures = {
         "mode": "quick" if args.quick else "full",
-        **provenance(),
+        **ran_on,
         "seconds": round(time.time() - start, 1),
         "full_params": results["full_params"],
         "clients": results["clients"],

