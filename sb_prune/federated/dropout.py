@@ -396,7 +396,7 @@ class DropoutPolicy:
         client trains and divided by it before the merge (see
         :mod:`sb_prune.federated.submodel`). False: plain federated
         dropout (Caldas et al.), which lost 7-17 WER points to FedAvg in
-        ``benchmarks/federated_dropout.py`` where compensation lost 2-3.
+        ``benchmarks/federated_dropout.py`` where compensation lost 3-4.
 
     Example
     -------
