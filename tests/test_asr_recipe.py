@@ -26,6 +26,9 @@ def test_tiny_training_run(tiny_dense_run):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test-clean"]["WER"] == pytest.approx(100 * errors / words)
     assert results["params"] > results["encoder_params"] > 0
+    # Model selection is recorded: the best checkpoint's validation WER.
+    valid = [float(line.split("valid WER: ")[1]) for line in log]
+    assert results["valid"]["WER"] == pytest.approx(min(valid), abs=0.01)
 
 
 def test_resume_continues_from_the_checkpoint(tiny_corpus, tmp_path):

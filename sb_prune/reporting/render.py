@@ -108,8 +108,8 @@ def model_families(runs):
 
 def _asr_metrics(results):
     """The first test split's WER/CER of an ASR run, or None."""
-    for value in results.values():
-        if isinstance(value, dict) and "WER" in value:
+    for name, value in results.items():
+        if name != "valid" and isinstance(value, dict) and "WER" in value:
             return value
     return None
 

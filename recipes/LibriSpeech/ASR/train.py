@@ -269,8 +269,6 @@ def main(argv):
             "WER": asr_brain.test_stats["WER"],
             "CER": asr_brain.test_stats["CER"],
         }
-        # The validation WER of the (best) checkpoint tested.
-        results["valid"] = {"WER": asr_brain.valid_wer}
         # Gate statistics, and gates_<name>.png against the input.
         results[name].update(
             gates.report(
@@ -280,6 +278,8 @@ def main(argv):
                 labels_folder=hparams["data_folder"],
             )
         )
+    # The validation WER of the (best) checkpoint tested.
+    results["valid"] = {"WER": getattr(asr_brain, "valid_wer", None)}
     if if_main_process():
         summary = write_recipe_summary(asr_brain, results)
         with open(hparams["results_file"], "w", encoding="utf-8") as handle:
