@@ -24,8 +24,10 @@ deviation, minimum and maximum of the test WER over the seeds.
 
 ``--quick``: a tiny corpus (generated here), a tiny model, two rounds of
 two clients: a smoke test of the whole path; its WERs mean nothing.
-Full mode: the recipe's own configuration, 48 rounds, seeds 1 2 3 (about
-8 minutes a seed on 2 CPU cores when the machine is otherwise idle).
+Full mode: the recipe's own configuration, 48 rounds, seeds 1 2 3: about
+10 minutes a seed on 2 CPU cores (7 with ``--compensation on``) when
+nothing else runs; a second torch job on the same cores made it 4-7 times
+slower here.
 
 Usage::
 
