@@ -146,6 +146,33 @@ def spread(values):
     }
 
 
+def group_rows(rows, key):
+    """Rows grouped by ``key(row)``, groups in the order first seen.
+
+    Arguments
+    ---------
+    rows : list of dict
+        One per run (e.g. per setting and seed).
+    key : callable
+        ``row -> hashable``: what the runs of one group share.
+
+    Returns
+    -------
+    dict
+        ``{key: [rows]}``.
+
+    Example
+    -------
+    >>> rows = [{"k": "b", "v": 1}, {"k": "a", "v": 2}, {"k": "b", "v": 3}]
+    >>> group_rows(rows, lambda row: row["k"])
+    {'b': [{'k': 'b', 'v': 1}, {'k': 'b', 'v': 3}], 'a': [{'k': 'a', 'v': 2}]}
+    """
+    groups = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return groups
+
+
 def write_json(path, figures):
     """Write a benchmark's figures to ``path`` (its folder made if needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import provenance, spread, write_json
+from common import group_rows, provenance, spread, write_json
 
 from sb_prune.cli.compress import METHODS, compress
 from sb_prune.cli.demo import FINE_TUNING
@@ -100,26 +100,23 @@ def run(args, train_csv, epochs, setting, seed):
 
 def summarise(rows, dense_params):
     """Per epochs and setting: every figure's spread over the seeds."""
+    groups = group_rows(
+        rows,
+        lambda r: (r["epochs"], json.dumps(r["setting"], sort_keys=True)),
+    )
     settings = []
-    for row in rows:
-        key = (row["epochs"], row["setting"])
-        if all((s["epochs"], s["setting"]) != key for s in settings):
-            settings.append(
-                {"epochs": row["epochs"], "setting": row["setting"]}
-            )
-    for entry in settings:
-        mine = [
-            r
-            for r in rows
-            if (r["epochs"], r["setting"])
-            == (entry["epochs"], entry["setting"])
-        ]
-        entry["removed"] = spread(
-            [1 - r["encoder_params"] / dense_params for r in mine]
-        )
+    for mine in groups.values():
+        entry = {
+            "epochs": mine[0]["epochs"],
+            "setting": mine[0]["setting"],
+            "removed": spread(
+                [1 - r["encoder_params"] / dense_params for r in mine]
+            ),
+        }
         for key in ("valid_wer", "wer", *GATE_FIGURES):
             if key in mine[0]:
                 entry[key] = spread([r[key] for r in mine])
+        settings.append(entry)
     return settings
 
 

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import provenance, spread, write_json
+from common import group_rows, provenance, spread, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "federated"
@@ -144,9 +144,7 @@ def summarise(rows):
     >>> summary["strategy"], summary["wer"]["mean"], summary["wer"]["seeds"]
     ('none', 32.0, 2)
     """
-    groups = {}
-    for row in rows:
-        groups.setdefault(label(row), []).append(row)
+    groups = group_rows(rows, label)
     summary = []
     for name, group in groups.items():
         summary.append(

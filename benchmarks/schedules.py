@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import provenance, spread, write_json
+from common import group_rows, provenance, spread, write_json
 from criteria_lowrank import (
     PRESETS,
     ROOT,
@@ -103,19 +103,16 @@ def compare(task, targets, budgets, seeds, criterion, log):
 
 def summarise(rows, budgets, targets):
     """Per budget and target: each schedule's quality over the seeds."""
+    groups = group_rows(
+        rows, lambda r: (r.get("budget"), r.get("target"), r["schedule"])
+    )
     table = []
     for budget in budgets:
         for target in targets:
             entry = {"budget": budget, "target": target}
             for name in SCHEDULES:
-                entry[name] = spread(
-                    [
-                        r["quality"]
-                        for r in rows
-                        if (r.get("budget"), r.get("target"), r["schedule"])
-                        == (budget, target, name)
-                    ]
-                )
+                runs = groups[(budget, target, name)]
+                entry[name] = spread([r["quality"] for r in runs])
             table.append(entry)
     return table
 
