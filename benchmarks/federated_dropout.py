@@ -35,6 +35,8 @@ Usage::
     python benchmarks/federated_dropout.py \\
         --json benchmarks/results/federated_dropout.json
     python benchmarks/federated_dropout.py --rounds 96 --seeds 1 2 3 4 5
+    python benchmarks/federated_dropout.py --compensation on \\
+        --strategies importance --set max_rate=0.6
 """
 
 import argparse
@@ -61,6 +63,8 @@ QUICK_CORPUS = dict(
     utterances_per_speaker=6,
     seed=20241,
 )
+#: The recipe's strategies.
+STRATEGIES = ("none", "uniform", "importance")
 #: --compensation -> (compensate, strategies) of the recipe's runs per seed.
 RUNS = {
     "both": (
@@ -96,6 +100,7 @@ def recipe_command(output, quick, seed, compensate, strategies, args):
         f"--compensate={compensate}",
         f"--strategies=[{', '.join(strategies)}]",
         "--noprogressbar",
+        *(f"--{setting}" for setting in args.set),
     ]
     if quick:
         overrides = yaml.safe_load(
@@ -216,7 +221,24 @@ def main(argv=None):
         default=[1, 2, 3],
         help="one recipe run (seed model, then every strategy) per seed",
     )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGIES,
+        default=list(STRATEGIES),
+        help="the strategies to run (of each --compensation run)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for every run, e.g. max_rate=0.6",
+    )
     args = parser.parse_args(argv)
+    for setting in args.set:
+        if "=" not in setting:
+            parser.error(f"--set expects KEY=VALUE, got {setting!r}")
     name = "federated_quick" if args.quick else "federated_full"
     parent = (args.output or OUT / name).resolve()
     start, ran_on = time.time(), provenance()
@@ -226,6 +248,9 @@ def main(argv=None):
         if args.quick:
             shutil.rmtree(output, ignore_errors=True)
         for compensate, strategies in RUNS[args.compensation]:
+            strategies = [s for s in strategies if s in args.strategies]
+            if not strategies:
+                continue
             subprocess.run(
                 recipe_command(
                     output, args.quick, seed, compensate, strategies, args
@@ -249,6 +274,7 @@ def main(argv=None):
         "rounds": results["rounds"],
         "seeds": args.seeds,
         "compensation": args.compensation,
+        "settings": args.set,
         "seed_model_wer": seed_wer,
         "summary": summarise(rows),
         "rows": rows,
