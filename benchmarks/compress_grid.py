@@ -77,8 +77,6 @@ def parse_grid(items):
 
 def compress_run(args, train_csv, epochs, setting, seed, folder):
     """One compression of the demo's dense model; its results.json."""
-    dense = args.demo / "runs" / "dense"
-    data = json.loads((dense / "librispeech_prepare.json").read_text())
     fine_tuning = {} if args.no_demo_fine_tuning else FINE_TUNING
     summary = compress(
         args.demo / "exported" / "dense",
@@ -87,20 +85,18 @@ def compress_run(args, train_csv, epochs, setting, seed, folder):
         folder,
         epochs,
         valid_csv=args.demo / "validation.csv",
-        test_csv=dense / "test-clean.csv",
+        test_csv=args.dense_run / "test-clean.csv",
         overrides={**fine_tuning, **setting, "seed": seed},
-        data_root=data["data_folder"],
+        data_root=args.data_root,
     )
     return summary["results"]
 
 
 def scratch_run(args, epochs, setting, seed, folder):
     """The method's recipe from scratch on the dense model's corpus."""
-    dense = args.demo / "runs" / "dense"
-    data = json.loads((dense / "librispeech_prepare.json").read_text())
     overrides = {
         **setting,
-        "data_folder": data["data_folder"],
+        "data_folder": args.data_root,
         "number_of_epochs": epochs,
         "seed": seed,
     }
@@ -184,13 +180,15 @@ def main(argv=None):
             "--whole-training-set and --no-demo-fine-tuning do not apply"
         )
     args.demo, args.output = args.demo.resolve(), args.output.resolve()
+    args.dense_run = args.demo / "runs" / "dense"
+    args.data_root = json.loads(
+        (args.dense_run / "librispeech_prepare.json").read_text()
+    )["data_folder"]
     ran_on = provenance()
     grid = parse_grid(args.set)
-    dense = json.loads(
-        (args.demo / "runs" / "dense" / "results.json").read_text()
-    )
+    dense = json.loads((args.dense_run / "results.json").read_text())
     train_csv = (
-        args.demo / "runs" / "dense" / "train.csv"
+        args.dense_run / "train.csv"
         if args.whole_training_set
         else args.demo / "finetune.csv"
     )
