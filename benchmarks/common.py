@@ -9,8 +9,10 @@ Authors
 
 import json
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -101,7 +103,7 @@ def apply_keep_ratios(model, ratios, seed=0):
 
 
 def provenance():
-    """The commit and machine a benchmark ran on, to store in its JSON."""
+    """The command, commit and machine of a benchmark, for its JSON."""
     git = ["git", "-C", str(REPO)]
     commit = subprocess.run(
         [*git, "rev-parse", "HEAD"], capture_output=True, text=True
@@ -112,6 +114,7 @@ def provenance():
         text=True,
     ).stdout.strip()
     return {
+        "command": shlex.join(["python", *sys.argv]),
         "commit": commit + ("+uncommitted changes" if changed else ""),
         "machine": f"{platform.node()}: {platform.machine()}, "
         f"{torch.get_num_threads()} threads",
