@@ -46,7 +46,20 @@ setup(
             "onnxscript",
         ],
     },
-    entry_points={"console_scripts": ["sb-prune=sb_prune.cli:main"]},
+    entry_points={
+        "console_scripts": ["sb-prune=sb_prune.cli:main"],
+        # The model families the registry loads (sb_prune.core.registry).
+        "sb_prune.model_families": [
+            "branchformer = sb_prune.families.branchformer",
+            "conformer = sb_prune.families.conformer",
+            "sb_prune = sb_prune.families.sb_prune_modules",
+            "speechbrain_transformer = "
+            "sb_prune.families.speechbrain_transformer",
+            "ssl = sb_prune.families.ssl",
+            "torch_transformer = sb_prune.families.torch_transformer",
+            "whisper = sb_prune.families.whisper",
+        ],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

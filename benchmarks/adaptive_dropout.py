@@ -33,8 +33,8 @@ from speed import adaptive_dropout_model, train_step_ratio
 from torch.nn.utils import prune as torch_prune
 
 from sb_prune import convert
+from sb_prune.core.profiling import count_macs, speedups
 from sb_prune.core.surgery import apply_plan
-from sb_prune.reporting.profiling import count_macs, speedups
 from sb_prune.reporting.summary import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]

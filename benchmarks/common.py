@@ -18,10 +18,7 @@ from pathlib import Path
 import torch
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 
-from sb_prune.methods.adaptive_dropout.convert import (
-    adaptive_dropout_points,
-    conformer_layers,
-)
+from sb_prune.methods.adaptive_dropout.convert import masked_layers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,9 +88,9 @@ def apply_keep_ratios(model, ratios, seed=0):
     ``j * L_small // L_model``; points without ratios keep everything.
     """
     generator = torch.Generator().manual_seed(seed)
-    layers = conformer_layers(model)
-    for j, layer in enumerate(layers):
-        for point, adl in adaptive_dropout_points(layer).items():
+    layers = masked_layers(model)
+    for j, (_, masks) in enumerate(layers):
+        for point, adl in masks.items():
             per_layer = ratios.get(point, [1.0])
             ratio = per_layer[j * len(per_layer) // len(layers)]
             logits = torch.full((adl.n_units,), -4.0)

@@ -58,10 +58,10 @@ from speechbrain.utils.epoch_loop import EpochCounter
 from speechbrain.utils.metric_stats import ErrorRateStats
 
 from sb_prune import PruningBrain, convert
+from sb_prune.core.profiling import measure_latency
+from sb_prune.core.saved_model import load_exported
 from sb_prune.data.lm_text import prepare_lm_text
-from sb_prune.deploy.checkpoint import load_exported
 from sb_prune.hooks import CriterionPruning, LowRankCompression
-from sb_prune.reporting.profiling import measure_latency
 from sb_prune.training.schedules import Incremental, OneShot
 
 #: Sizes and budgets, one column per task and preset: LM quick, LM full,

@@ -266,7 +266,7 @@ def quick_models(config, target, folder):
 
 def measure(models, inputs, repeats):
     """MACs, latency and executed layers of every model at batch 1 and 8."""
-    from sb_prune.reporting.profiling import count_macs, measure_latency
+    from sb_prune.core.profiling import count_macs, measure_latency
 
     results = {name: {} for name in models}
     for batch in (1, 8):

@@ -3,7 +3,7 @@
 
 On a conformer-large-sized encoder (18 layers of 256, 4 heads, d_ffn 1024;
 10 s inputs, 250 frames after stacking), side by side in one run, with the
-one latency harness (``sb_prune.reporting.profiling``: interleaved calls,
+one latency harness (``sb_prune.core.profiling``: interleaved calls,
 warm-up, medians):
 
 * adaptive-dropout pruning (keep ratios like the recipe learns; exactness
@@ -53,17 +53,17 @@ from common import (
 )
 
 from sb_prune import convert
-from sb_prune.core.surgery import apply_plan
-from sb_prune.deploy.strip import strip_adaptive_dropout
-from sb_prune.methods.criteria.criteria import Magnitude, find_members
-from sb_prune.methods.low_rank.layer import LowRankLinear
-from sb_prune.methods.low_rank.speed import choose_ranks, measure_cost_table
-from sb_prune.reporting.profiling import (
+from sb_prune.core.profiling import (
     count_macs,
     measure_latency,
     speedups,
     timing_conditions,
 )
+from sb_prune.core.surgery import apply_plan
+from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
+from sb_prune.methods.criteria.criteria import Magnitude, find_members
+from sb_prune.methods.low_rank.layer import LowRankLinear
+from sb_prune.methods.low_rank.speed import choose_ranks, measure_cost_table
 
 AD_POINTS = ["ffn", "query", "value", "conv"]
 LOW_RANK_POINTS = ["ffn", "attention"]

@@ -31,7 +31,7 @@ learning rate 0 then the cut (row "no fine-tuning"), and for the methods
 named by ``--finetune`` the same run resumed with ``--ft_epochs`` epochs on
 ``--ft_utterances`` training utterances. Then the exported encoders' MACs
 and CPU latency at batch 1 and 8 (30 s input), interleaved in one process
-(``sb_prune.reporting.profiling.measure_latency``), as ratios to dense.
+(``sb_prune.core.profiling.measure_latency``), as ratios to dense.
 
 Usage: python benchmarks/whisper.py [--quick] [--convexity [--probe]]
        [--compress [--sizes S ...] [--finetune NAME ...]] [--json PATH]
@@ -305,8 +305,8 @@ def compress(args, work):
     ``--finetune``, is resumed with ``--ft_epochs`` more epochs on
     ``--ft_utterances`` training utterances.
     """
+    from sb_prune.core.profiling import count_macs, measure_latency
     from sb_prune.deploy.whisper import load_exported_encoder
-    from sb_prune.reporting.profiling import count_macs, measure_latency
 
     common = {
         "data_folder": args.data,

@@ -3,7 +3,7 @@
 :class:`LMRescorer` runs SpeechBrain's ``CTCBeamSearcher`` to get the
 ``nbest`` best hypotheses of each utterance with their CTC scores, scores
 each hypothesis with a character language model exported by the LM recipe
-(:func:`sb_prune.deploy.checkpoint.export_model` plus its
+(:func:`sb_prune.core.saved_model.export_model` plus its
 ``tokenizer.model``), and keeps the one with the best
 ``ctc + lm_weight * lm + length_bonus * characters``. It is how an ASR
 user applies the pruned LM: the LM recipe
@@ -19,7 +19,7 @@ import os
 import torch
 from speechbrain.decoders.ctc import CTCBeamSearcher
 
-from sb_prune.deploy.checkpoint import load_exported
+from sb_prune.core.saved_model import load_exported
 
 
 class LMRescorer:

@@ -14,9 +14,9 @@ from speechbrain.lobes.models.transformer.Conformer import (
 from test_asr_recipe import run_recipe
 
 import sb_prune
+from sb_prune.core.profiling import count_macs
 from sb_prune.methods.i3d.gates import GateRecorder
 from sb_prune.nn import GatedConformerEncoder, GatedConformerLayer
-from sb_prune.reporting.profiling import count_macs
 
 ALL_GATES = ["attention", "conv", "ffn"]
 BRANCHES = {
@@ -502,7 +502,7 @@ def test_predictor_learns_gates_that_depend_on_the_input():
     """Utterances whose feature 0 is positive gain from a branch, the others
     lose: trained through straight-through Gumbel gates, the predictor opens
     the gate for the first and closes it for the second."""
-    from sb_prune.methods.i3d.gated import GatePredictor, decide_gates
+    from sb_prune.methods.i3d.gating import GatePredictor, decide_gates
 
     torch.manual_seed(0)
     predictor = GatePredictor(8, n_gates=1, hidden_size=16)

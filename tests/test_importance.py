@@ -180,7 +180,7 @@ def test_group_norm_option_is_masked_and_recorded():
     assert norms[0].padding_mask is None
     record = describe(torch.nn.ModuleDict({"T": model}))
     assert record["T.encoder.layers.0.convolution_module.after_conv.0"] == {
-        "type": "ConvGroupNorm",
+        "type": "sb_prune.methods.conv_norm.group_norm.ConvGroupNorm",
         "groups": 4,
     }
     plain = torch.nn.ModuleDict({"T": tiny_conformer(layers=2)})

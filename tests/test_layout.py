@@ -1,35 +1,54 @@
-"""The package's layout rules: no import cycle, one place per model family.
+"""The package's layout rules, read from the source with ``ast``.
 
-Both read the source with ``ast`` (no import needed), so they check every
-module, including the ones a test run does not load.
+* no import cycle between modules, and packages import only their own
+  layer or the layers below (core -> data and training -> methods and
+  families -> analysis and federated -> deploy and reporting -> the public
+  namespaces and the command line; inside a layer, one direction only),
+  importlib strings included;
+* the classes of a model family are named only in its family module
+  (``sb_prune/families/``), docstrings and messages aside.
+
+Reading the source checks every module, including the ones a test run
+does not load.
 """
 
 import ast
 import pathlib
+import re
+
+from sb_prune.core.registry import families
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "sb_prune"
 
-#: SpeechBrain model classes whose knowledge belongs to the registry.
-SPEECHBRAIN_LAYERS = {
-    "ConformerEncoder",
-    "ConformerEncoderLayer",
-    "ConvolutionModule",
-    "MultiheadAttention",
-    "PositionalwiseFeedForward",
-    "RelPosMHAXL",
-    "TransformerDecoder",
-    "TransformerDecoderLayer",
-    "TransformerEncoder",
-    "TransformerEncoderLayer",
+#: Each package's layer: it may import its own layer and those below.
+LAYERS = {
+    "core": 0,
+    "data": 1,
+    "training": 1,
+    "methods": 2,
+    "families": 2,
+    "analysis": 3,
+    "federated": 3,
+    "deploy": 4,
+    "reporting": 4,
 }
-#: The registry and the converters (which build sb_prune modules from
-#: SpeechBrain ones) may name them.
-MAY_NAME_LAYERS = {
-    "core/specs.py",
-    "methods/adaptive_dropout/convert.py",
-    "methods/attention/convert.py",
-    "methods/conv_norm/group_norm.py",
-    "methods/i3d/gated.py",
+#: The public namespaces (``sb_prune``, ``sb_prune.hooks``, ``sb_prune.nn``,
+#: ``sb_prune.schedules``, ``sb_prune.importers``...) and the command line.
+TOP = 5
+#: Same-layer packages and the direction allowed between them.
+SAME_LAYER = {
+    ("families", "methods"),
+    ("federated", "analysis"),
+    ("reporting", "deploy"),
+}
+#: Classes of the Hugging Face Whisper family that its module alone uses
+#: besides the registered module types.
+FAMILY_WRAPPERS = {
+    "WhisperConfig",
+    "WhisperFeatureExtractor",
+    "WhisperForConditionalGeneration",
+    "WhisperModel",
+    "WhisperTokenizer",
 }
 
 
@@ -45,7 +64,7 @@ def sources():
 
 
 def imported_modules(path, known):
-    """sb_prune modules a file imports, anywhere in it (lazy ones too)."""
+    """sb_prune modules a file imports (lazy ones and importlib strings)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -53,6 +72,8 @@ def imported_modules(path, known):
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module]
             names += [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value] if "." in node.value else []
         else:
             continue
         found.update(name for name in names if name in known)
@@ -98,25 +119,95 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle(graph) == ["a", "b", "c", "a"]
 
 
-def named_layers(path):
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+def package_of(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "sb_prune"
+
+
+def layer_violations(graph):
+    found = set()
+    for source, targets in graph.items():
+        for target in targets:
+            a, b = package_of(source), package_of(target)
+            if a == b:
+                continue
+            low, high = LAYERS.get(a, TOP), LAYERS.get(b, TOP)
+            if high > low or (high == low and (a, b) not in SAME_LAYER):
+                found.add((a, b, source, target))
+    return sorted(found)
+
+
+def test_packages_import_only_their_layer_and_below():
+    assert layer_violations(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {
+        "sb_prune.core.a": {"sb_prune.methods.b"},
+        "sb_prune.methods.b": {"sb_prune.families.c"},
+        "sb_prune.families.c": {"sb_prune.methods.b"},
+        "sb_prune.cli.d": {"sb_prune.core.a"},
+    }
+    assert [v[:2] for v in layer_violations(graph)] == [
+        ("core", "methods"),
+        ("methods", "families"),
+    ]
+
+
+def family_class_names():
+    names = set(FAMILY_WRAPPERS)
+    for name, family in families().items():
+        if name != "sb_prune":
+            names.update(key.rsplit(".", 1)[-1] for key in family.types)
+    return names
+
+
+def docstrings(tree):
+    found = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body:
+            first = body[0]
+            if isinstance(first, ast.Expr) and isinstance(
+                first.value, ast.Constant
+            ):
+                found.add(id(first.value))
+    return found
+
+
+def named_classes(path, names):
+    """Family class names a file uses in code: identifiers, or strings
+    that are a class name or a qualified name (not docstrings, not
+    messages)."""
+    tree = ast.parse(path.read_text())
+    skip = docstrings(tree)
+    used = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.Name):
-            names.add(node.id)
+            used.add(node.id)
         elif isinstance(node, ast.Attribute):
-            names.add(node.attr)
+            used.add(node.attr)
         elif isinstance(node, ast.ImportFrom):
-            names.update(alias.name for alias in node.names)
-    return names & SPEECHBRAIN_LAYERS
+            used.update(alias.name for alias in node.names)
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in skip
+            and re.fullmatch(r"[\w.]+", node.value)
+        ):
+            used.add(node.value.rsplit(".", 1)[-1])
+    return used & names
 
 
-def test_only_the_registry_and_converters_name_speechbrain_layers():
+def test_family_classes_are_named_only_in_their_family_module():
+    names = family_class_names()
+    assert {"ConformerEncoderLayer", "WhisperDecoderLayer"} <= names
     offenders = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
-        if relative in MAY_NAME_LAYERS:
+        if relative.startswith("families/"):
             continue
-        names = named_layers(path)
-        if names:
-            offenders[relative] = sorted(names)
+        found = named_classes(path, names)
+        if found:
+            offenders[relative] = sorted(found)
     assert offenders == {}

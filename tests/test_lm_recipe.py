@@ -11,7 +11,7 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from sb_prune.deploy.checkpoint import load_exported
+from sb_prune.core.saved_model import load_exported
 from sb_prune.nn import LowRankLinear
 from sb_prune.rescoring import LMRescorer
 

@@ -10,8 +10,9 @@ from speechbrain.nnet.attention import PositionalwiseFeedForward
 from toy_brain import build_brain, fit
 
 from sb_prune import convert
+from sb_prune.core.profiling import count_macs
+from sb_prune.core.saved_model import load_exported
 from sb_prune.core.structure import describe, restore
-from sb_prune.deploy.checkpoint import load_exported
 from sb_prune.hooks import ActivationLowRank, LowRankCompression
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
@@ -22,7 +23,6 @@ from sb_prune.methods.low_rank.layer import (
     set_compression,
 )
 from sb_prune.nn import LowRankLinear
-from sb_prune.reporting.profiling import count_macs
 from sb_prune.training.schedules import Incremental
 
 

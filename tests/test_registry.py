@@ -50,6 +50,9 @@ class Stack(torch.nn.Module):
         return x
 
 
+WHISPER = "transformers.models.whisper.modeling_whisper."
+
+
 def keep_hidden(module, hidden):
     keep = torch.as_tensor(hidden)
     with torch.no_grad():
@@ -115,8 +118,12 @@ def test_a_registered_family_is_pruned_scored_and_recorded(family):
     assert torch.allclose(root["stack"](x), expected, atol=1e-6)
     apply_plan(root, {"stack": {"layers": [0, 2]}})
     record = describe(root)
-    assert record["stack"] == {"type": "Stack", "layers": 2}
-    assert record["stack.layers.0.mlp"] == {"type": "Bottleneck", "hidden": 4}
+    # Records name types by qualified name.
+    assert record["stack"] == {"type": f"{__name__}.Stack", "layers": 2}
+    assert record["stack.layers.0.mlp"] == {
+        "type": f"{__name__}.Bottleneck",
+        "hidden": 4,
+    }
     fresh = torch.nn.ModuleDict({"stack": Stack()})
     assert restore(fresh, record)
     fresh.load_state_dict(root.state_dict())
@@ -202,7 +209,7 @@ def test_whisper_encoder_is_one_entry_of_the_registry():
     assert encoder.config.encoder_layers == 2
     record = describe(root)
     assert record["whisper.layers.1"] == {
-        "type": "WhisperEncoderLayer",
+        "type": WHISPER + "WhisperEncoderLayer",
         "hidden": 29,
     }
     fresh = torch.nn.ModuleDict({"whisper": tiny_whisper_encoder()})
@@ -328,7 +335,7 @@ def test_whisper_heads_are_pruned_exactly_and_rebuilt():
         )
     record = describe(root)
     assert record["whisper.layers.2.self_attn"] == {
-        "type": "WhisperAttention",
+        "type": WHISPER + "WhisperAttention",
         "heads": 1,
     }
     fresh = torch.nn.ModuleDict({"whisper": tiny_whisper_encoder()})
@@ -337,3 +344,54 @@ def test_whisper_heads_are_pruned_exactly_and_rebuilt():
     with torch.no_grad():
         again = fresh["whisper"](features).last_hidden_state
     assert torch.equal(again, encoder(features).last_hidden_state)
+
+
+def test_a_type_belongs_to_one_family():
+    """A family module registering a type that another family owns fails,
+    naming the type and both families."""
+    from speechbrain.nnet.attention import PositionalwiseFeedForward
+
+    from sb_prune.core.registry import Family
+
+    with pytest.raises(ValueError) as error:
+        Family("Mine").register(PositionalwiseFeedForward, BOTTLENECK_SPEC)
+    message = str(error.value)
+    assert "PositionalwiseFeedForward" in message
+    assert "Mine" in message and "SpeechBrain Transformer" in message
+
+
+def test_an_old_record_whose_bare_name_matches_two_families_is_refused():
+    """Records written before qualified names carry bare class names; one
+    that two families register cannot be told apart and is refused by
+    name, while an unambiguous bare name still loads."""
+    from sb_prune.core.registry import Family, spec_named
+
+    class Linear(torch.nn.Linear):
+        """A second 'Linear' in another family."""
+
+    twin = Family("Twin")
+    twin.register(Linear, ModuleSpec(groups=()))
+    other = Family("Other")
+    other.register("some.package.LowRankLinear", ModuleSpec(groups=()))
+    try:
+        with pytest.raises(ValueError, match="'LowRankLinear' matches"):
+            spec_named("LowRankLinear")
+        assert spec_named("sb_prune.methods.low_rank.layer.LowRankLinear")
+        assert spec_named("Linear").family == "Twin"
+    finally:
+        unregister(Linear)
+        unregister("some.package.LowRankLinear")
+    assert spec_named("LowRankLinear").groups == ("rank",)
+
+
+def test_a_record_with_bare_names_still_loads(family):
+    """Records written by the previous version (bare type names) load."""
+    root = torch.nn.ModuleDict({"stack": Stack()})
+    apply_plan(root, {"stack": {"layers": [0, 2]}})
+    old = {
+        path: {**entry, "type": entry["type"].rsplit(".", 1)[-1]}
+        for path, entry in describe(root).items()
+    }
+    fresh = torch.nn.ModuleDict({"stack": Stack()})
+    assert restore(fresh, old)
+    assert len(fresh["stack"].layers) == 2

@@ -128,7 +128,7 @@ def test_record_mismatch_names_the_module():
 
 
 def test_strip_adaptive_dropout_keeps_outputs():
-    from sb_prune.deploy.strip import strip_adaptive_dropout
+    from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 
     model = convert(
         tiny_conformer(layers=2), adaptive_dropout={"points": POINTS}
@@ -156,7 +156,7 @@ def test_whisper_ffn_adaptive_dropout_pruned_equals_masked():
     exactly; the stripped encoder loads into a plain one."""
     from helpers import tiny_whisper
 
-    from sb_prune.deploy.strip import strip_adaptive_dropout
+    from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 
     encoder = tiny_whisper().model.encoder
     convert(encoder, adaptive_dropout={"points": ["ffn"]})

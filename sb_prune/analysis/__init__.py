@@ -2,11 +2,16 @@
 
 Analyses of representations: graph and Euclidean convexity of class regions
 (for convexity-based layer pruning) and the pooling they rely on; the
-``ConvexityScoring`` and ``LayerCut`` hooks, the layer-cut rules and the
-hidden-state extraction behind them (imported on first use, so the
-convexity functions stay light). Layer importance (ambient and critical
-layers, weight change): ``LayerImportance``, the ``WeightChangeTracker``
-hook and ``BrainEvaluator`` (also imported on first use).
+hidden-state extraction behind the ``ConvexityScoring`` hook (imported on
+first use, so the convexity functions stay light). Layer importance
+(ambient and critical layers, weight change): ``LayerImportance`` and
+``BrainEvaluator`` (also imported on first use).
+
+Hooks have one public namespace, :mod:`sb_prune.hooks`
+(``!new:sb_prune.hooks.ConvexityScoring``, ``LayerCut``,
+``WeightChangeTracker``); their names here, and ``GateRecorder``,
+``choose_layers``, ``find_layer_stack`` and ``register_layer_stack``, are
+aliases kept so that older hparams files keep loading.
 
 Authors
  * sb_prune developers

@@ -1,10 +1,10 @@
 """Find encoders and their layer stacks: one way, everywhere.
 
-A *layer stack* is a module whose type the registry knows as one
-(``ConformerEncoder``, ``TransformerEncoder``, the Hugging Face wav2vec2,
-HuBERT, WavLM and Whisper encoders, or a type registered with
-:func:`sb_prune.core.registry.register_layer_stack`). Importance analysis,
-federated dropout, layer cuts, convexity and reports find them here.
+A *layer stack* is a module whose type a family registers as one (the
+encoders and decoders of :mod:`sb_prune.families`, or a type registered
+with :func:`sb_prune.core.registry.register_layer_stack`). Importance
+analysis, federated dropout, layer cuts, convexity and reports find them
+here; "the encoder" is an encoder stack (a decoder's is found by its path).
 
 Authors
  * sb_prune developers
@@ -13,13 +13,15 @@ Authors
 from sb_prune.core.registry import spec_of
 
 
-def layer_stacks(root):
+def layer_stacks(root, role="encoder"):
     """Return ``[(path, stack)]`` of every layer stack under ``root``.
 
     Arguments
     ---------
     root : torch.nn.Module
         A model or the Brain's ModuleDict.
+    role : str or None
+        ``encoder`` or ``decoder`` stacks; None: both.
 
     Returns
     -------
@@ -40,7 +42,8 @@ def layer_stacks(root):
     for path, module in root.named_modules():
         spec = spec_of(module)
         if spec is not None and spec.is_layer_stack:
-            stacks.append((path, module))
+            if role is None or spec.role == role:
+                stacks.append((path, module))
     return stacks
 
 
@@ -53,8 +56,9 @@ def find_layer_stack(root, path=None, key="encoder"):
         Usually the Brain's unwrapped ModuleDict.
     path : str, optional
         Dotted path of the stack (e.g. ``Transformer.encoder`` or, for a
-        SpeechBrain wav2vec2 wrapper, ``wav2vec2.model.encoder``). Default:
-        the only layer stack under ``root``.
+        SpeechBrain wav2vec2 wrapper, ``wav2vec2.model.encoder``; a
+        decoder's stack too). Default: the only encoder stack under
+        ``root``.
     key : str
         The YAML key or argument that sets ``path``, for the messages.
 
@@ -95,7 +99,7 @@ def find_layer_stack(root, path=None, key="encoder"):
                 "sb_prune.core.registry.register_layer_stack)"
             )
         return path, module
-    stacks = layer_stacks(root)
+    stacks = layer_stacks(root, role="encoder")
     if len(stacks) != 1:
         found = [p for p, _ in stacks]
         raise ValueError(

@@ -5,30 +5,44 @@ many go -> surgery removes them -> the structure record is updated*. What
 that takes for one module type is a :class:`ModuleSpec`: the groups it has
 (units, heads, layers, ranks), how to remove them, how to read and write
 its structure record entry, and, for criteria, how to count, score and
-plan its members and which module consumes their outputs; for an encoder
-layer type, the modules inside it (``layer_modules``). Surgery,
-structure records, criteria, low rank, federated dropout, importance
-analysis and layer cuts all read these specs; outside the registry, only
-the converters (which build sb_prune modules from SpeechBrain ones) name a
-SpeechBrain layer class (``tests/test_layout.py`` checks it).
+plan its members and which module consumes their outputs; for a layer
+type, the modules inside it (``layer_modules``); and the *answers* its
+model family gives the methods (where adaptive-dropout masks go, how its
+attention becomes prunable, how an I3D gate wraps its branches...) or the
+reasons it refuses them.
 
-The built-in entries live in :mod:`sb_prune.core.specs` and are loaded on
-the first look-up (no import order to respect). Teach sb_prune a model
-family of your own with :func:`register` (see CONTRIBUTING.md).
+Specs come in families: each module of :mod:`sb_prune.families` is one
+model family (SpeechBrain Conformer, Transformer, Branchformer, Hugging
+Face Whisper, wav2vec2/HuBERT/WavLM, ``torch.nn.TransformerEncoderLayer``,
+and sb_prune's own modules) and registers its types with a
+:class:`Family`. The registry loads the families on its first look-up,
+from the ``sb_prune.model_families`` entry-point group (``setup.py``), so
+that this module imports nothing above it and a package of your own can
+add a family the same way. Teach sb_prune a type in your own code with
+:func:`register` (see CONTRIBUTING.md).
 
 Authors
  * sb_prune developers
 """
 
 import copy
-import importlib
+from importlib import import_module
+from importlib.metadata import entry_points
 
 import torch
 
-#: The criterion groups a spec can belong to.
-CRITERION_GROUPS = ("ffn", "heads", "layers")
+#: The criterion groups a spec can belong to (``decoder_layers``: the
+#: layers of a decoder's stack; ``layers``: those of an encoder's).
+CRITERION_GROUPS = ("ffn", "heads", "layers", "decoder_layers")
+#: The criterion groups of layer stacks.
+LAYER_GROUPS = ("layers", "decoder_layers")
+#: The entry-point group the families are loaded from.
+FAMILY_ENTRY_POINTS = "sb_prune.model_families"
+#: The family of the types registered by :func:`register`.
+USER_FAMILY = "your own"
 
 _SPECS = {}
+_FAMILIES = {}
 _builtins_loaded = False
 
 
@@ -87,6 +101,16 @@ class ModuleSpec:
         ``(module, record entry) -> module or None``: build a module of this
         type in place of another one (e.g. a Linear that a conversion
         during training replaced), so a structure record restores it.
+    role : str, optional
+        For a layer stack or a layer type: ``encoder`` (default) or
+        ``decoder``. Methods that find "the encoder" look at encoder
+        stacks only; criteria prune decoder stacks with the group
+        ``decoder_layers``.
+    answers : dict, optional
+        ``{method: answer}``: what the type's family answers a method
+        (see :meth:`answer`); each method documents the answer it asks.
+    refusals : dict, optional
+        ``{method: reason}``: methods the type cannot take, and why.
 
     Example
     -------
@@ -117,12 +141,17 @@ class ModuleSpec:
         low_rank_point=None,
         layer_modules=None,
         replaces=None,
+        role="encoder",
+        answers=None,
+        refusals=None,
     ):
         if criterion_group not in (None, *CRITERION_GROUPS):
             raise ValueError(
                 f"criterion_group must be one of {CRITERION_GROUPS}, got "
                 f"{criterion_group!r}"
             )
+        if role not in ("encoder", "decoder"):
+            raise ValueError(f"role must be encoder or decoder, got {role!r}")
         self.groups = tuple(groups)
         self.prune = prune
         self.get_structure = get_structure
@@ -141,16 +170,52 @@ class ModuleSpec:
         self.layer_modules = layer_modules and {
             name: list(paths) for name, paths in layer_modules.items()
         }
+        self.role = role
+        self.answers = dict(answers or {})
+        self.refusals = dict(refusals or {})
+        #: Set when a family registers the spec.
+        self.family = None
+        self.type_name = None
 
     @property
     def is_encoder_layer(self):
-        """Whether the type is an encoder layer (has ``layer_modules``)."""
-        return self.layer_modules is not None
+        """Whether the type is an encoder layer (``layer_modules``)."""
+        return self.layer_modules is not None and self.role == "encoder"
 
     @property
     def is_layer_stack(self):
-        """Whether the type holds a stack of encoder layers."""
-        return self.criterion_group == "layers"
+        """Whether the type holds a stack of layers (encoder or decoder)."""
+        return self.criterion_group in LAYER_GROUPS
+
+    def answer(self, method):
+        """Return the family's answer to ``method``, or raise naming both.
+
+        Arguments
+        ---------
+        method : str
+            The method (its ``sb_prune.convert`` key or hook name).
+
+        Returns
+        -------
+        object
+            The answer (a callable, or what the method documents).
+
+        Example
+        -------
+        >>> spec = ModuleSpec(groups=(), refusals={"gates": "no branches"})
+        >>> spec.type_name, spec.family = "Thing", "Toy"
+        >>> spec.answer("gates")
+        Traceback (most recent call last):
+        ...
+        ValueError: gates: the Toy family cannot (Thing): no branches
+        """
+        if method in self.answers:
+            return self.answers[method]
+        reason = self.refusals.get(method, "its family module has no answer")
+        raise ValueError(
+            f"{method}: the {self.family} family cannot ({self.type_name}): "
+            f"{reason}"
+        )
 
     def require(self, part, method, type_name):
         """Return the callable ``part``, or raise naming the method and type.
@@ -178,15 +243,105 @@ class ModuleSpec:
         return value
 
 
-def _qualified(module_type):
-    """The registry key of a class, or of a qualified name given as is."""
+def qualified_name(module_type):
+    """The registry key of a class: its module and qualified name.
+
+    Arguments
+    ---------
+    module_type : type or str
+        A class, or a qualified name given as is.
+
+    Returns
+    -------
+    str
+        ``package.module.Class``.
+
+    Example
+    -------
+    >>> qualified_name(torch.nn.Linear)
+    'torch.nn.modules.linear.Linear'
+    """
     if isinstance(module_type, str):
         return module_type
     return f"{module_type.__module__}.{module_type.__qualname__}"
 
 
+class Family:
+    """A model family: the module types it registers and its refusals.
+
+    A family module (one of :mod:`sb_prune.families`, or a package of
+    yours listed under the ``sb_prune.model_families`` entry points)
+    builds one and registers each of its types once.
+
+    Arguments
+    ---------
+    name : str
+        The family's name, as errors and the conformance matrix show it.
+
+    Example
+    -------
+    >>> toy = Family("Toy")
+    >>> class Thing(torch.nn.Module):
+    ...     pass
+    >>> toy.register(Thing, ModuleSpec(groups=()))
+    >>> family_of(Thing()).name
+    'Toy'
+    >>> toy.register(Thing, ModuleSpec(groups=()))
+    Traceback (most recent call last):
+    ...
+    ValueError: The Toy family registers ...Thing, which the Toy family...
+    >>> unregister(Thing)
+    """
+
+    def __init__(self, name):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Family name must be a string, got {name!r}")
+        self.name = name
+        self.types = []
+
+    def __repr__(self):
+        return f"Family({self.name!r})"
+
+    def register(self, module_type, spec):
+        """Register the spec of one of the family's module types.
+
+        Arguments
+        ---------
+        module_type : type or str
+            The class, or its qualified name (``package.module.Class``)
+            for a class whose package may not be installed or imported.
+        spec : ModuleSpec
+            What sb_prune knows about it.
+        """
+        key = qualified_name(module_type)
+        owner = _SPECS.get(key)
+        if owner is not None:
+            raise ValueError(
+                f"The {self.name} family registers {key}, which the "
+                f"{owner.family} family registered already: a type belongs "
+                "to one family"
+            )
+        _add(key, spec, self)
+
+
+def _add(key, spec, family):
+    if not isinstance(spec, ModuleSpec):
+        raise ValueError(
+            f"register: spec must be a ModuleSpec, got {type(spec).__name__}"
+        )
+    spec.family = family.name
+    spec.type_name = key.rsplit(".", 1)[-1]
+    _SPECS[key] = spec
+    _FAMILIES.setdefault(family.name, family)
+    if key not in family.types:
+        family.types.append(key)
+
+
 def register(module_type, spec):
     """Register the spec of a module type (subclasses are matched too).
+
+    Your own entry: it replaces a built-in family's entry for the same
+    type (the built-in families load first).
 
     Arguments
     ---------
@@ -209,11 +364,11 @@ def register(module_type, spec):
     >>> unregister(Stack)
     """
     _load_builtins()  # a user's entry must not be replaced by a built-in
-    if not isinstance(spec, ModuleSpec):
-        raise ValueError(
-            f"register: spec must be a ModuleSpec, got {type(spec).__name__}"
-        )
-    _SPECS[_qualified(module_type)] = spec
+    key = qualified_name(module_type)
+    previous = _SPECS.get(key)
+    if previous is not None and previous.family != USER_FAMILY:
+        _FAMILIES[previous.family].types.remove(key)
+    _add(key, spec, _FAMILIES.get(USER_FAMILY) or Family(USER_FAMILY))
 
 
 def unregister(module_type):
@@ -224,16 +379,43 @@ def unregister(module_type):
     module_type : type or str
         As given to :func:`register`.
     """
-    _SPECS.pop(_qualified(module_type), None)
+    key = qualified_name(module_type)
+    spec = _SPECS.pop(key, None)
+    if spec is not None and key in _FAMILIES[spec.family].types:
+        _FAMILIES[spec.family].types.remove(key)
 
 
 def _load_builtins():
     global _builtins_loaded
-    if not _builtins_loaded:
-        # specs registers while it is imported: those calls find the module
-        # already in sys.modules and do not import it again.
-        importlib.import_module("sb_prune.core.specs")
-        _builtins_loaded = True
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    found = entry_points(group=FAMILY_ENTRY_POINTS)
+    if not found:
+        raise RuntimeError(
+            f"No sb_prune model family is installed (entry points "
+            f"{FAMILY_ENTRY_POINTS!r}): install sb_prune (pip install -e . "
+            "in a checkout) rather than running it from its source folder"
+        )
+    for entry in sorted(found, key=lambda e: e.name):
+        import_module(entry.value)
+
+
+def families():
+    """Return the registered families, by name.
+
+    Returns
+    -------
+    dict
+        ``{name: Family}``.
+
+    Example
+    -------
+    >>> "SpeechBrain Conformer" in families()
+    True
+    """
+    _load_builtins()
+    return dict(_FAMILIES)
 
 
 def spec_of(module):
@@ -261,24 +443,50 @@ def spec_of(module):
     """
     _load_builtins()
     for module_type in type(module).__mro__:
-        spec = _SPECS.get(_qualified(module_type))
+        spec = _SPECS.get(qualified_name(module_type))
         if spec is not None:
             return spec
     return None
 
 
-def spec_named(type_name):
-    """Return the spec of the registered type with this class name, or None.
+def family_of(module):
+    """Return the family of a module's type, or None.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        Any module.
+
+    Returns
+    -------
+    Family or None
+        The family that registered its type.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> family_of(PositionalwiseFeedForward(8, input_size=4)).name
+    'SpeechBrain Transformer'
+    """
+    spec = spec_of(module)
+    return None if spec is None else _FAMILIES[spec.family]
+
+
+def spec_named(type_name, source="structure record"):
+    """Return the spec of the type a structure record names, or None.
 
     Arguments
     ---------
     type_name : str
-        A class name as structure records store it.
+        A qualified class name (what records store), or a bare class name
+        (records written before they were qualified).
+    source : str
+        Where the name comes from, for the message.
 
     Returns
     -------
     ModuleSpec or None
-        The spec (the first registered, if several classes share the name).
+        The spec.
 
     Example
     -------
@@ -286,10 +494,43 @@ def spec_named(type_name):
     ('rank',)
     """
     _load_builtins()
-    for key, spec in _SPECS.items():
-        if key.rsplit(".", 1)[-1] == type_name:
-            return spec
-    return None
+    if "." in type_name:
+        return _SPECS.get(type_name)
+    matches = [k for k in _SPECS if k.rsplit(".", 1)[-1] == type_name]
+    if len({_SPECS[k].family for k in matches}) > 1:
+        raise ValueError(
+            f"{source}: the bare type name {type_name!r} matches "
+            f"{sorted(matches)} of several families; save the record again "
+            "with this version of sb_prune (it writes qualified names)"
+        )
+    return _SPECS[matches[0]] if matches else None
+
+
+def type_matches(module, type_name):
+    """Whether a record's type name (qualified or bare) names ``module``'s.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        A module.
+    type_name : str
+        As :func:`spec_named` takes it.
+
+    Returns
+    -------
+    bool
+        True if it names the module's class.
+
+    Example
+    -------
+    >>> type_matches(torch.nn.Linear(1, 1), "torch.nn.modules.linear.Linear")
+    True
+    >>> type_matches(torch.nn.Linear(1, 1), "Linear")
+    True
+    """
+    if "." in type_name:
+        return qualified_name(type(module)) == type_name
+    return type(module).__name__ == type_name
 
 
 def layer_spec(module):
@@ -335,10 +576,69 @@ def require_module_spec(module, method):
     if spec is None:
         raise ValueError(
             f"{method}: sb_prune has no spec for {type(module).__name__} "
-            f"({_qualified(type(module))}); "
+            f"({qualified_name(type(module))}); "
             + how_to_register(type(module).__name__)
         )
     return spec
+
+
+def answers_under(root, method, select=None, missing=None):
+    """The answers of the modules under ``root`` to a method.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        A model.
+    method : str
+        The method asking (its ``sb_prune.convert`` key or hook name).
+    select : callable, optional
+        ``spec -> bool``: the modules that must answer (e.g. encoder
+        layers); a selected module whose family refuses raises. Default:
+        the modules whose spec answers.
+    missing : str, optional
+        What the model lacks when nothing answers, for the message.
+
+    Returns
+    -------
+    list of tuple
+        ``(path, module, answer)`` in module order (each module once).
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder)
+    >>> answers_under(TransformerEncoder(1, 2, 8, d_model=4), "conv_norm")
+    Traceback (most recent call last):
+    ...
+    ValueError: conv_norm: the model's SpeechBrain Transformer family ...
+    """
+    found, refused = [], {}
+    for path, module in root.named_modules():
+        spec = spec_of(module)
+        if spec is None:
+            continue
+        if select is None and method not in spec.answers:
+            if method in spec.refusals:
+                refused.setdefault(spec.family, spec.refusals[method])
+            continue
+        if select is not None and not select(spec):
+            continue
+        found.append((path, module, spec.answer(method)))
+    if not found:
+        present = sorted(
+            {spec.family for spec in map(spec_of, root.modules()) if spec}
+            - {"sb_prune"}
+        )
+        reasons = "; ".join(
+            f"{family}: {reason}" for family, reason in refused.items()
+        )
+        families_found = ", ".join(present) or "unknown"
+        detail = "; ".join(filter(None, [missing, reasons]))
+        raise ValueError(
+            f"{method}: the model's {families_found} family has nothing it "
+            f"can take ({detail or 'no module of the model answers it'})"
+        )
+    return found
 
 
 def how_to_register(type_name):
@@ -361,25 +661,33 @@ def how_to_register(type_name):
     )
 
 
-def _keep_layers(stack, layers):
+def _keep_layers(stack, layers, after_cut):
     kept = [stack.layers[int(i)] for i in layers]
     if not kept:
         raise ValueError("Cannot remove every layer of an encoder")
     stack.layers = type(stack.layers)(kept)
-    _sync_config(stack)
+    after_cut(stack)
 
 
-def _set_layer_count(stack, spec):
+def _set_layer_count(stack, spec, after_cut):
     layers = list(stack.layers)
     wanted = spec["layers"]
     while len(layers) < wanted:
         layers.append(copy.deepcopy(layers[-1]))
     stack.layers = type(stack.layers)(layers[:wanted])
-    _sync_config(stack)
+    after_cut(stack)
 
 
-def _sync_config(stack):
-    """Keep a Hugging Face ``config.num_hidden_layers`` in step."""
+def sync_num_hidden_layers(stack):
+    """Keep a Hugging Face ``config.num_hidden_layers`` in step.
+
+    The default ``after_cut`` of :func:`layer_stack_spec`.
+
+    Arguments
+    ---------
+    stack : torch.nn.Module
+        A layer stack, with a ``config`` or without.
+    """
     config = getattr(stack, "config", None)
     if config is not None and hasattr(config, "num_hidden_layers"):
         config.num_hidden_layers = len(stack.layers)
@@ -393,14 +701,25 @@ def _layer_rms(stack):
     return torch.stack([rms(layer) for layer in stack.layers])
 
 
-def layer_stack_spec():
+def layer_stack_spec(after_cut=None, role="encoder", **more):
     """The spec of a module holding its layers in a ``layers`` ModuleList.
 
     Its forward must loop over ``self.layers``. Group ``layers`` (the
     indices of the layers to keep, in order); structure ``{"layers":
-    count}``; a Hugging Face ``config.num_hidden_layers`` follows the
-    count. Magnitude scores a layer by the root-mean-square of its weight
-    matrices.
+    count}``. Magnitude scores a layer by the root-mean-square of its
+    weight matrices.
+
+    Arguments
+    ---------
+    after_cut : callable, optional
+        ``stack -> None``: what the family must update once the stack
+        holds other layers (a configuration's layer count, layer indices);
+        default :func:`sync_num_hidden_layers`.
+    role : str
+        ``encoder`` (criterion group ``layers``) or ``decoder``
+        (``decoder_layers``).
+    **more
+        Other :class:`ModuleSpec` arguments (``answers``, ``refusals``).
 
     Returns
     -------
@@ -417,15 +736,20 @@ def layer_stack_spec():
     >>> spec.get_structure(stack)
     {'layers': 2}
     """
+    after_cut = after_cut or sync_num_hidden_layers
     return ModuleSpec(
         groups=("layers",),
-        prune=_keep_layers,
+        prune=lambda stack, layers: _keep_layers(stack, layers, after_cut),
         get_structure=lambda stack: {"layers": len(stack.layers)},
-        set_structure=_set_layer_count,
-        criterion_group="layers",
+        set_structure=lambda stack, spec: _set_layer_count(
+            stack, spec, after_cut
+        ),
+        criterion_group="layers" if role == "encoder" else "decoder_layers",
         count=lambda stack: len(stack.layers),
         member_plan=lambda stack, kept: {"layers": kept},
         magnitude=_layer_rms,
+        role=role,
+        **more,
     )
 
 

@@ -19,7 +19,13 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import how_to_register, spec_named, spec_of
+from sb_prune.core.registry import (
+    how_to_register,
+    qualified_name,
+    spec_named,
+    spec_of,
+    type_matches,
+)
 
 
 def _structure_spec(module):
@@ -40,7 +46,7 @@ def describe(root):
     Returns
     -------
     dict
-        ``{path: {"type": class name, **sizes}}``.
+        ``{path: {"type": qualified class name, **sizes}}``.
 
     Example
     -------
@@ -48,14 +54,15 @@ def describe(root):
     >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
     >>> ffn = PositionalwiseFeedForward(d_ffn=8, input_size=4)
     >>> describe(torch.nn.ModuleDict({"ffn": ffn}))
-    {'ffn': {'type': 'PositionalwiseFeedForward', 'hidden': 8}}
+    {'ffn': {'type': 'speechbrain.nnet.attention.PositionalwiseFeedForward', \
+'hidden': 8}}
     """
     record = {}
     for path, module in root.named_modules():
         spec = _structure_spec(module)
         if spec is not None:
             sizes = spec.get_structure(module)
-            record[path] = {"type": type(module).__name__, **sizes}
+            record[path] = {"type": qualified_name(type(module)), **sizes}
     return record
 
 
@@ -70,7 +77,9 @@ def restore(root, record):
     root : torch.nn.Module
         The same root that :func:`describe` was given.
     record : dict
-        A record from :func:`describe`.
+        A record from :func:`describe` (records that name types by their
+        bare class name, as sb_prune wrote them before qualified names,
+        load too).
 
     Returns
     -------
@@ -84,7 +93,8 @@ def restore(root, record):
     >>> root = torch.nn.ModuleDict(
     ...     {"ffn": PositionalwiseFeedForward(d_ffn=8, input_size=4)}
     ... )
-    >>> spec = {"type": "PositionalwiseFeedForward", "hidden": 3}
+    >>> spec = {"type": "speechbrain.nnet.attention.PositionalwiseFeedForward",
+    ...         "hidden": 3}
     >>> restore(root, {"ffn": spec})
     True
     >>> root["ffn"].ffn[0]
@@ -94,6 +104,7 @@ def restore(root, record):
     for path in sorted(record, key=lambda p: (p.count(".") if p else -1, p)):
         spec = dict(record[path])
         expected_type = spec.pop("type")
+        name = _named(expected_type)
         try:
             module = root.get_submodule(path)
         except AttributeError as error:
@@ -102,13 +113,13 @@ def restore(root, record):
                 "model does not have: build the model with the same "
                 "sb_prune.convert options as the checkpoint"
             ) from error
-        if type(module).__name__ != expected_type:
+        if not type_matches(module, expected_type):
             replaced = _replace(root, path, module, expected_type, spec)
             changed = changed or replaced is not module
             module = replaced
-        if type(module).__name__ != expected_type:
+        if not type_matches(module, expected_type):
             raise ValueError(
-                f"The structure record expects a {expected_type} at "
+                f"The structure record expects a {name} at "
                 f"'{path}' but the model has a {type(module).__name__}: "
                 "build the model with the same sb_prune.convert options as "
                 "the checkpoint"
@@ -116,14 +127,20 @@ def restore(root, record):
         handler = _structure_spec(module)
         if handler is None:
             raise ValueError(
-                f"The structure record names a {expected_type} at '{path}', "
+                f"The structure record names a {name} at '{path}', "
                 "a module type sb_prune has no spec for: "
-                + how_to_register(expected_type)
+                + how_to_register(expected_type.rsplit(".", 1)[-1])
             )
         if handler.get_structure(module) != spec:
             handler.set_structure(module, spec)
             changed = True
     return changed
+
+
+def _named(type_name):
+    """``Class (package.module.Class)`` for a qualified name."""
+    bare = type_name.rsplit(".", 1)[-1]
+    return bare if bare == type_name else f"{bare} ({type_name})"
 
 
 def _replace(root, path, module, expected_type, spec):
@@ -152,11 +169,11 @@ def summarize(record):
 
     Example
     -------
-    >>> print(summarize({"a.ffn": {"type": "FFN", "hidden": 3}}))
+    >>> print(summarize({"a.ffn": {"type": "my.blocks.FFN", "hidden": 3}}))
     a.ffn  FFN  hidden=3
     """
     lines = []
     for path, spec in record.items():
         sizes = " ".join(f"{k}={v}" for k, v in spec.items() if k != "type")
-        lines.append(f"{path}  {spec['type']}  {sizes}")
+        lines.append(f"{path}  {spec['type'].rsplit('.', 1)[-1]}  {sizes}")
     return "\n".join(lines)

@@ -4,10 +4,10 @@ Pruning is expressed as a *plan*: ``{module path: {group: kept indices}}``,
 for example ``{"Transformer.encoder.layers.0.ffn_module1.1": {"hidden":
 tensor([0, 2, 5])}}``. :func:`apply_plan` hands each entry to the ``prune``
 of the module type's spec (:mod:`sb_prune.core.registry`; the groups of
-each type are listed in :mod:`sb_prune.core.specs`). Every pruning method
-(adaptive dropout, magnitude or Taylor criteria, low rank, layer cuts)
-produces a plan, so they all share the same surgery and the same structure
-record.
+each type are listed in its family module, :mod:`sb_prune.families`).
+Every pruning method (adaptive dropout, magnitude or Taylor criteria, low
+rank, layer cuts) produces a plan, so they all share the same surgery and
+the same structure record.
 
 Authors
  * sb_prune developers

@@ -40,7 +40,7 @@ from sb_prune.core.checkpoints import (
 )
 from sb_prune.core.structure import describe, restore
 from sb_prune.deploy.hparams_subset import dump, keep_keys, load, tagged
-from sb_prune.deploy.strip import strip_adaptive_dropout
+from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 from sb_prune.methods.convert import convert, recorded_conversions
 from sb_prune.training.speechbrain_api import (
     copy_normalizer_statistics,

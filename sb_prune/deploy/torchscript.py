@@ -14,8 +14,8 @@ Authors
 
 import torch
 
-from sb_prune.methods.i3d.gated import GatedConformerLayer
-from sb_prune.reporting.profiling import measure_latency
+from sb_prune.core.profiling import measure_latency
+from sb_prune.methods.i3d.gating import GatedLayer
 
 #: Trace inputs: (batch, seconds) of the example and of the check.
 _EXAMPLE, _CHECK = (1, 4.0), (3, 6.5)
@@ -166,10 +166,7 @@ def trace_ctc_encoder(hparams, atol=1e-4):
         For I3D gated encoders, or when the trace does not reproduce the
         model on the check input.
     """
-    if any(
-        isinstance(m, GatedConformerLayer)
-        for m in hparams["Transformer"].modules()
-    ):
+    if any(isinstance(m, GatedLayer) for m in hparams["Transformer"].modules()):
         raise ValueError(
             "I3D gated encoders choose per utterance which modules run; a "
             "TorchScript trace would freeze those choices: export them "

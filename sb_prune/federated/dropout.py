@@ -48,7 +48,7 @@ from sb_prune.core.validation import (
 MODES = ("none", "uniform", "importance")
 
 #: The unit kinds federated dropout may thin (modules of encoder layers
-#: named by their spec's ``layer_modules``, :mod:`sb_prune.core.specs`).
+#: named by their spec's ``layer_modules``, :mod:`sb_prune.families`).
 DROPPABLE_UNITS = ("ffn1", "ffn2", "ffn", "attention")
 #: The criterion groups of the modules it thins.
 _THINNED = ("ffn", "heads")

@@ -20,7 +20,7 @@ from sb_prune.core.validation import check_keys
 from sb_prune.methods.adaptive_dropout.convert import add_adaptive_dropout
 from sb_prune.methods.attention.convert import add_prunable_attention
 from sb_prune.methods.conv_norm.group_norm import set_conv_norm
-from sb_prune.methods.i3d.gated import add_dynamic_depth
+from sb_prune.methods.i3d.convert import add_dynamic_depth
 from sb_prune.methods.low_rank.convert import add_low_rank
 
 
@@ -59,7 +59,7 @@ def convert(model, **methods):
         :func:`add_low_rank`), ``conv_norm`` (see
         :func:`~sb_prune.methods.conv_norm.group_norm.set_conv_norm`),
         ``dynamic_depth`` (I3D gates, see
-        :func:`~sb_prune.methods.i3d.gated.add_dynamic_depth`).
+        :func:`~sb_prune.methods.i3d.convert.add_dynamic_depth`).
 
     Returns
     -------

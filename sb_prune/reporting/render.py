@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from sb_prune.core.profiling import count_macs, measure_latency
 from sb_prune.deploy.pretrained import exported_from
-from sb_prune.reporting.profiling import count_macs, measure_latency
 
 REPORT = "REPORT.md"
 #: Input for latency and MACs: a batch of 8 utterances of 10 s. The demo's
@@ -119,7 +119,7 @@ def _load_asr_model(run_folder):
     from hyperpyyaml import load_hyperpyyaml
 
     from sb_prune.deploy.pretrained import load_evaluated_checkpoints
-    from sb_prune.deploy.strip import strip_adaptive_dropout
+    from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 
     with open(run_folder / "hyperparams.yaml", encoding="utf-8") as handle:
         hparams = load_hyperpyyaml(handle)

@@ -11,10 +11,7 @@ import torch
 
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.structure import describe, summarize
-from sb_prune.methods.adaptive_dropout.convert import (
-    adaptive_dropout_points,
-    conformer_layers,
-)
+from sb_prune.methods.adaptive_dropout.convert import masked_layers
 
 
 def count_parameters(module):
@@ -56,7 +53,7 @@ def plot_retention(model, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [adaptive_dropout_points(lay) for lay in conformer_layers(model)]
+    points = [masks for _, masks in masked_layers(model)]
     names = sorted({name for layer in points for name in layer})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for offset, name in enumerate(names):
@@ -134,8 +131,8 @@ def keep_ratios(model):
         model without adaptive dropout).
     """
     ratios = {}
-    for layer in conformer_layers(model):
-        for point, adl in adaptive_dropout_points(layer).items():
+    for _, masks in masked_layers(model):
+        for point, adl in masks.items():
             kept = round(adl.n_units / adl.initial_units, 4)
             ratios.setdefault(point, []).append(kept)
     return ratios

@@ -37,9 +37,9 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 import sb_prune
+from sb_prune.core.saved_model import export_model
 from sb_prune.data.lm_text import prepare_lm_text
 from sb_prune.data.tokenizer import train_tokenizer
-from sb_prune.deploy.checkpoint import export_model
 from sb_prune.reporting.summary import count_parameters
 
 

@@ -42,10 +42,10 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 import sb_prune
 from sb_prune.analysis import masked_mean_pool
 from sb_prune.core.checkpoints import read_structure
+from sb_prune.core.profiling import count_macs
 from sb_prune.core.structure import restore
 from sb_prune.data import read_labels
 from sb_prune.data.librispeech import split_rows
-from sb_prune.reporting.profiling import count_macs
 from sb_prune.reporting.summary import count_parameters
 
 logger = logging.getLogger(__name__)

@@ -1,36 +1,19 @@
-"""Insert adaptive dropout layers into Conformer encoder layers.
+"""Insert adaptive dropout layers into the encoder layers of a model.
+
+Where the masks go in a layer is its family's answer (a
+:class:`~sb_prune.methods.adaptive_dropout.points.MaskPoints`, see
+:mod:`sb_prune.families`); this module validates the options, asks every
+encoder layer of the model and converts them all, or none.
 
 Authors
  * sb_prune developers
 """
 
-from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
-from torch import nn
-
+from sb_prune.core.registry import answers_under, spec_of
 from sb_prune.core.validation import check_choices, check_keys
-from sb_prune.methods.adaptive_dropout.layer import (
-    AdaptiveDropout,
-    InputMaskedLinear,
-)
-from sb_prune.methods.attention.convert import prunable_attention
+from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
 
-
-def conformer_layers(model):
-    """Return the Conformer encoder layers of a model, in order.
-
-    Arguments
-    ---------
-    model : torch.nn.Module
-        Any module containing SpeechBrain ``ConformerEncoderLayer`` s.
-
-    Returns
-    -------
-    list of ConformerEncoderLayer
-        The layers found.
-    """
-    return [m for m in model.modules() if isinstance(m, ConformerEncoderLayer)]
-
-
+METHOD = "adaptive_dropout"
 ADAPTIVE_DROPOUT_POINTS = ("ffn", "query", "value", "conv")
 _ADAPTIVE_DROPOUT_OPTIONS = (
     "init_retention",
@@ -42,124 +25,76 @@ _ADAPTIVE_DROPOUT_OPTIONS = (
 )
 
 
-def adaptive_dropout_points(layer):
-    """Return the AdaptiveDropout layers of a Conformer layer by point.
-
-    Arguments
-    ---------
-    layer : ConformerEncoderLayer
-        A layer converted by :func:`add_adaptive_dropout`.
-
-    Returns
-    -------
-    dict
-        ``{"ffn1", "ffn2", "query", "value", "conv"} -> AdaptiveDropout``,
-        for the points that have one.
-    """
-    mha = layer.mha_layer
-    candidates = {
-        "ffn1": layer.ffn_module1,
-        "ffn2": layer.ffn_module2,
-        "query": getattr(mha, "query_dropout", None),
-        "value": getattr(mha, "value_dropout", None),
-        "conv": layer.convolution_module,
-    }
-    points = {}
-    for point, module in candidates.items():
-        found = [
-            m
-            for m in (module.modules() if module is not None else [])
-            if isinstance(m, AdaptiveDropout)
-        ]
-        if found:
-            points[point] = found[0]
-    return points
-
-
-def whisper_encoder_layers(model):
-    """Return the Hugging Face Whisper encoder layers of a model, in order.
+def encoder_layers(model):
+    """Return ``(layer, MaskPoints)`` for every encoder layer of a model.
 
     Arguments
     ---------
     model : torch.nn.Module
-        Any module.
+        Any model.
 
     Returns
     -------
-    list of torch.nn.Module
-        The ``WhisperEncoderLayer`` s found.
+    list of tuple
+        In module order; raises if a layer's family has no answer.
     """
-    return [
-        m for m in model.modules() if type(m).__name__ == "WhisperEncoderLayer"
-    ]
+    found = answers_under(model, METHOD, lambda spec: spec.is_encoder_layer)
+    return [(layer, points) for _, layer, points in found]
 
 
-def _add_to_whisper(layers, points, options):
-    """Whisper: the FFN hidden units, masked through ``fc2``."""
-    if points != ["ffn"]:
-        raise ValueError(
-            "adaptive_dropout.points: a Whisper encoder has only the 'ffn' "
-            f"point (its attention reshapes by a fixed head width), got "
-            f"{points}"
-        )
-    for layer in layers:
-        adl = AdaptiveDropout(layer.fc1.out_features, **options)
-        layer.fc2 = InputMaskedLinear.from_linear(layer.fc2, adl)
+def masked_layers(model):
+    """The encoder layers of a model that hold adaptive-dropout masks.
 
+    Arguments
+    ---------
+    model : torch.nn.Module
+        Any model.
 
-def _add_to_conformer(layers, points, options):
-    """Conformer: FFN hidden units, query/value units, conv inputs."""
-    for layer in layers:
-        if "ffn" in points:
-            for block in (layer.ffn_module1, layer.ffn_module2):
-                ffn = block[1].ffn
-                adl = AdaptiveDropout(ffn[0].out_features, **options)
-                ffn[3] = InputMaskedLinear.from_linear(ffn[3], adl)
-        if "query" in points or "value" in points:
-            mha = prunable_attention(layer)
-            if "query" in points:
-                n_qk = sum(mha.qk_dims)
-                mha.query_dropout = AdaptiveDropout(n_qk, **options)
-            if "value" in points:
-                n_v = sum(mha.v_dims)
-                mha.value_dropout = AdaptiveDropout(n_v, **options)
-        if "conv" in points:
-            conv = layer.convolution_module
-            adl = AdaptiveDropout(
-                conv.bottleneck[0].in_channels,
-                dim=1,
-                gathers_input=True,
-                **options,
-            )
-            conv.bottleneck = nn.Sequential(adl, *conv.bottleneck)
+    Returns
+    -------
+    list of tuple
+        ``(layer, {label: AdaptiveDropout})`` in module order.
+    """
+    found = []
+    for module in model.modules():
+        spec = spec_of(module)
+        if spec is None or not spec.is_encoder_layer:
+            continue
+        if METHOD in spec.answers:
+            masks = spec.answers[METHOD].find(module)
+            if masks:
+                found.append((module, masks))
+    return found
 
 
 def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
-    """Insert AdaptiveDropout layers into every Conformer or Whisper layer.
+    """Insert AdaptiveDropout layers into every encoder layer of a model.
 
-    Application points (Kubo et al. 2024):
+    Application points (Kubo et al. 2024), as each family places them:
 
-    * ``ffn``: the hidden units of both macaron feed-forward blocks,
-      masked through the columns of the down projection
+    * ``ffn``: the hidden units of the feed-forward blocks, masked through
+      the columns of the down projection
       (:class:`~sb_prune.methods.adaptive_dropout.layer.InputMaskedLinear`,
       cheaper than masking the activations);
     * ``query`` / ``value``: the query and value vectors of self-attention
       (per unit; a dropped query dimension also removes its key and
       positional dimensions);
-    * ``conv``: the input vectors of the convolution module, after its
-      layer norm. Masking there lets pruning remove input channels of the
-      pointwise convolution exactly. Masking the channels that feed the
-      depthwise convolution instead would not be exact in SpeechBrain,
-      whose LayerNorm after the depthwise convolution normalises over all
-      channels.
+    * ``conv``: the input vectors of a Conformer convolution module, after
+      its layer norm. Masking there lets pruning remove input channels of
+      the pointwise convolution exactly. Masking the channels that feed
+      the depthwise convolution instead would not be exact in
+      SpeechBrain, whose LayerNorm after the depthwise convolution
+      normalises over all channels.
 
-    A Hugging Face Whisper encoder (no Conformer layers) has the ``ffn``
-    point only: the hidden units (inputs of ``fc2``).
+    A family that cannot take a point (Whisper's attention reshapes by a
+    fixed head width, so it has ``ffn`` only) refuses it by name; nothing
+    is converted then.
 
     Arguments
     ---------
     model : torch.nn.Module
-        A model containing SpeechBrain ``ConformerEncoderLayer`` s.
+        A model with encoder layers of a family that answers
+        ``adaptive_dropout``.
     points : list of str
         Application points, a subset of ``ffn, query, value, conv`` (a
         single name is a list of one).
@@ -184,24 +119,27 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
     >>> type(enc.layers[0].mha_layer).__name__
     'PrunableRelPosMHA'
     """
-    check_keys("adaptive_dropout", options, _ADAPTIVE_DROPOUT_OPTIONS)
+    check_keys(METHOD, options, _ADAPTIVE_DROPOUT_OPTIONS)
     points = check_choices(
         "adaptive_dropout.points", points, ADAPTIVE_DROPOUT_POINTS
     )
     if any(isinstance(m, AdaptiveDropout) for m in model.modules()):
         raise ValueError("adaptive_dropout: the model is already converted")
-    layers = conformer_layers(model)
-    whisper = whisper_encoder_layers(model)
-    if whisper and not layers:
-        _add_to_whisper(whisper, points, options)
-    elif not layers:
-        raise ValueError(
-            "adaptive_dropout: the model has no Conformer encoder layers "
-            "(ConformerEncoderLayer; use encoder_module: conformer) and no "
-            "Hugging Face Whisper encoder layers"
-        )
-    else:
-        _add_to_conformer(layers, points, options)
+    layers = encoder_layers(model)
+    for layer, answer in layers:
+        refused = [p for p in points if p not in answer.insert]
+        if refused:
+            spec = spec_of(layer)
+            reasons = "; ".join(
+                answer.refused.get(p, f"no '{p}' point") for p in refused
+            )
+            raise ValueError(
+                f"adaptive_dropout.points: the {spec.family} family's "
+                f"{spec.type_name} cannot take {refused}: {reasons}"
+            )
+    for layer, answer in layers:
+        for point in points:
+            answer.insert[point](layer, options)
     # New modules follow the model's device and train/eval mode.
     device = next(model.parameters()).device
     return model.to(device).train(model.training)

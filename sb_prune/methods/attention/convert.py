@@ -1,64 +1,30 @@
-"""Make SpeechBrain self-attention prunable head by head and unit by unit.
+"""Make self-attention prunable head by head and unit by unit.
+
+Which attention types convert, and into what, is each family's answer to
+``prunable_attention`` (SpeechBrain's ``RelPosMHAXL`` and
+``MultiheadAttention`` become :class:`~sb_prune.nn.PrunableRelPosMHA` and
+:class:`~sb_prune.nn.PrunableMHA`; attention that already keeps its heads
+whole, as Hugging Face Whisper's, is prunable as it is).
 
 Authors
  * sb_prune developers
 """
 
-from speechbrain.nnet.attention import MultiheadAttention, RelPosMHAXL
+from sb_prune.core.registry import answers_under, spec_of
 
-from sb_prune.methods.attention.mha import PrunableMHA
-from sb_prune.methods.attention.relpos import PrunableRelPosMHA
-
-
-def prunable_attention(layer):
-    """Return the layer's attention as a :class:`PrunableRelPosMHA`.
-
-    A SpeechBrain ``RelPosMHAXL`` is replaced by an equivalent prunable
-    module (same outputs, weights re-laid out per unit).
-
-    Arguments
-    ---------
-    layer : ConformerEncoderLayer
-        The layer whose ``mha_layer`` is converted in place.
-
-    Returns
-    -------
-    PrunableRelPosMHA
-        The layer's attention module.
-    """
-    mha = layer.mha_layer
-    if isinstance(mha, RelPosMHAXL):
-        layer.mha_layer = mha = PrunableRelPosMHA.from_relposmhaxl(mha)
-    if not isinstance(mha, PrunableRelPosMHA):
-        raise ValueError(
-            "sb_prune prunes attention of type RelPosMHAXL "
-            f"(attention_type: RelPosMHAXL), not {type(mha).__name__}"
-        )
-    return mha
+METHOD = "prunable_attention"
 
 
-def _replace_modules(model, convert_one):
-    """Swap every module for which ``convert_one`` returns a new one."""
-    for path, module in list(model.named_modules()):
-        new = convert_one(module)
-        if new is None:
-            continue
+def _replace(model, places):
+    for path, module, convert_one in places:
         if not path:
             raise ValueError("sb_prune.convert cannot replace the model itself")
         parent_path, _, name = path.rpartition(".")
-        setattr(model.get_submodule(parent_path), name, new)
+        setattr(model.get_submodule(parent_path), name, convert_one(module))
 
 
-def _prunable_equivalent(module):
-    if isinstance(module, RelPosMHAXL):
-        return PrunableRelPosMHA.from_relposmhaxl(module)
-    if isinstance(module, MultiheadAttention):
-        return PrunableMHA.from_multihead(module)
-    return None
-
-
-def swap_speechbrain_attention(model):
-    """Swap SpeechBrain's attention modules for prunable ones, if any.
+def swap_prunable_attention(model):
+    """Swap the attention modules that a family converts, if any.
 
     Arguments
     ---------
@@ -68,12 +34,15 @@ def swap_speechbrain_attention(model):
     Returns
     -------
     bool
-        Whether the model now has prunable SpeechBrain attention.
+        Whether any attention was converted.
     """
-    _replace_modules(model, _prunable_equivalent)
-    return any(
-        isinstance(m, (PrunableMHA, PrunableRelPosMHA)) for m in model.modules()
-    )
+    places = []
+    for path, module in model.named_modules():
+        spec = spec_of(module)
+        if spec is not None and METHOD in spec.answers:
+            places.append((path, module, spec.answers[METHOD]))
+    _replace(model, places)
+    return bool(places)
 
 
 def add_prunable_attention(model):
@@ -89,7 +58,8 @@ def add_prunable_attention(model):
     Arguments
     ---------
     model : torch.nn.Module
-        A SpeechBrain model (Conformer/Transformer encoder, TransformerLM).
+        A model whose family answers ``prunable_attention`` (SpeechBrain
+        Conformer/Transformer encoder, TransformerLM).
 
     Returns
     -------
@@ -107,9 +77,11 @@ def add_prunable_attention(model):
     >>> type(lm.encoder.layers[0].self_att).__name__
     'PrunableMHA'
     """
-    if not swap_speechbrain_attention(model):
-        raise ValueError(
-            "prunable_attention: the model has no RelPosMHAXL or regularMHA "
-            "attention (attention_type: RelPosMHAXL or regularMHA)"
-        )
+    places = answers_under(
+        model,
+        METHOD,
+        missing="the model has no RelPosMHAXL or regularMHA attention "
+        "(attention_type: RelPosMHAXL or regularMHA)",
+    )
+    _replace(model, places)
     return model

@@ -1,9 +1,11 @@
-"""Group normalisation for the Conformer convolution module.
+"""Group normalisation for the convolution module of Conformer layers.
 
 The Conformer paper normalises the depthwise convolution's output with
-BatchNorm; SpeechBrain uses a LayerNorm there (``after_conv[0]``). Zhou et
-al. (2022) show that GroupNorm (Wu and He, 2018) keeps the ambient layers
-of a Conformer, while batch statistics blur the re-initialisation test.
+BatchNorm; SpeechBrain uses a LayerNorm there (where it is, and how the
+padding mask reaches the new norm, is the family's answer to
+``conv_norm``). Zhou et al. (2022) show that GroupNorm (Wu and He, 2018)
+keeps the ambient layers of a Conformer, while batch statistics blur the
+re-initialisation test.
 :class:`ConvGroupNorm` normalises each group of channels over time and
 the group's channels, like Lingvo's ``GroupNormLayer`` in its Conformer
 ``LConvLayer``: padded frames are left out of the statistics (the
@@ -21,9 +23,9 @@ Authors
 """
 
 import torch
-from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from torch import nn
 
+from sb_prune.core.registry import answers_under
 from sb_prune.core.validation import check_choice, check_int, check_number
 
 CONV_NORMS = ("layer", "group")
@@ -103,24 +105,14 @@ class ConvGroupNorm(nn.Module):
         return f"groups={self.num_groups}, channels={self.norm.num_channels}"
 
 
-def _remember_mask(conv_module, args, kwargs):
-    """Forward pre-hook: hand the padding mask to the module's norm."""
-    mask = args[1] if len(args) > 1 else kwargs.get("mask")
-    conv_module.after_conv[0].padding_mask = mask
-
-
-def _forget_mask(conv_module, args, kwargs, output):
-    """Forward hook: drop the mask once the module has run."""
-    conv_module.after_conv[0].padding_mask = None
-
-
 def set_conv_norm(model, norm="group", groups=4, eps=1e-5):
-    """Choose the norm after the depthwise conv of every Conformer layer.
+    """Choose the norm after the depthwise conv of every convolution module.
 
     Arguments
     ---------
     model : torch.nn.Module
-        A model containing SpeechBrain Conformer ``ConvolutionModule`` s.
+        A model whose family answers ``conv_norm`` (SpeechBrain Conformer
+        ``ConvolutionModule`` s).
     norm : str
         ``group``: replace their LayerNorm by :class:`ConvGroupNorm`
         (weights 1, biases 0, as a fresh norm); ``layer``: keep
@@ -159,27 +151,13 @@ def set_conv_norm(model, norm="group", groups=4, eps=1e-5):
     check_choice("conv_norm.norm", norm, CONV_NORMS)
     check_int("conv_norm.groups", groups, minimum=1)
     check_number("conv_norm.eps", eps, low=0, open_low=True)
-    conv_modules = [
-        m for m in model.modules() if isinstance(m, ConvolutionModule)
-    ]
-    if not conv_modules:
-        raise ValueError(
-            "conv_norm: the model has no Conformer convolution module "
-            "(encoder_module: conformer)"
-        )
+    places = answers_under(model, "conv_norm")
     if norm == "layer":
         return model
-    for conv in conv_modules:
-        old = conv.after_conv[0]
-        if isinstance(old, ConvGroupNorm):
-            raise ValueError("conv_norm: the model is already converted")
-        if not isinstance(old, nn.LayerNorm):
-            raise ValueError(
-                "conv_norm: expected a LayerNorm at after_conv[0] of the "
-                f"convolution module, found {type(old).__name__}"
-            )
-        new = ConvGroupNorm(old.normalized_shape[0], groups, eps=eps)
-        conv.after_conv[0] = new.to(old.weight.device).train(old.training)
-        conv.register_forward_pre_hook(_remember_mask, with_kwargs=True)
-        conv.register_forward_hook(_forget_mask, with_kwargs=True)
+    if any(isinstance(m, ConvGroupNorm) for m in model.modules()):
+        raise ValueError("conv_norm: the model is already converted")
+    for _, conv, replace_norm in places:
+        replace_norm(
+            conv, lambda channels: ConvGroupNorm(channels, groups, eps=eps)
+        )
     return model

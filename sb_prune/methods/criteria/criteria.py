@@ -13,9 +13,10 @@ members are pruned (see :class:`sb_prune.hooks.CriterionPruning`). Groups:
   time only with sparse kernels).
 
 Which module types hold these groups is the registry's knowledge (the
-``criterion_group`` of each entry of :mod:`sb_prune.core.specs`: SpeechBrain
-Conformer and Transformer encoders, decoders and LMs, the Hugging Face
-wav2vec2, HuBERT, WavLM and Whisper encoders).
+``criterion_group`` of each type the families of :mod:`sb_prune.families`
+register: SpeechBrain Conformer and Transformer encoders, decoders and
+LMs, the Hugging Face wav2vec2, HuBERT and WavLM encoders, Whisper's
+encoder and decoder; ``decoder_layers``: the layers of decoder stacks).
 
 Criteria (Emili et al. 2023 compare magnitude with data-driven ones):
 
@@ -50,8 +51,18 @@ from torch import nn
 
 from sb_prune.core.registry import CRITERION_GROUPS, layer_spec, spec_of
 from sb_prune.core.validation import check_choices
-from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 from sb_prune.methods.low_rank.layer import LowRankLinear
+
+#: The spec answer of attention that applies its projections itself
+#: (functionally, on packed weights): forward hooks on them never fire, so
+#: their inputs are observed by one forward hook on the attention.
+OWN_PROJECTIONS = "applies_own_projections"
+
+
+def _applies_own_projections(module):
+    spec = spec_of(module)
+    return spec is not None and spec.answers.get(OWN_PROJECTIONS, False)
+
 
 GROUPS = (*CRITERION_GROUPS, "weights")
 
@@ -67,9 +78,10 @@ class Members:
         One of ``GROUPS``.
     module : torch.nn.Module
         The module whose members these are.
-    owner : sb_prune.nn.PrunableRelPosMHA, optional
-        For a Linear of that attention (``weights``): the attention, which
-        applies it functionally (its forward hooks do not fire).
+    owner : torch.nn.Module, optional
+        For a Linear of an attention that applies its projections itself
+        (``weights``; e.g. :class:`~sb_prune.nn.PrunableRelPosMHA`): the
+        attention (the Linear's forward hooks do not fire).
 
     Example
     -------
@@ -214,9 +226,7 @@ def _layer_weights(path, layer):
                         f"groups: '{path}.{full}' is a low-rank factor; "
                         "prune its rank (LowRankCompression), not its weights"
                     )
-                owner = (
-                    parent if isinstance(parent, PrunableRelPosMHA) else None
-                )
+                owner = parent if _applies_own_projections(parent) else None
                 found.append(
                     Members(f"{path}.{full}", "weights", linear, owner)
                 )
@@ -504,15 +514,15 @@ class _ActivationCriterion(Criterion):
     def attach(self, members):
         """Register forward hooks on the consumers (and layers)."""
         super().attach(members)
-        # PrunableRelPosMHA applies its projections with F.linear on padded
-        # weights: their inputs are observed by one hook on the attention.
+        # Attention that applies its projections itself (F.linear on packed
+        # weights): their inputs are observed by one hook on the attention.
         relpos = {}
         for item in members:
             if item.group == "layers":
                 for index, layer in enumerate(item.module.layers):
                     hook = _LayerUpdateHook(self, item.path, index, item.count)
                     self._handles.append(layer.register_forward_hook(hook))
-            elif isinstance(item.module, PrunableRelPosMHA):
+            elif _applies_own_projections(item.module):
                 relpos.setdefault(item.module, {})["heads"] = item.path
             elif item.owner is not None:
                 role = item.path.rpartition(".")[2]
@@ -564,7 +574,7 @@ class _InputStatsHook:
 
 
 class _RelPosInputsHook:
-    """Forward hook on a PrunableRelPosMHA: inputs of its projections.
+    """Forward hook on attention that applies its projections itself.
 
     ``paths`` maps roles to statistics keys: ``in_proj`` (the query),
     ``linear_pos`` (the positional embeddings), ``out_proj`` and ``heads``

@@ -1,41 +1,28 @@
-"""What each gated branch of a Conformer layer costs, measured.
+"""What each gated branch of an encoder layer costs, measured.
 
 I3D's regulariser pulls the mean execution probability of the gates
 towards a target. Counting every gate alike treats skipping a cheap branch
 like skipping an expensive one; with ``gate_costs`` the regulariser weighs
 each gate by its branch's cost, so that the target is a fraction of the
 *time* the gated branches take (see
-:class:`~sb_prune.nn.GatedConformerEncoder`).
+:class:`~sb_prune.methods.i3d.gating.GatedEncoder`).
 
 Authors
  * sb_prune developers
 """
 
-import torch
-
-from sb_prune.reporting.profiling import measure_latency
-
-
-def _gate_calls(layer, pos_embs):
-    """``gate -> callable(x)`` running the layer's branches of that gate.
-
-    The branches are the layer's own (``GatedConformerLayer._branches``),
-    so what is timed is what a gate skips.
-    """
-    branches = layer._branches(None, pos_embs, None)
-
-    def calls(gate):
-        return lambda x: [b(x, None) for name, b in branches if name == gate]
-
-    return {gate: calls(gate) for gate in layer.gates}
+from sb_prune.core.profiling import measure_latency
 
 
 def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
-    """Median time of each gated branch of a Conformer layer, relative.
+    """Median time of each gated branch of a layer, relative.
+
+    The branches are the layer's own (its family's ``_branches``), so what
+    is timed is what a gate skips.
 
     Arguments
     ---------
-    layer : GatedConformerLayer
+    layer : sb_prune.methods.i3d.gating.GatedLayer
         A layer of the encoder (every layer has the same sizes).
     gates : list of str
         The gates to measure, among ``attention, conv, ffn``.
@@ -59,16 +46,15 @@ def measure_gate_costs(layer, gates, frames=250, batch=1, repeats=10):
     >>> sorted(costs), round(sum(costs.values()), 6)
     (['attention', 'ffn'], 2.0)
     """
-    parameter = next(layer.parameters())
-    d_model = layer.mha_layer.embed_dim
-    options = {"device": parameter.device, "dtype": parameter.dtype}
-    x = torch.randn(batch, frames, d_model, **options)
-    pos_embs = torch.randn(1, 2 * frames - 1, d_model, **options)
-    calls = _gate_calls(layer, pos_embs)
+    x, branches = layer._timing_inputs(frames, batch)
+
+    def call(gate):
+        return lambda x: [b(x, None) for name, b in branches if name == gate]
+
     was_training = layer.training
     layer.eval()
     times = measure_latency(
-        {gate: calls[gate] for gate in gates}, lambda: (x,), repeats=repeats
+        {gate: call(gate) for gate in gates}, lambda: (x,), repeats=repeats
     )
     layer.train(was_training)
     mean = sum(times.values()) / len(times)

@@ -1,8 +1,8 @@
 """Where the gates of an I3D encoder open, and what in the input decides.
 
 :class:`GateRecorder` collects, while a model is evaluated, the gate
-probabilities and decisions of its
-:class:`~sb_prune.nn.GatedConformerEncoder` for every utterance.
+probabilities and decisions of its gated encoder
+(:class:`~sb_prune.methods.i3d.gating.GatedEncoder`) for every utterance.
 :meth:`GateRecorder.report` summarises them (average executed layers, open
 rate and mean probability per layer and gate, Spearman correlations of each
 gate's probability with the utterance length and, for the synthetic corpus,
@@ -30,11 +30,11 @@ import os
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from sb_prune.methods.i3d.gated import GatedConformerEncoder
+from sb_prune.methods.i3d.gating import GatedEncoder
 
 
 class GateRecorder:
-    """Record the gates of a model's GatedConformerEncoder in evaluation.
+    """Record the gates of a model's gated encoder in evaluation.
 
     A context manager: inside the ``with`` block, every forward of the
     encoder in evaluation mode appends its per-utterance gates (training
@@ -47,6 +47,7 @@ class GateRecorder:
 
     Example
     -------
+    >>> from sb_prune.nn import GatedConformerEncoder
     >>> enc = GatedConformerEncoder(2, 8, 16, 2, kernel_size=3).eval()
     >>> pos = torch.rand(1, 9, 8)
     >>> with GateRecorder(enc) as gates:
@@ -59,9 +60,7 @@ class GateRecorder:
     """
 
     def __init__(self, model):
-        encoders = [
-            m for m in model.modules() if isinstance(m, GatedConformerEncoder)
-        ]
+        encoders = [m for m in model.modules() if isinstance(m, GatedEncoder)]
         if len(encoders) > 1:
             raise ValueError(
                 "GateRecorder records one gated encoder; the model has "

@@ -8,7 +8,6 @@ import logging
 
 import torch
 
-from sb_prune.analysis.convexity.hooks import ConvexityScoring
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.validation import check_int
 from sb_prune.methods.layer_cut.rules import (
@@ -86,7 +85,9 @@ class LayerCut(PruningHook):
     ):
         super().__init__(name)
         check_rule(rule, n_layers, fraction, tolerance)
-        if rule in SCORED_RULES and not isinstance(scoring, ConvexityScoring):
+        # A layer scoring (ConvexityScoring): ``scores(brain, when)``.
+        scores = getattr(scoring, "scores", None)
+        if rule in SCORED_RULES and not callable(scores):
             raise ValueError(
                 f"scoring must be a ConvexityScoring for rule '{rule}', got "
                 f"{type(scoring).__name__ if scoring is not None else None}"

@@ -15,7 +15,7 @@ peak). The input is scored for the curve but never chosen: a cut keeps at
 least one layer.
 
 Which module types are layer stacks is the registry's knowledge
-(:mod:`sb_prune.core.specs`; add your own with
+(:mod:`sb_prune.families`; add your own with
 :func:`sb_prune.core.registry.register_layer_stack`).
 
 Authors

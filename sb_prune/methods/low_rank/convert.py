@@ -6,7 +6,7 @@ Authors
 
 from sb_prune.core.registry import spec_of
 from sb_prune.core.validation import check_choices, check_int, check_number
-from sb_prune.methods.attention.convert import swap_speechbrain_attention
+from sb_prune.methods.attention.convert import swap_prunable_attention
 from sb_prune.methods.low_rank.layer import (
     LowRankLinear,
     check_rank,
@@ -20,7 +20,7 @@ def low_rank_targets(model, points):
     """``(parent, attribute name, path)`` of each Linear to factorise.
 
     The Linear layers of a point are those the registry's specs list under
-    that ``low_rank_point`` (:mod:`sb_prune.core.specs`).
+    that ``low_rank_point`` (:mod:`sb_prune.families`).
     """
     paths = {module: path for path, module in model.named_modules()}
     targets = []
@@ -105,8 +105,8 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
         check_int("low_rank.rank", rank)
     if compression is not None:
         check_number("low_rank.compression", compression, 0, 1, open_high=True)
-    if "attention" in points:  # SpeechBrain's; others have a spec of their own
-        swap_speechbrain_attention(model)
+    if "attention" in points:  # those a family converts; others as they are
+        swap_prunable_attention(model)
     targets = low_rank_targets(model, points)
     if not targets:
         raise ValueError(

@@ -431,7 +431,7 @@ def set_compression(model, compression, physical=False):
     dense weights (never more than the rank it has). One trained model thus
     delivers several sizes: ``physical=False`` only selects the directions
     at inference (and can go back up), ``physical=True`` cuts the factors,
-    so :func:`sb_prune.deploy.checkpoint.export_model` writes a smaller
+    so :func:`sb_prune.core.saved_model.export_model` writes a smaller
     checkpoint.
 
     Arguments

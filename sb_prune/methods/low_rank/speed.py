@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from sb_prune.core.profiling import measure_latency
 from sb_prune.methods.low_rank.layer import rank_for_compression
-from sb_prune.reporting.profiling import measure_latency
 
 
 def _key(in_features, out_features):

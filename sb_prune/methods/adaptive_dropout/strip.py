@@ -4,7 +4,8 @@ After training, adaptive dropout has done its job: every unit it keeps has
 an evaluation mask of one. :func:`strip_adaptive_dropout` removes the
 layers themselves (an input-gathering layer becomes a plain
 :class:`~sb_prune.methods.adaptive_dropout.layer.UnitSelect`, an
-``InputMaskedLinear`` a plain ``Linear``), so inference pays
+``InputMaskedLinear`` a plain ``Linear``, a mask that a module applies
+itself None), so inference pays
 neither for the masks nor for their parameters. The outputs do not change.
 
 Authors
@@ -20,7 +21,6 @@ from sb_prune.methods.adaptive_dropout.layer import (
     UnitSelect,
 )
 from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
-from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 
 
 def strip_adaptive_dropout(model):
@@ -58,7 +58,9 @@ def strip_adaptive_dropout(model):
                 continue
             if not isinstance(child, AdaptiveDropout):
                 continue
-            if isinstance(parent, PrunableRelPosMHA):
+            if not isinstance(parent, nn.Sequential):
+                # A mask the module applies itself (attention's query and
+                # value masks): it checks for None.
                 replacement = None
             elif child.index is not None:
                 replacement = UnitSelect(child.index, child.dim)

@@ -61,7 +61,7 @@ def load_exported(model, folder):
     """Reshape ``model`` to an exported structure and load its tensors.
 
     Usable from hyperpyyaml:
-    ``!apply:sb_prune.deploy.checkpoint.load_exported``.
+    ``!apply:sb_prune.core.saved_model.load_exported``.
 
     Arguments
     ---------
