@@ -18,6 +18,7 @@ from sb_prune.methods.low_rank.hook import (
     ActivationLowRank,
     LowRankCompression,
 )
+from sb_prune.training.distillation import Distillation
 from sb_prune.training.hooks import PruningHook, prune_by_plan
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "AdaptiveDropoutPruning",
     "ConvexityScoring",
     "CriterionPruning",
+    "Distillation",
     "LayerCut",
     "LowRankCompression",
     "PruningHook",

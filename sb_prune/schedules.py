@@ -8,10 +8,11 @@ Authors
 """
 
 from sb_prune.training.schedules import (
+    Gradual,
     Incremental,
     OneShot,
     Schedule,
     make_schedule,
 )
 
-__all__ = ["Incremental", "OneShot", "Schedule", "make_schedule"]
+__all__ = ["Gradual", "Incremental", "OneShot", "Schedule", "make_schedule"]

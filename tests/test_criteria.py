@@ -37,7 +37,7 @@ from sb_prune.methods.criteria.criteria import (
 )
 from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS
 from sb_prune.nn import PrunableMHA
-from sb_prune.training.schedules import Incremental, OneShot
+from sb_prune.training.schedules import Gradual, Incremental, OneShot
 
 HERE = Path(__file__).parent
 
@@ -322,6 +322,40 @@ def test_structured_pruning_in_training(tmp_path, criterion):
     assert [entry["step"] for entry in hook.history] == [1, 2]
     x, lens = random_batch()
     assert torch.isfinite(encode(model.eval(), x, lens)).all()
+
+
+def test_gradual_schedule_prunes_after_optimizer_steps_and_resumes(tmp_path):
+    """Gradual: steps after optimizer steps 2, 4, 6 (2 per epoch of 16
+    utterances in batches of 8); a run resumed after epoch 2 takes the third
+    step only, and ends with the sizes of an uninterrupted run."""
+
+    def hook():
+        return CriterionPruning(
+            "taylor",
+            Gradual(0.5, steps=3, ramp="linear", start_step=2, every=2),
+            groups=["ffn"],
+        )
+
+    def ffn_units(brain):
+        members = find_members(brain.unwrapped_modules(), ["ffn"])
+        return [m.count for m in members]
+
+    whole = _brain(tmp_path / "whole", hook(), epochs=3)
+    fit(whole, n_train=16)
+    assert [e["epoch"] for e in whole.prune_hooks[0].history] == [
+        "step 2",
+        "step 4",
+        "step 6",
+    ]
+    assert set(ffn_units(whole)) == {16}
+    first = _brain(tmp_path / "split", hook(), epochs=2)
+    fit(first, n_train=16)
+    assert first.prune_hooks[0].step == 2
+    assert set(ffn_units(first)) == {21}  # 32 * (1 - 2/3 * 0.5), rounded
+    resumed = _brain(tmp_path / "split", hook(), epochs=3)
+    fit(resumed, n_train=16)
+    assert [e["step"] for e in resumed.prune_hooks[0].history] == [1, 2, 3]
+    assert ffn_units(resumed) == ffn_units(whole)
 
 
 def test_unstructured_masks_stay_zero_and_survive_resume(tmp_path):

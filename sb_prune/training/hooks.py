@@ -134,8 +134,8 @@ def checked_schedule(schedule):
     """
     if not isinstance(schedule, Schedule):
         raise ValueError(
-            "schedule must be an sb_prune.schedules Schedule (OneShot or "
-            f"Incremental), got {type(schedule).__name__}"
+            "schedule must be an sb_prune.schedules Schedule (OneShot, "
+            f"Incremental or Gradual), got {type(schedule).__name__}"
         )
     return schedule
 

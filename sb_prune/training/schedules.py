@@ -1,15 +1,20 @@
 """Pruning schedules: when to prune, and to which sparsity.
 
 A schedule is a list of steps; step ``k`` (1-based) happens at the end of
-training epoch :meth:`Schedule.epoch_of` ``(k)`` and brings the sparsity
-to :meth:`Schedule.sparsity` ``(k)``. Fine-tuning happens in the epochs
+training epoch :meth:`Schedule.epoch_of` ``(k)`` (or, for :class:`Gradual`,
+after optimizer step :meth:`Schedule.epoch_of` ``(k)``) and brings the
+sparsity to :meth:`Schedule.sparsity` ``(k)``. Fine-tuning happens
 between steps and after the last one.
 
 * :class:`OneShot`: a single step to the target;
 * :class:`Incremental`: ``steps`` steps with a ``linear`` or ``cubic``
-  ramp. The cubic ramp is the gradual pruning schedule of Zhu and Gupta
-  (2017), ``s_k = s_f + (s_i - s_f) (1 - k / n)^3``: large steps first,
-  while the network still has redundancy, small ones at the end.
+  ramp, at the end of epochs. The cubic ramp is the gradual pruning
+  schedule of Zhu and Gupta (2017), ``s_k = s_f + (s_i - s_f) (1 - k /
+  n)^3``: large steps first, while the network still has redundancy, small
+  ones at the end;
+* :class:`Gradual`: the same ramp in many small steps spread over the
+  optimizer steps of fine-tuning (a pretrained model loses little at each
+  step and recovers before the next one).
 
 Sparsity is the fraction of each group's members removed (units, heads,
 layers, weights) or, for low rank, of each layer's dense weights. A hook
@@ -52,6 +57,10 @@ def check_sparsity(name, value):
 class Schedule:
     """Steps towards a target sparsity, at the end of training epochs.
 
+    ``unit`` says when a hook takes the steps: ``epoch`` (at the end of
+    training epochs, :meth:`due`) or ``step`` (after optimizer steps,
+    :meth:`due_at_step`).
+
     Arguments
     ---------
     target : float
@@ -75,6 +84,9 @@ class Schedule:
     >>> [schedule.epoch_of(k) for k in (1, 2)]
     [3, 4]
     """
+
+    #: When the steps happen: ``epoch`` or ``step``.
+    unit = "epoch"
 
     def __init__(
         self,
@@ -163,21 +175,53 @@ class Schedule:
         Returns
         -------
         list of int
-            Step numbers to take now, in order (usually zero or one).
+            Step numbers to take now, in order (usually zero or one); none
+            for a schedule in optimizer steps.
 
         Example
         -------
         >>> Incremental(0.5, steps=3, start_epoch=2).due(done=1, epoch=3)
         [2]
         """
+        return self._due(done, epoch) if self.unit == "epoch" else []
+
+    def due_at_step(self, done, optimizer_step):
+        """Return the steps due after optimizer step ``optimizer_step``.
+
+        Arguments
+        ---------
+        done : int
+            Steps already taken.
+        optimizer_step : int
+            Optimizer steps taken since training started (SpeechBrain's
+            ``Brain.optimizer_step``, kept in checkpoints).
+
+        Returns
+        -------
+        list of int
+            Step numbers to take now; none for a schedule in epochs.
+
+        Example
+        -------
+        >>> Gradual(0.5, steps=4, start_step=10, every=5).due_at_step(1, 15)
+        [2]
+        >>> Incremental(0.5).due_at_step(0, 15)
+        []
+        """
+        return self._due(done, optimizer_step) if self.unit == "step" else []
+
+    def _due(self, done, now):
         return [
             step
             for step in range(done + 1, self.steps + 1)
-            if self.epoch_of(step) <= epoch
+            if self.epoch_of(step) <= now
         ]
 
     def check_epochs(self, number_of_epochs):
         """Raise a ValueError if the schedule does not fit in training.
+
+        A schedule in optimizer steps is not checked (the steps of an epoch
+        are known only once the data loader is built).
 
         Arguments
         ---------
@@ -192,7 +236,7 @@ class Schedule:
         ValueError: schedule: step 4 of Incremental(...) would prune at the end
         of epoch 7, but number_of_epochs is 6; lower steps, every or start_epoch
         """
-        if self.last_epoch > number_of_epochs:
+        if self.unit == "epoch" and self.last_epoch > number_of_epochs:
             raise ValueError(
                 f"schedule: step {self.steps} of {self!r} would prune at the "
                 f"end of epoch {self.last_epoch}, but number_of_epochs is "
@@ -241,7 +285,68 @@ class Incremental(Schedule):
     """
 
 
-SCHEDULES = {"one_shot": OneShot, "incremental": Incremental}
+class Gradual(Schedule):
+    """Prune in many small steps spread over optimizer steps.
+
+    Step ``k`` happens after optimizer step ``start_step + (k - 1) *
+    every``; the sparsity follows the ``cubic`` or ``linear`` ramp of
+    :class:`Schedule`. Made for pretrained models: each step removes a
+    little, and the model recovers before the next one.
+
+    Arguments
+    ---------
+    target : float
+        Final sparsity, in [0, 1).
+    steps : int
+        Number of pruning steps, >= 1.
+    ramp : str
+        ``cubic`` or ``linear``.
+    start_step : int
+        The optimizer step after which the first pruning step happens,
+        >= 1.
+    every : int
+        Optimizer steps between two pruning steps, >= 1.
+    initial : float
+        Sparsity before the first step, in [0, target].
+
+    Example
+    -------
+    >>> gradual = Gradual(0.4, steps=4, ramp="linear", start_step=10, every=5)
+    >>> [gradual.epoch_of(k) for k in (1, 4)], gradual.sparsity(2)
+    ([10, 25], 0.2)
+    >>> Gradual(0.4, start_step=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: start_step must be an integer >= 1, got 0
+    """
+
+    unit = "step"
+
+    def __init__(
+        self,
+        target,
+        steps=10,
+        ramp="cubic",
+        start_step=1,
+        every=100,
+        initial=0.0,
+    ):
+        check_int("start_step", start_step, minimum=1)
+        super().__init__(target, steps, ramp, start_step, every, initial)
+
+    def __repr__(self):
+        return (
+            f"Gradual(target={self.target}, steps={self.steps}, ramp="
+            f"{self.ramp!r}, start_step={self.start_epoch}, every="
+            f"{self.every})"
+        )
+
+
+SCHEDULES = {
+    "one_shot": OneShot,
+    "incremental": Incremental,
+    "gradual": Gradual,
+}
 
 
 def make_schedule(name, **options):
@@ -250,9 +355,10 @@ def make_schedule(name, **options):
     Arguments
     ---------
     name : str
-        ``one_shot`` or ``incremental``.
+        ``one_shot``, ``incremental`` or ``gradual``.
     **options
-        Arguments of :class:`OneShot` or :class:`Incremental`.
+        Arguments of :class:`OneShot`, :class:`Incremental` or
+        :class:`Gradual`.
 
     Returns
     -------
@@ -263,10 +369,10 @@ def make_schedule(name, **options):
     -------
     >>> make_schedule("one_shot", target=0.5)
     OneShot(target=0.5, epoch=1)
-    >>> make_schedule("gradual", target=0.5)
+    >>> make_schedule("smooth", target=0.5)
     Traceback (most recent call last):
     ...
-    ValueError: schedule: unknown name 'gradual'; choose from [...]
+    ValueError: schedule: unknown name 'smooth'; choose from [...]
     """
     if name not in SCHEDULES:
         raise ValueError(

@@ -181,21 +181,25 @@ class CriterionPruning(PruningHook):
         )
 
     def on_optimizer_step(self, brain):
-        """Keep masked weights at zero."""
+        """Keep masked weights at zero; take a step due after this one."""
         for weight, mask in self._masks.items():
             weight.data.mul_(mask)
-        return False
+        steps = self.schedule.due_at_step(self.step, brain.optimizer_step)
+        return self._take_due(brain, steps, f"step {brain.optimizer_step}")
 
     def on_train_epoch_end(self, brain, epoch):
         """Take the schedule's step(s) due at the end of this epoch."""
         steps = self.schedule.due(self.step, epoch)
+        return self._take_due(brain, steps, epoch)
+
+    def _take_due(self, brain, steps, when):
         if steps:
             # Sizes are relative to the start: several due steps (a run
             # resumed past them) are the last one.
-            self._take_step(brain, steps[-1], epoch)
+            self._take_step(brain, steps[-1], when)
         return bool(steps) and not self.unstructured
 
-    def _take_step(self, brain, step, epoch):
+    def _take_step(self, brain, step, when):
         if self.criterion.data_driven:
             self.criterion.all_reduce()
         if self.unstructured:
@@ -226,7 +230,7 @@ class CriterionPruning(PruningHook):
             )
         self.history.append(
             {
-                "epoch": epoch,
+                "epoch": when,
                 "step": step,
                 "sparsity": self.schedule.sparsity(step),
                 "kept": counts,
@@ -234,7 +238,7 @@ class CriterionPruning(PruningHook):
         )
         logger.info(
             f"sb_prune: {self.criterion!r} step {step}/"
-            f"{self.schedule.steps} at epoch {epoch}, kept {counts}; "
+            f"{self.schedule.steps} at epoch {when}, kept {counts}; "
             f"{dropped} non-finite observations dropped"
         )
 

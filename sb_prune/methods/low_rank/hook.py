@@ -10,8 +10,8 @@ import os
 import torch
 from speechbrain.utils.distributed import if_main_process
 
+from sb_prune.core.saved_model import export_model
 from sb_prune.core.validation import check_choices, check_int, check_number
-from sb_prune.deploy.checkpoint import export_model
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
     pca_low_rank,
@@ -46,7 +46,7 @@ class LowRankCompression(PruningHook):
     since re-factorising changes their basis. With ``export_folder``, the
     model of every stage (fine-tuned at its rank, just before the next
     cut, and at the end of training) is written there as its own smaller
-    checkpoint (:func:`sb_prune.deploy.checkpoint.export_model`), in
+    checkpoint (:func:`sb_prune.core.saved_model.export_model`), in
     ``compression_<s>``: one run delivers several model sizes.
 
     Arguments
@@ -125,13 +125,21 @@ class LowRankCompression(PruningHook):
 
     def on_train_epoch_end(self, brain, epoch):
         """Export the current stage, then cut the ranks, if a step is due."""
-        steps = self.schedule.due(self.step, epoch)
+        return self._take_due(brain, self.schedule.due(self.step, epoch), epoch)
+
+    def on_optimizer_step(self, brain):
+        """The same after an optimizer step, for a schedule in steps."""
+        step = brain.optimizer_step
+        due = self.schedule.due_at_step(self.step, step)
+        return self._take_due(brain, due, f"step {step}")
+
+    def _take_due(self, brain, steps, when):
         for step in steps:
             self._export(brain)
-            self._take_step(brain, step, epoch)
+            self._take_step(brain, step, when)
         return bool(steps)
 
-    def _take_step(self, brain, step, epoch):
+    def _take_step(self, brain, step, when):
         compression = self.schedule.sparsity(step)
         plan = {}
         optimizer = getattr(brain, "optimizer", None)
@@ -151,11 +159,11 @@ class LowRankCompression(PruningHook):
         self.step = step
         ranks = [layer.rank for _, layer in self._layers(brain)]
         self.history.append(
-            {"epoch": epoch, "compression": compression, "ranks": ranks}
+            {"epoch": when, "compression": compression, "ranks": ranks}
         )
         logger.info(
             f"sb_prune: low-rank step {step}/{self.schedule.steps} at epoch "
-            f"{epoch}: compression {compression:.2f}, ranks {ranks}"
+            f"{when}: compression {compression:.2f}, ranks {ranks}"
         )
 
     def _ranks(self, layers, compression):
