@@ -124,8 +124,8 @@ def criteria_lowrank(figures):
     return [
         f"**Criteria, schedules, low rank** (`benchmarks/criteria_lowrank.py`,"
         f" {figures['mode']} mode): LM perplexity or ASR test WER %, "
-        "one-shot / incremental (low rank: one conversion / stages of one "
-        "run); latency ratio = pruned / dense time, mean over the rows",
+        "one-shot / incremental (the LM recipe's low rank: incremental "
+        "only); latency ratio = pruned / dense time, mean over the rows",
         "",
         *_table(
             [
