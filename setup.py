@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+_RECIPE_HPARAMS = "sb_prune.asr.recipe_hparams"
+
 setup(
     name="sb_prune",
     version="0.1.0",
@@ -13,7 +15,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["sb_prune", "sb_prune.*"]),
+    packages=[
+        *find_packages(include=["sb_prune", "sb_prune.*"]),
+        _RECIPE_HPARAMS,
+    ],
+    # sb-prune compress runs the ASR recipe's hparams files: they ship in
+    # the wheel (sb_prune/asr/recipe_hparams), the recipe folder keeps them.
+    package_dir={_RECIPE_HPARAMS: "recipes/LibriSpeech/ASR/hparams"},
+    package_data={_RECIPE_HPARAMS: ["*.yaml"]},
     install_requires=[
         "torch>=2.7",
         "torchaudio",
@@ -44,6 +53,8 @@ setup(
             "onnx",  # ONNX export, checked under ONNX Runtime
             "onnxruntime",
             "onnxscript",
+            "setuptools>=61",  # tests/test_wheel.py builds the wheel offline
+            "wheel",
         ],
     },
     entry_points={

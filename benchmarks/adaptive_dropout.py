@@ -28,11 +28,18 @@ import sys
 from pathlib import Path
 
 import torch
-from common import FRAMES_10S, LARGE, QUICK_RATIOS, conformer, encode
+from common import (
+    FRAMES_10S,
+    LARGE,
+    QUICK_RATIOS,
+    conformer,
+    encode,
+    run_asr_recipe,
+)
 from speed import adaptive_dropout_model, train_step_ratio
 from torch.nn.utils import prune as torch_prune
 
-from sb_prune import convert
+from sb_prune import compress, convert
 from sb_prune.core.profiling import count_macs, speedups
 from sb_prune.core.surgery import apply_plan
 from sb_prune.reporting.summary import count_parameters
@@ -97,12 +104,10 @@ def large_model_figures(ratios, repeats):
 
 def run_recipe(hparams, output, epochs):
     """Train one ASR recipe run (or reuse a finished one)."""
-    from sb_prune.cli.demo import run_recipe as run
-
     results = output / "results.json"
     if results.exists():
         return json.loads(results.read_text())
-    return run("ASR", hparams, output, [f"--number_of_epochs={epochs}"])
+    return run_asr_recipe(hparams, output, number_of_epochs=epochs)
 
 
 def encoder_params_at(dense_run, sparsity):
@@ -143,7 +148,6 @@ def magnitude_peer(output, dense_run, target, epochs):
     of ``epochs`` fine-tuning epochs on the full training set (through
     ``sb-prune compress``).
     """
-    from sb_prune.cli.compress import compress
     from sb_prune.deploy.pretrained import export_pretrained
 
     run = output / "magnitude_oneshot" / "run"

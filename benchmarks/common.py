@@ -21,6 +21,10 @@ from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 from sb_prune.methods.adaptive_dropout.convert import masked_layers
 
 REPO = Path(__file__).resolve().parents[1]
+#: The ASR recipe's hparams files, and the synthetic corpus its relative
+#: default (``../data/synthetic``, from the recipe folder) stands for.
+ASR_HPARAMS = REPO / "recipes" / "LibriSpeech" / "ASR" / "hparams"
+SYNTHETIC_FOLDER = REPO / "recipes" / "LibriSpeech" / "data" / "synthetic"
 
 #: The conformer-large-sized encoder of the speed benchmarks.
 LARGE = dict(d_model=256, nhead=4, num_encoder_layers=18, d_ffn=1024)
@@ -177,3 +181,37 @@ def write_json(path, figures):
     """Write a benchmark's figures to ``path`` (its folder made if needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=1, default=str))
+
+
+def run_asr_recipe(hparams, output, **overrides):
+    """Train and test one run of the ASR recipe, in process.
+
+    What ``recipes/LibriSpeech/ASR/train.py`` runs (``sb_prune.asr.recipe``)
+    on one of its hparams files, with ``--key=value`` overrides.
+
+    Arguments
+    ---------
+    hparams : str
+        A file of ``recipes/LibriSpeech/ASR/hparams``.
+    output : pathlib.Path
+        The run folder.
+    **overrides
+        Recipe keys (values read as YAML, as on the command line).
+
+    Returns
+    -------
+    dict
+        The run's ``results.json``.
+    """
+    from sb_prune.asr.recipe import main
+
+    overrides = {"synthetic_folder": SYNTHETIC_FOLDER, **overrides}
+    main(
+        [
+            str(ASR_HPARAMS / hparams),
+            f"--output_folder={output}",
+            "--noprogressbar",
+            *(f"--{key}={value}" for key, value in overrides.items()),
+        ]
+    )
+    return json.loads((Path(output) / "results.json").read_text())

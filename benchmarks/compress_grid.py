@@ -3,7 +3,8 @@
 
 Compresses the demo's trained dense model (``make demo`` writes it under
 ``results/demo``) as the demo does: its fine-tuning subset, validation
-subset, test set and fine-tuning overrides (``sb_prune.cli.demo``).
+subset, test set and short fine-tuning (``sb-prune demo``), through
+``sb_prune.compress``.
 ``--whole-training-set``: the dense model's training set instead of the
 subset; ``--no-demo-fine-tuning``: the recipe's learning rate, warm-up
 and checkpoint averaging (``sb-prune compress``'s own) instead of the
@@ -40,10 +41,11 @@ import time
 from pathlib import Path
 
 import yaml
-from common import group_rows, provenance, spread, write_json
+from common import group_rows, provenance, run_asr_recipe, spread, write_json
 
-from sb_prune.cli.compress import METHODS, compress
-from sb_prune.cli.demo import FINE_TUNING, run_recipe
+from sb_prune import compress
+from sb_prune.asr.compress import SHORT_FINE_TUNING
+from sb_prune.methods.table import compressions
 
 OUT = Path(__file__).resolve().parents[1] / "benchmarks" / "out"
 #: Test figures of I3D runs (``GateRecorder.summary``) kept in the rows.
@@ -51,7 +53,7 @@ GATE_FIGURES = ("avg_layers", "input_dependent")
 #: --from-scratch: method -> its ASR recipe hparams file.
 RECIPE_HPARAMS = {
     "dense": "conformer_ctc.yaml",
-    **{method: hparams for method, (hparams, _) in METHODS.items()},
+    **{method: c.recipe for method, c in compressions().items()},
 }
 
 
@@ -77,7 +79,7 @@ def parse_grid(items):
 
 def compress_run(args, train_csv, epochs, setting, seed, folder):
     """One compression of the demo's dense model; its results.json."""
-    fine_tuning = {} if args.no_demo_fine_tuning else FINE_TUNING
+    fine_tuning = {} if args.no_demo_fine_tuning else SHORT_FINE_TUNING
     summary = compress(
         args.demo / "exported" / "dense",
         args.method,
@@ -100,12 +102,7 @@ def scratch_run(args, epochs, setting, seed, folder):
         "number_of_epochs": epochs,
         "seed": seed,
     }
-    return run_recipe(
-        "ASR",
-        RECIPE_HPARAMS[args.method],
-        folder,
-        [f"--{key}={value}" for key, value in overrides.items()],
-    )
+    return run_asr_recipe(RECIPE_HPARAMS[args.method], folder, **overrides)
 
 
 def run(args, train_csv, epochs, setting, seed):
@@ -170,7 +167,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, default=OUT / "compress_grid")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    if args.method not in METHODS and not args.from_scratch:
+    if args.method not in compressions() and not args.from_scratch:
         parser.error(f"--method {args.method} needs --from-scratch")
     if args.from_scratch and (
         args.whole_training_set or args.no_demo_fine_tuning
@@ -226,7 +223,7 @@ def main(argv=None):
         else str(train_csv.relative_to(args.demo)),
         "fine_tuning": "the recipe's"
         if args.from_scratch or args.no_demo_fine_tuning
-        else FINE_TUNING,
+        else SHORT_FINE_TUNING,
         "min_removed": args.min_removed,
         "settings": settings,
         "chosen": chosen and {k: chosen[k] for k in ("epochs", "setting")},

@@ -3,23 +3,23 @@
 
 Emili et al. (2023) find incremental pruning more accurate than one-shot,
 especially at small sizes. Whether it is depends on the training each
-schedule gets, so this benchmark spells the budget out. From one dense
-model per task (``criteria_lowrank.py``'s LM and ASR encoder, trained
-once), for each target sparsity of the FFN hidden units and attention
-heads and each fine-tuning seed, in short epochs of the preset's batches:
+schedule gets, so this benchmark spells the budget out, with the
+repository's recipes (``criteria_lowrank.py``'s runs), for each target
+sparsity of the FFN hidden units and attention heads and each seed:
 
-* ``one_shot``: the cut at the end of epoch 1, then ``budget - 1`` epochs
-  of fine-tuning: 1 before, 0 between, ``budget - 1`` after;
-* ``incremental``: three cuts (cubic ramp) at the ends of epochs 1, 2 and
-  3 in the same ``budget`` epochs: 1 before, 2 between, ``budget - 3``
-  after (equal compute);
+* ``one_shot``: one cut, then the rest of the ``budget`` epochs;
+* ``incremental``: three cuts (cubic ramp) at the ends of consecutive
+  epochs in the same ``budget`` epochs (equal compute);
 * ``incremental_longer``: the same three cuts followed by as many epochs
   as one-shot has after its cut: ``budget + 2`` epochs in all (more
   compute: the budget under which gradual pruning is usually reported).
 
-Every run's learning rate decays linearly to zero over its own epochs.
-Quality: LM perplexity per character, ASR test WER (greedy CTC); mean and
-spread over the seeds.
+ASR: from the ASR recipe's dense model (trained once), ``sb_prune.compress``
+with the criteria recipe and the demo's short fine-tuning, cuts from the
+end of epoch 1. LM: the LM recipe's one-shot and incremental files from
+scratch, cuts from the end of epoch 2. Every run's learning rate decays
+linearly to zero over its own epochs. Quality: ASR test WER (greedy CTC),
+LM test perplexity per token; mean and spread over the seeds.
 
 Usage::
 
@@ -29,72 +29,77 @@ Usage::
 """
 
 import argparse
-import copy
+import json
 import time
 from pathlib import Path
 
 import torch
-from common import group_rows, provenance, spread, write_json
-from criteria_lowrank import (
-    PRESETS,
-    ROOT,
-    STRUCTURED,
-    ASRTask,
-    LMTask,
-    asr_corpus,
-)
+from common import REPO, group_rows, provenance, spread, write_json
+from criteria_lowrank import PRESETS, LMRecipe, compress_asr, dense_asr
 
-from sb_prune import convert
-from sb_prune.hooks import CriterionPruning
-from sb_prune.training.schedules import Incremental, OneShot
-
-#: schedule -> (its pruning schedule, epochs given a budget).
+#: schedule -> (pruning steps, the criteria recipe of the LM, epochs
+#: given a budget).
 SCHEDULES = {
-    "one_shot": (lambda target: OneShot(target, epoch=1), lambda b: b),
-    "incremental": (
-        lambda target: Incremental(
-            target, steps=3, ramp="cubic", start_epoch=1
-        ),
-        lambda b: b,
-    ),
+    "one_shot": (1, "transformer_lm_one_shot.yaml", lambda b: b),
+    "incremental": (3, "transformer_lm_incremental.yaml", lambda b: b),
     "incremental_longer": (
-        lambda target: Incremental(
-            target, steps=3, ramp="cubic", start_epoch=1
-        ),
+        3,
+        "transformer_lm_incremental.yaml",
         lambda b: b + 2,
     ),
 }
 
 
-def compare(task, targets, budgets, seeds, criterion, log):
-    """Every schedule, target, budget and seed from one dense model."""
-    c = task.config
-    dense = task.train_dense()
-    rows = [{"schedule": "dense", "quality": task.evaluate(dense)}]
+def compare(part, preset, out_dir, targets, budgets, seeds, criterion, log):
+    """Every schedule, target, budget and seed; the dense row first."""
+    if part == "asr":
+        corpus, dense_run = dense_asr(preset, out_dir, log)
+        dense = json.loads((dense_run / "results.json").read_text())
+        quality = dense["test-clean"]["WER"]
+    else:
+        recipe = LMRecipe(preset, out_dir)
+        epochs = SCHEDULES["incremental_longer"][2](max(budgets))
+        _, results = recipe.run(
+            "transformer_lm.yaml", "dense", number_of_epochs=epochs
+        )
+        quality = results["ppl"]
+    rows = [{"schedule": "dense", "quality": quality}]
     for budget in budgets:
         for target in targets:
-            for name, (schedule, epochs) in SCHEDULES.items():
+            for name, (steps, lm_hparams, epochs) in SCHEDULES.items():
                 for seed in seeds:
-                    hook = CriterionPruning(
-                        criterion, schedule(target), groups=STRUCTURED
-                    )
-                    model = convert(copy.deepcopy(dense), prunable_attention={})
-                    model = task.train(
-                        model,
-                        [hook],
-                        epochs=epochs(budget),
-                        batches=c["batches"],
-                        lr=c["lr"] / 4,
-                        seed=seed,
-                    )
+                    tag = f"{name}_b{budget}_t{target}_s{seed}"
+                    if part == "asr":
+                        results = compress_asr(
+                            preset,
+                            corpus,
+                            dense_run,
+                            criterion,
+                            out_dir / "asr" / tag,
+                            epochs(budget),
+                            sparsity=target,
+                            prune_steps=steps,
+                            seed=seed,
+                        )
+                        quality = results["wer"]
+                    else:
+                        _, results = recipe.run(
+                            lm_hparams,
+                            tag,
+                            number_of_epochs=epochs(budget),
+                            criterion=criterion,
+                            sparsity=target,
+                            seed=seed,
+                        )
+                        quality = results["ppl"]
                     row = {
                         "budget": budget,
                         "target": target,
                         "schedule": name,
                         "epochs": epochs(budget),
                         "seed": seed,
-                        "params": sum(p.numel() for p in model.parameters()),
-                        "quality": task.evaluate(model),
+                        "params": results["params"],
+                        "quality": quality,
                     }
                     rows.append(row)
                     log(row)
@@ -142,22 +147,20 @@ def main(argv=None):
     parser.add_argument("--targets", type=float, nargs="+")
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument(
-        "--corpus", default=str(ROOT / "data/synthetic/LibriSpeech")
-    )
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/out"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks/out"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     short = [budget for budget in args.budgets if budget < 4]
     if short:
         parser.error(
-            f"--budgets: at least 4 epochs (3 cuts, then one), got {short}"
+            f"--budgets: at least 4 epochs (the LM's third cut is at the end "
+            f"of epoch 4), got {short}"
         )
     torch.set_num_threads(args.threads)
     preset = PRESETS["quick" if args.quick else "full"]
     targets = args.targets or preset["targets"]
-    out_dir = Path(args.out) / (
+    out_dir = Path(args.out).resolve() / (
         "schedules_quick" if args.quick else "schedules"
     )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,32 +177,30 @@ def main(argv=None):
         "seeds": args.seeds,
         "budgets": {
             name: {
-                str(b): {
-                    "epochs": epochs(b),
-                    "cuts_at_epoch_ends": list(
-                        range(1, schedule(0.5).last_epoch + 1)
-                    ),
-                }
+                str(b): {"epochs": epochs(b), "cuts": steps}
                 for b in args.budgets
             }
-            for name, (schedule, epochs) in SCHEDULES.items()
+            for name, (steps, _, epochs) in SCHEDULES.items()
         },
         "tasks": {},
     }
     for part in args.parts:
-        if part == "lm":
-            task = LMTask(preset["lm"], out_dir, 7)
-        else:
-            corpus = asr_corpus(args, preset, out_dir)
-            task = ASRTask(preset["asr"], out_dir, 7, corpus)
         rows = compare(
-            task, targets, args.budgets, args.seeds, args.criterion, log
+            part,
+            preset,
+            out_dir,
+            targets,
+            args.budgets,
+            args.seeds,
+            args.criterion,
+            log,
         )
         table = summarise(rows, args.budgets, targets)
-        print_table(part, task.metric, table, rows[0]["quality"])
+        metric = "wer" if part == "asr" else "ppl"
+        print_table(part, metric, table, rows[0]["quality"])
         result["tasks"][part] = {
-            "metric": task.metric,
-            "config": task.config,
+            "metric": metric,
+            "config": preset[part],
             "dense": rows[0]["quality"],
             "table": table,
             "rows": rows[1:],

@@ -2,34 +2,22 @@
 
 Hparams files list them under ``prune_hooks``, for example
 ``!new:sb_prune.hooks.CriterionPruning``. Each hook lives with its method
-(``sb_prune.methods.<method>.hook``) or analysis; this module only gathers
-their public names.
+(``sb_prune.methods.<method>.hook``) or analysis; the method table
+(:mod:`sb_prune.methods.table`) names them, and this module exports them
+(imported on first use).
 
 Authors
  * sb_prune developers
 """
 
-from sb_prune.analysis.convexity.hooks import ConvexityScoring
-from sb_prune.analysis.importance.tracking import WeightChangeTracker
-from sb_prune.methods.adaptive_dropout.hook import AdaptiveDropoutPruning
-from sb_prune.methods.criteria.hook import CriterionPruning
-from sb_prune.methods.layer_cut.hook import LayerCut
-from sb_prune.methods.low_rank.hook import (
-    ActivationLowRank,
-    LowRankCompression,
-)
-from sb_prune.training.distillation import Distillation
-from sb_prune.training.hooks import PruningHook, prune_by_plan
+from sb_prune.core.names import lazy_namespace
+from sb_prune.methods.table import public_classes
 
-__all__ = [
-    "ActivationLowRank",
-    "AdaptiveDropoutPruning",
-    "ConvexityScoring",
-    "CriterionPruning",
-    "Distillation",
-    "LayerCut",
-    "LowRankCompression",
-    "PruningHook",
-    "WeightChangeTracker",
-    "prune_by_plan",
-]
+#: The methods' hooks, and the base every hook extends.
+_HOOKS = {
+    **public_classes("hooks"),
+    "PruningHook": "sb_prune.training.hooks.PruningHook",
+    "prune_by_plan": "sb_prune.training.hooks.prune_by_plan",
+}
+__all__ = sorted(_HOOKS)
+__getattr__ = lazy_namespace(__name__, _HOOKS)

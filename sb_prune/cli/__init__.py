@@ -3,8 +3,8 @@
 Each verb has its module in this package (``synth``, ``demo``, ``export``,
 ``compress``, ``cost-table``, ``report``: its ``add_arguments(parser)``
 and ``main(args)``); ``recipes`` finds the repository recipes that
-``demo`` and ``compress`` run. This file only parses arguments and
-dispatches, importing the chosen verb's module only.
+``demo`` runs. This file only parses arguments and dispatches, importing
+the chosen verb's module only.
 
 Authors
  * sb_prune developers
@@ -102,7 +102,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (FileNotFoundError, ValueError, ChildProcessError) as error:
+    except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"sb-prune {args.command}: error: {error}\n")
 
 

@@ -1,14 +1,17 @@
 """The demo: every method on the embedded synthetic corpus, one report.
 
-``sb-prune demo`` runs, from a checkout of the repository, on the synthetic
+``sb-prune demo`` runs the repository's recipes, so it needs a checkout
+(an installed wheel has no ``recipes/``; it says so), on the synthetic
 corpus (generated on first use and cached):
 
-1. the dense CTC Conformer recipe (``recipes/LibriSpeech/ASR``), trained
-   from scratch, then exported as a SpeechBrain pretrained-model folder;
-2. every compression method on that trained model with ``sb-prune
-   compress`` (short fine-tuning on a subset of the training set, or, for
-   adaptive dropout, the whole training set), each ending in its own
-   exported folder;
+1. the dense CTC Conformer recipe (``recipes/LibriSpeech/ASR``, its
+   ``train.py`` in a subprocess), trained from scratch, then exported as a
+   SpeechBrain pretrained-model folder;
+2. every compression method on that trained model with
+   :func:`sb_prune.compress`, in process as ``sb-prune compress`` runs it
+   (short fine-tuning on a subset of the training set, or, for adaptive
+   dropout, the whole training set), each ending in its own exported
+   folder;
 3. ``sb-prune report`` over all runs (REPORT.md, Pareto plots, the
    methods' own plots);
 
@@ -33,7 +36,8 @@ from sb_prune.cli.recipes import RECIPES, recipes_folder
 #: order, each applied to the trained dense model. Overrides None: as a
 #: user runs ``sb-prune compress`` (the whole training set, the method's
 #: defaults for a trained model); otherwise a short fine-tuning on a subset
-#: (FINE_TUNING_UTTERANCES, FINE_TUNING) with these overrides.
+#: (FINE_TUNING_UTTERANCES, ``sb_prune.asr.compress.SHORT_FINE_TUNING``)
+#: with these overrides.
 METHOD_RUNS = [
     # Adaptive dropout needs the steps: on the subset it removed 44-68% of
     # the encoder at test WER 9.2-14.1, on the whole set 61% at about the
@@ -75,9 +79,6 @@ ANALYSIS_RUNS = [
         {"num_rounds": 2, "clients_per_round": 4, "seed_epochs": 3},
     ),
 ]
-
-#: Overrides of every method run: fine-tuning, not training from scratch.
-FINE_TUNING = {"lr": 0.001, "warmup_steps": 10, "avg_checkpoints": 1}
 
 #: Training and validation utterances of each method's fine-tuning (the
 #: test set stays whole).
@@ -218,7 +219,7 @@ def _row(name, results, minutes):
 
 def main(args):
     """Run the demo, print its table and write the report."""
-    from sb_prune.cli.compress import compress
+    from sb_prune.asr.compress import SHORT_FINE_TUNING, compress
     from sb_prune.deploy.pretrained import export_pretrained
     from sb_prune.reporting.render import render_report
 
@@ -260,7 +261,7 @@ def main(args):
             epochs,
             valid_csv=validation,
             test_csv=dense / "test-clean.csv",
-            overrides=None if whole else {**FINE_TUNING, **overrides},
+            overrides=None if whole else {**SHORT_FINE_TUNING, **overrides},
             data_root=data_folder["data_folder"],
         )
         rows.append(_row(name, summary["results"], (time.time() - began) / 60))

@@ -1,8 +1,10 @@
-"""The recipes the demo and ``sb-prune compress`` run, found in one place.
+"""The recipes the demo runs, found in one place.
 
-Both commands run the repository's recipes (``recipes/LibriSpeech``), which
-are not part of an installed wheel: they work from a checkout installed
-with ``pip install -e .`` and say so when the folder is missing.
+``sb-prune demo`` runs the repository's recipes (``recipes/LibriSpeech``)
+in subprocesses, and they are not part of an installed wheel: it works
+from a checkout installed with ``pip install -e .`` and says so when the
+folder is missing. (``sb-prune compress`` needs no checkout: the hparams
+files it runs ship with the wheel.)
 
 Authors
  * sb_prune developers

@@ -16,31 +16,18 @@ Authors
  * sb_prune developers
 """
 
+import inspect
+
+from sb_prune.core.names import resolve
 from sb_prune.core.validation import check_keys
-from sb_prune.methods.adaptive_dropout.convert import add_adaptive_dropout
-from sb_prune.methods.attention.convert import add_prunable_attention
-from sb_prune.methods.conv_norm.group_norm import set_conv_norm
-from sb_prune.methods.i3d.convert import add_dynamic_depth
-from sb_prune.methods.low_rank.convert import add_low_rank
+from sb_prune.methods.table import converters
 
 
-def _no_options(converter, name):
-    def convert_without_options(model, **options):
-        check_keys(name, options, ())
-        return converter(model)
-
-    return convert_without_options
-
-
-_CONVERTERS = {
-    "adaptive_dropout": add_adaptive_dropout,
-    "prunable_attention": _no_options(
-        add_prunable_attention, "prunable_attention"
-    ),
-    "low_rank": add_low_rank,
-    "conv_norm": set_conv_norm,
-    "dynamic_depth": add_dynamic_depth,
-}
+def _check_options(name, converter, options):
+    """Name unknown options of a converter that takes a fixed set."""
+    parameters = list(inspect.signature(converter).parameters.values())[1:]
+    if all(p.kind != p.VAR_KEYWORD for p in parameters):
+        check_keys(name, options, [p.name for p in parameters])
 
 
 def convert(model, **methods):
@@ -52,7 +39,8 @@ def convert(model, **methods):
         A SpeechBrain model (e.g. ``TransformerASR`` with a Conformer
         encoder).
     **methods
-        One keyword per method, each a mapping of its options:
+        One keyword per method (the ``convert`` entries of
+        :mod:`sb_prune.methods.table`), each a mapping of its options:
         ``adaptive_dropout`` (see :func:`add_adaptive_dropout`),
         ``prunable_attention`` (no options, see
         :func:`add_prunable_attention`), ``low_rank`` (see
@@ -83,14 +71,17 @@ def convert(model, **methods):
     ...
     ValueError: sb_prune.convert: unknown method(s) ['pruning']; ...
     """
-    unknown = sorted(set(methods) - set(_CONVERTERS))
+    known = converters()
+    unknown = sorted(set(methods) - set(known))
     if unknown:
         raise ValueError(
             f"sb_prune.convert: unknown method(s) {unknown}; valid methods "
-            f"are {sorted(_CONVERTERS)}"
+            f"are {sorted(known)}"
         )
     for name, options in methods.items():
-        _CONVERTERS[name](model, **(options or {}))
+        converter = resolve(known[name])
+        _check_options(name, converter, options or {})
+        converter(model, **(options or {}))
         # Remembered so that exports can rebuild the architecture.
         history = recorded_conversions(model) + [(name, dict(options or {}))]
         model._sb_prune_conversions = history

@@ -1,25 +1,17 @@
 """Drop-in modules of sb_prune, each usable from hyperpyyaml.
 
+For example ``!new:sb_prune.nn.LowRankLinear``. Each module lives with its
+method (``sb_prune.methods.<method>``); the method table
+(:mod:`sb_prune.methods.table`) names them, and this package exports them
+(imported on first use).
+
 Authors
  * sb_prune developers
 """
 
-from sb_prune.families.conformer_gated import (
-    GatedConformerEncoder,
-    GatedConformerLayer,
-)
-from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
-from sb_prune.methods.attention.mha import PrunableMHA
-from sb_prune.methods.attention.relpos import PrunableRelPosMHA
-from sb_prune.methods.i3d.gating import GatePredictor
-from sb_prune.methods.low_rank.layer import LowRankLinear
+from sb_prune.core.names import lazy_namespace
+from sb_prune.methods.table import public_classes
 
-__all__ = [
-    "AdaptiveDropout",
-    "GatePredictor",
-    "GatedConformerEncoder",
-    "GatedConformerLayer",
-    "LowRankLinear",
-    "PrunableMHA",
-    "PrunableRelPosMHA",
-]
+_MODULES = public_classes("modules")
+__all__ = list(_MODULES)
+__getattr__ = lazy_namespace(__name__, _MODULES)

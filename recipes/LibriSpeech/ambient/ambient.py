@@ -48,10 +48,10 @@ from sb_prune.analysis.importance.plots import (
 )
 from sb_prune.analysis.importance.tracking import find_tracker
 from sb_prune.analysis.importance.units import RANDOM, ambient_units, snapshot
+from sb_prune.asr.brain import ASR
+from sb_prune.asr.data import dataio_prepare, prepare_data
+from sb_prune.asr.recipe import main as train_asr
 from sb_prune.data.tokenizer import train_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ASR"))
-import train as asr_recipe  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def build_brain(hparams_file, run_opts, overrides):
     """
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    asr_recipe.prepare_data(hparams)
+    prepare_data(hparams)
     tokenizer = train_tokenizer(hparams)
-    _, valid, _ = asr_recipe.dataio_prepare(hparams, tokenizer)
-    brain = asr_recipe.ASR(
+    _, valid, _ = dataio_prepare(hparams, tokenizer)
+    brain = ASR(
         modules=hparams["modules"],
         opt_class=hparams["model_opt_class"],
         hparams=hparams,
@@ -175,7 +175,7 @@ def main(argv):
     with open(hparams_file, encoding="utf-8") as fin:
         save_folder = Path(load_hyperpyyaml(fin, overrides)["save_folder"])
     if not list(save_folder.glob("CKPT+*")):
-        asr_recipe.main(argv)
+        train_asr(argv)
     brain, hparams, valid = build_brain(hparams_file, run_opts, overrides)
     return analyse(brain, hparams, valid)
 

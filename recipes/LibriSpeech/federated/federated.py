@@ -46,6 +46,8 @@ from speechbrain.utils.epoch_loop import EpochCounter
 
 from sb_prune.analysis import BrainEvaluator
 from sb_prune.analysis.importance.units import snapshot
+from sb_prune.asr.brain import ASR
+from sb_prune.asr.data import dataio_prepare, prepare_data
 from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.federated import (
     DropoutPolicy,
@@ -59,9 +61,6 @@ from sb_prune.federated import (
 from sb_prune.federated.dropout import read_scores, scores_from_report
 from sb_prune.federated.partition import partition_by_speaker, speaker_of
 from sb_prune.reporting.summary import count_parameters
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ASR"))
-import train as asr_recipe  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +78,9 @@ class Federation:
     def __init__(self, hparams, run_opts):
         self.hparams = hparams
         self.run_opts = {**run_opts, "noprogressbar": True}
-        asr_recipe.prepare_data(hparams)
+        prepare_data(hparams)
         self.tokenizer = train_tokenizer(hparams)
-        train, self.valid, tests = asr_recipe.dataio_prepare(
-            hparams, self.tokenizer
-        )
+        train, self.valid, tests = dataio_prepare(hparams, self.tokenizer)
         self.test = next(iter(tests.values()))
         speakers = {
             uid: speaker_of(row["spk_id"]) for uid, row in train.data.items()
@@ -118,7 +115,7 @@ class Federation:
             "ctc_lin": model[2],
             "normalize": self.hparams["normalize"],
         }
-        brain = asr_recipe.ASR(
+        brain = ASR(
             modules=modules,
             opt_class=opt_class or self.hparams["model_opt_class"],
             hparams={
