@@ -358,6 +358,39 @@ def test_gradual_schedule_prunes_after_optimizer_steps_and_resumes(tmp_path):
     assert ffn_units(resumed) == ffn_units(whole)
 
 
+def test_scope_and_global_allocation(tmp_path):
+    """scope limits pruning to some modules; global allocation ranks a
+    group's members across modules: the layer whose FFN units all score
+    low loses them (down to min_units), the total matches the target."""
+    torch.manual_seed(0)
+    model = tiny_conformer(layers=3).train()
+    ffn = model.encoder.layers[1].ffn_module1[1].ffn
+    with torch.no_grad():  # layer 1's first FFN: units of tiny magnitude
+        ffn[0].weight.mul_(1e-3)
+        ffn[0].bias.mul_(1e-3)
+        ffn[3].weight.mul_(1e-3)
+    hook = CriterionPruning(
+        "magnitude",
+        OneShot(0.25),
+        groups=["ffn"],
+        min_units=2,
+        scope=["model.encoder.layers.1", "model.encoder.layers.2"],
+        allocation="global",
+    )
+    fit(build_brain(tmp_path, model, [hook], 1), n_train=16)
+    units = {
+        m.path: m.count
+        for m in find_members(torch.nn.ModuleDict({"model": model}), ["ffn"])
+    }
+    path = "model.encoder.layers.{}.ffn_module{}.1"
+    assert units[path.format(0, 1)] == units[path.format(0, 2)] == 32
+    assert units[path.format(1, 1)] == 2
+    assert sum(units[path.format(i, j)] for i in (1, 2) for j in (1, 2)) == 96
+    with pytest.raises(ValueError, match="scope: the Brain's modules have no"):
+        bad = CriterionPruning("magnitude", OneShot(0.25), scope="model.dec")
+        fit(build_brain(tmp_path / "bad", tiny_conformer(), [bad], 1), 16)
+
+
 def test_unstructured_masks_stay_zero_and_survive_resume(tmp_path):
     def hook():
         return CriterionPruning(

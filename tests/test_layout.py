@@ -2,8 +2,9 @@
 
 * no import cycle between modules, and packages import only their own
   layer or the layers below (core -> data and training -> methods and
-  families -> analysis and federated -> deploy and reporting -> the public
-  namespaces and the command line; inside a layer, one direction only),
+  families -> analysis and federated -> deploy and reporting -> the
+  packaged ASR recipe -> the public namespaces and the command line;
+  inside a layer, one direction only),
   importlib strings included;
 * the classes of a model family are named only in its family module
   (``sb_prune/families/``), docstrings and messages aside.
@@ -31,10 +32,11 @@ LAYERS = {
     "federated": 3,
     "deploy": 4,
     "reporting": 4,
+    "asr": 5,
 }
 #: The public namespaces (``sb_prune``, ``sb_prune.hooks``, ``sb_prune.nn``,
 #: ``sb_prune.schedules``, ``sb_prune.importers``...) and the command line.
-TOP = 5
+TOP = 6
 #: Same-layer packages and the direction allowed between them.
 SAME_LAYER = {
     ("families", "methods"),

@@ -418,6 +418,31 @@ def families():
     return dict(_FAMILIES)
 
 
+def families_in(root):
+    """The names of the model families of the modules under ``root``.
+
+    sb_prune's own modules (family ``sb_prune``) are left out.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        A model.
+
+    Returns
+    -------
+    list of str
+        Sorted names.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
+    >>> families_in(PositionalwiseFeedForward(8, input_size=4))
+    ['SpeechBrain Transformer']
+    """
+    found = {spec.family for spec in map(spec_of, root.modules()) if spec}
+    return sorted(found - {"sb_prune"})
+
+
 def spec_of(module):
     """Return the spec registered for a module's type, or None.
 
@@ -625,10 +650,7 @@ def answers_under(root, method, select=None, missing=None):
             continue
         found.append((path, module, spec.answer(method)))
     if not found:
-        present = sorted(
-            {spec.family for spec in map(spec_of, root.modules()) if spec}
-            - {"sb_prune"}
-        )
+        present = families_in(root)
         reasons = "; ".join(
             f"{family}: {reason}" for family, reason in refused.items()
         )

@@ -218,3 +218,42 @@ def check_choices(key, values, choices):
     if unknown:
         raise ValueError(f"{key}: unknown {unknown}; choose from {choices}")
     return values
+
+
+def check_strings(key, values):
+    """Return ``values`` as a non-empty list of non-empty strings.
+
+    A single string is a list of one.
+
+    Arguments
+    ---------
+    key : str
+        The YAML key, for the message.
+    values : str or iterable of str
+        What the YAML gave.
+
+    Returns
+    -------
+    list of str
+        The strings.
+
+    Example
+    -------
+    >>> check_strings("scope", "whisper.model.encoder")
+    ['whisper.model.encoder']
+    >>> check_strings("scope", ["a", 3])
+    Traceback (most recent call last):
+    ...
+    ValueError: scope must be a list of non-empty strings, got ['a', 3]
+    """
+    if isinstance(values, str):
+        values = [values]
+    try:
+        values = list(values)
+    except TypeError:
+        values = None
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise ValueError(
+            f"{key} must be a list of non-empty strings, got {values!r}"
+        )
+    return values

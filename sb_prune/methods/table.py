@@ -207,6 +207,7 @@ METHODS = {
     ),
     "distillation": Method(
         hooks=("sb_prune.training.distillation.Distillation",),
+        fragment="distillation.yaml",
         recipes=("whisper/hparams/whisper_prune.yaml",),
     ),
     "federated_dropout": Method(

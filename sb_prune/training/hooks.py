@@ -112,6 +112,27 @@ def prune_by_plan(brain, plan):
     return bool(plan)
 
 
+def moment(when):
+    """How a log names the moment of a pruning step.
+
+    Arguments
+    ---------
+    when : int or str
+        An epoch number, or a text such as ``step 40``.
+
+    Returns
+    -------
+    str
+        ``epoch 3`` for an epoch, the text as it is otherwise.
+
+    Example
+    -------
+    >>> moment(3), moment("step 40")
+    ('epoch 3', 'step 40')
+    """
+    return when if isinstance(when, str) else f"epoch {when}"
+
+
 def number_of_epochs(brain):
     """The epoch limit of a recipe's Brain, or None if it cannot be told."""
     counter = getattr(brain.hparams, "epoch_counter", None)

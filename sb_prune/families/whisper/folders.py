@@ -4,12 +4,13 @@ A folder holds a Hugging Face Whisper model (``config.json``,
 ``model.safetensors``, tokenizer and feature-extractor files) and a
 ``hyperparams.yaml`` for ``speechbrain.inference.ASR.WhisperASR``
 (:func:`whisper_asr_hparams`). :func:`export_whisper` writes a compressed
-encoder's folder: ``model.safetensors`` holds only the weights outside the
-encoder, the encoder's weights are in ``encoder.ckpt`` at their pruned
-shapes and ``encoder_structure.json`` is their structure record; the
-``hyperparams.yaml`` builds the Whisper lobe, reshapes its encoder to the
-record (:func:`rebuild_encoder`) and lets the pretrainer load
-``encoder.ckpt``::
+model's folder: each pruned part (encoder, decoder) has its weights in
+``<part>.ckpt`` at their pruned shapes and its structure record in
+``<part>_structure.json``; ``model.safetensors`` holds the rest, with the
+parts that kept their shapes (fine-tuned or not). The ``hyperparams.yaml``
+builds the Whisper lobe, reshapes its pruned parts to their records
+(:func:`rebuild_encoder`, :func:`rebuild_decoder`) and lets the pretrainer
+load their checkpoints::
 
     from speechbrain.inference.ASR import WhisperASR
     asr = WhisperASR.from_hparams(source="exported/", savedir="exported/")
@@ -31,9 +32,33 @@ from sb_prune.core.validation import check_int
 from sb_prune.families.whisper import whisper_stack
 from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 
+#: The parts of a Whisper model exported on their own when pruned.
+PARTS = ("encoder", "decoder")
+
+
+def part_files(part):
+    """The weights and structure files of a pruned part of a folder.
+
+    Arguments
+    ---------
+    part : str
+        ``encoder`` or ``decoder``.
+
+    Returns
+    -------
+    tuple of str
+        ``(<part>.ckpt, <part>_structure.json)``.
+
+    Example
+    -------
+    >>> part_files("decoder")
+    ('decoder.ckpt', 'decoder_structure.json')
+    """
+    return f"{part}.ckpt", f"{part}_structure.json"
+
+
 #: The files of a structured encoder in an exported folder.
-ENCODER_WEIGHTS = "encoder.ckpt"
-ENCODER_STRUCTURE = "encoder_structure.json"
+ENCODER_WEIGHTS, ENCODER_STRUCTURE = part_files("encoder")
 
 _GREEDY = """\
 decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher
@@ -46,20 +71,18 @@ decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperBeamSearcher
     min_decode_ratio: 0.0
     max_decode_ratio: !ref <max_decode_ratio>
     beam_size: {beam_size}"""
-_DENSE_PRETRAINER = """\
-# The weights are in model.safetensors, which the Whisper lobe loads.
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables: {}"""
-_PRUNED_PRETRAINER = f"""\
-# The encoder is pruned: reshaped to {ENCODER_STRUCTURE} (sb_prune), then
-# loaded from {ENCODER_WEIGHTS}; model.safetensors holds the rest.
-sb_prune_encoder: !apply:sb_prune.families.whisper.folders.rebuild_encoder
+_PRETRAINER = """\
+# The weights are in model.safetensors, which the Whisper lobe loads; a
+# pruned part is reshaped to its <part>_structure.json (sb_prune), then
+# loaded from its <part>.ckpt.
+{rebuilds}pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables: {loadables}"""
+_REBUILD = """\
+sb_prune_{part}: !apply:sb_prune.families.whisper.folders.rebuild_{part}
     whisper: !ref <whisper>
-    structure: !ref <whisper_folder>/{ENCODER_STRUCTURE}
+    structure: !ref <whisper_folder>/{structure}
 
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        encoder: !ref <sb_prune_encoder>"""
+"""
 _HPARAMS = """\
 # Whisper for speechbrain.inference.ASR.WhisperASR.from_hparams(source=<this
 # folder>), written by sb_prune; if the folder moves, pass
@@ -86,7 +109,7 @@ modules:
 """
 
 
-def whisper_asr_hparams(folder, beam_size=None, pruned=False):
+def whisper_asr_hparams(folder, beam_size=None, pruned=()):
     """The ``hyperparams.yaml`` of a Whisper folder, for ``WhisperASR``.
 
     Arguments
@@ -96,9 +119,9 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=False):
     beam_size : int, optional
         Beam search of that width (``S2SWhisperBeamSearcher``); default
         greedy (``S2SWhisperGreedySearcher``).
-    pruned : bool
-        The encoder is rebuilt from ``encoder_structure.json`` and loaded
-        from ``encoder.ckpt`` (see :func:`export_whisper`).
+    pruned : tuple of str
+        The parts rebuilt from ``<part>_structure.json`` and loaded from
+        ``<part>.ckpt`` (see :func:`export_whisper`).
 
     Returns
     -------
@@ -110,15 +133,26 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=False):
     >>> text = whisper_asr_hparams("/models/tiny", beam_size=4)
     >>> "beam_size: 4" in text, "rebuild_encoder" in text
     (True, False)
+    >>> "rebuild_decoder" in whisper_asr_hparams("/m", pruned=["decoder"])
+    True
     """
     decoder = _GREEDY
     if beam_size is not None:
         check_int("beam_size", beam_size, minimum=1)
         decoder = _BEAM.format(beam_size=beam_size)
+    rebuilds = "".join(
+        _REBUILD.format(part=part, structure=part_files(part)[1])
+        for part in pruned
+    )
+    loadables = "{}"
+    if pruned:
+        loadables = "".join(
+            f"\n        {part}: !ref <sb_prune_{part}>" for part in pruned
+        )
     return _HPARAMS.format(
         folder=folder,
         decoder=decoder,
-        pretrainer=_PRUNED_PRETRAINER if pruned else _DENSE_PRETRAINER,
+        pretrainer=_PRETRAINER.format(rebuilds=rebuilds, loadables=loadables),
     )
 
 
@@ -139,6 +173,14 @@ def whisper_encoder(whisper):
     return whisper_stack(whisper, "encoder")
 
 
+def _rebuild(whisper, structure, part):
+    if not isinstance(structure, dict):
+        structure = json.loads(Path(structure).read_text())
+    stack = whisper_stack(whisper, part)
+    restore(stack, structure)
+    return stack
+
+
 def rebuild_encoder(whisper, structure):
     """Reshape a Whisper model's encoder to a structure record.
 
@@ -156,11 +198,38 @@ def rebuild_encoder(whisper, structure):
     torch.nn.Module
         The encoder, reshaped in place (placeholder weights).
     """
-    if not isinstance(structure, dict):
-        structure = json.loads(Path(structure).read_text())
-    encoder = whisper_encoder(whisper)
-    restore(encoder, structure)
-    return encoder
+    return _rebuild(whisper, structure, "encoder")
+
+
+def rebuild_decoder(whisper, structure):
+    """Reshape a Whisper model's decoder to a structure record.
+
+    Used by the ``hyperparams.yaml`` of exported folders.
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        See :func:`whisper_encoder`.
+    structure : str or dict
+        The record (paths relative to the decoder), or its JSON file.
+
+    Returns
+    -------
+    torch.nn.Module
+        The decoder, reshaped in place (placeholder weights).
+    """
+    return _rebuild(whisper, structure, "decoder")
+
+
+def _stacks(whisper):
+    """``{part: stack}`` of the parts the model has (a lobe may lack one)."""
+    found = {}
+    for part in PARTS:
+        try:
+            found[part] = whisper_stack(whisper, part)
+        except ValueError:
+            continue
+    return found
 
 
 def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
@@ -169,9 +238,11 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
     Arguments
     ---------
     whisper : torch.nn.Module
-        The model whose encoder is exported (see :func:`whisper_encoder`;
-        adaptive-dropout layers are left out, after removing the units
-        they drop); the other weights are those of ``dense_folder``.
+        The model exported (SpeechBrain's Whisper lobe, with a decoder or
+        encoder-only, or a Hugging Face Whisper): its encoder and decoder,
+        where it has them (adaptive-dropout layers are left out, after
+        removing the units they drop); the other weights are those of
+        ``dense_folder``.
     dense_folder : str or pathlib.Path
         The Hugging Face Whisper folder it was built from (e.g. written by
         :func:`sb_prune.importers.ctranslate2.convert_whisper`).
@@ -183,7 +254,8 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
     Returns
     -------
     dict
-        ``encoder_params`` and the folder.
+        ``encoder_params``, ``decoder_params`` (when exported), the pruned
+        parts and the folder.
     """
     from safetensors.torch import load_file, save_file
 
@@ -196,24 +268,46 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
     for path in dense.iterdir():
         if path.is_file() and path.suffix in (".json", ".txt"):
             shutil.copy(path, out / path.name)
-    rest = {
-        key: value
-        for key, value in load_file(dense / "model.safetensors").items()
-        if not key.startswith(("model.encoder.", "encoder."))
-    }
-    save_file(rest, out / "model.safetensors", metadata={"format": "pt"})
-    # Adaptive-dropout layers are for training: removed from a copy.
-    encoder = strip_adaptive_dropout(copy.deepcopy(whisper_encoder(whisper)))
-    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    torch.save(state, out / ENCODER_WEIGHTS)
-    (out / ENCODER_STRUCTURE).write_text(json.dumps(describe(encoder)))
+    weights = load_file(dense / "model.safetensors")
+    summary, pruned = {"folder": str(out)}, []
+    for part, stack in _stacks(whisper).items():
+        # Adaptive-dropout layers are for training: removed from a copy.
+        stack = strip_adaptive_dropout(copy.deepcopy(stack))
+        state = {k: v.detach().cpu() for k, v in stack.state_dict().items()}
+        prefix = _prefix(weights, part)
+        same_shapes = {
+            f"{prefix}{key}": value.shape for key, value in state.items()
+        } == {
+            key: value.shape
+            for key, value in weights.items()
+            if key.startswith(prefix)
+        }
+        if same_shapes:  # as the dense part: into model.safetensors
+            weights.update({f"{prefix}{k}": v for k, v in state.items()})
+        else:
+            weights = {
+                k: v for k, v in weights.items() if not k.startswith(prefix)
+            }
+            weights_file, structure_file = part_files(part)
+            torch.save(state, out / weights_file)
+            (out / structure_file).write_text(json.dumps(describe(stack)))
+            pruned.append(part)
+        summary[f"{part}_params"] = sum(p.numel() for p in stack.parameters())
+    weights = {key: value.contiguous() for key, value in weights.items()}
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "hyperparams.yaml").write_text(
-        whisper_asr_hparams(out.resolve(), beam_size=beam_size, pruned=True)
+        whisper_asr_hparams(out.resolve(), beam_size=beam_size, pruned=pruned)
     )
-    return {
-        "encoder_params": sum(p.numel() for p in encoder.parameters()),
-        "folder": str(out),
-    }
+    summary["pruned"] = pruned
+    return summary
+
+
+def _prefix(weights, part):
+    """The key prefix of a part in a Hugging Face Whisper state dict."""
+    for prefix in (f"model.{part}.", f"{part}."):
+        if any(key.startswith(prefix) for key in weights):
+            return prefix
+    raise ValueError(f"model.safetensors holds no Whisper {part}")
 
 
 def load_exported_encoder(folder):

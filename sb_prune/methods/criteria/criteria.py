@@ -49,7 +49,12 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import ddp_all_reduce
 from torch import nn
 
-from sb_prune.core.registry import CRITERION_GROUPS, layer_spec, spec_of
+from sb_prune.core.registry import (
+    CRITERION_GROUPS,
+    LAYER_GROUPS,
+    layer_spec,
+    spec_of,
+)
 from sb_prune.core.validation import check_choices
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
@@ -135,7 +140,7 @@ class Members:
             weights (the Linear itself for ``weights``; the layer stack
             for ``layers``).
         """
-        if self.group == "layers" or self.spec is None:
+        if self.group in LAYER_GROUPS or self.spec is None:
             return self.module
         return self.spec.require(
             "consumer", f"groups: {self.group}", type(self.module).__name__
@@ -441,7 +446,7 @@ class Taylor(Criterion):
         """Register the layer hooks that collect ``(x_in - x_out) . g``."""
         super().attach(members)
         for item in members:
-            if item.group == "layers":
+            if item.group in LAYER_GROUPS:
                 for index, layer in enumerate(item.module.layers):
                     hook = _LayerTaylorHook(
                         self._pending, item.path, index, item.count
@@ -455,7 +460,7 @@ class Taylor(Criterion):
     def observe_gradients(self, members, scale=1.0):
         super().observe_gradients(members, scale)
         for item in members:
-            if item.group == "layers":
+            if item.group in LAYER_GROUPS:
                 pending = self._pending.pop(item.path, None)
                 if pending is not None:
                     self._add((item.path, "taylor"), pending.abs() / scale)
@@ -506,7 +511,7 @@ class _ActivationCriterion(Criterion):
 
     def stat_shapes(self, members):
         """Per-column input sums of the consumer, or per-layer updates."""
-        if members.group == "layers":
+        if members.group in LAYER_GROUPS:
             return {"update": (members.count,), "count": (members.count,)}
         columns = members.consumer().in_features
         return {"abs": (columns,), "sq": (columns,), "count": ()}
@@ -518,7 +523,7 @@ class _ActivationCriterion(Criterion):
         # weights): their inputs are observed by one hook on the attention.
         relpos = {}
         for item in members:
-            if item.group == "layers":
+            if item.group in LAYER_GROUPS:
                 for index, layer in enumerate(item.module.layers):
                     hook = _LayerUpdateHook(self, item.path, index, item.count)
                     self._handles.append(layer.register_forward_hook(hook))
@@ -648,7 +653,7 @@ class Activation(_ActivationCriterion):
     """
 
     def score(self, members):
-        if members.group == "layers":
+        if members.group in LAYER_GROUPS:
             return self._layer_score(members)
         mean_abs, _ = self._input_norms(members)
         if members.group == "weights":
@@ -674,7 +679,7 @@ class Wanda(_ActivationCriterion):
     """
 
     def attach(self, members):
-        if any(item.group == "layers" for item in members):
+        if any(item.group in LAYER_GROUPS for item in members):
             raise ValueError(
                 "criterion wanda scores ffn, heads and weights, not layers; "
                 "use activation or taylor for groups: [layers]"
@@ -755,3 +760,69 @@ def keep_top(scores, n_keep):
     scores = scores.detach().cpu().float().nan_to_num(nan=-float("inf"))
     order = torch.sort(-scores, stable=True).indices
     return order[:n_keep].sort().values
+
+
+def global_keep(members, scores, initial, sparsity, min_units=1):
+    """Kept members of several modules of one group, ranked together.
+
+    The group keeps ``round(N_0 (1 - sparsity))`` members in all (``N_0``:
+    what the modules had when the schedule started), its best-scored ones
+    wherever they are, each module keeping at least its ``min_units`` best
+    (and never more than it has).
+
+    Arguments
+    ---------
+    members : list of Members
+        The modules of one group.
+    scores : dict
+        ``{path: one score per member}``.
+    initial : dict
+        ``{path: members when the schedule started}``.
+    sparsity : float
+        The group's sparsity after this step.
+    min_units : int
+        Members each module keeps at least.
+
+    Returns
+    -------
+    dict
+        ``{path: sorted kept indices}``.
+
+    Example
+    -------
+    >>> class M:
+    ...     def __init__(self, path, count):
+    ...         self.path, self.count = path, count
+    >>> mods = [M("a", 3), M("b", 3)]
+    >>> kept = global_keep(
+    ...     mods,
+    ...     {"a": torch.tensor([5.0, 4, 3]), "b": torch.tensor([0.1, 9, 0.2])},
+    ...     {"a": 3, "b": 3},
+    ...     sparsity=0.5,
+    ... )
+    >>> {path: index.tolist() for path, index in kept.items()}
+    {'a': [0, 1], 'b': [1]}
+    """
+    total = sum(initial[m.path] for m in members)
+    budget = max(int(total * (1.0 - sparsity) + 0.5), 0)
+    chosen = {m.path: set() for m in members}
+    ranked = []
+    for m in members:
+        values = scores[m.path].detach().cpu().float()
+        values = values.nan_to_num(nan=-float("inf"))
+        floor = min(min_units, m.count)
+        for index in keep_top(values, floor).tolist():
+            chosen[m.path].add(index)
+        ranked += [
+            (float(values[i]), m.path, i)
+            for i in range(m.count)
+            if i not in chosen[m.path]
+        ]
+    budget -= sum(len(kept) for kept in chosen.values())
+    ranked.sort(key=lambda item: (-item[0], item[1], item[2]))
+    for _, path, index in ranked[: max(budget, 0)]:
+        chosen[path].add(index)
+    return {
+        path: torch.tensor(sorted(kept), dtype=torch.long)
+        for path, kept in chosen.items()
+    }

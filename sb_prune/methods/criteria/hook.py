@@ -9,11 +9,18 @@ import logging
 import torch
 from speechbrain.utils.distributed import ddp_broadcast
 
-from sb_prune.core.validation import check_choices, check_int
+from sb_prune.core.registry import LAYER_GROUPS, families_in
+from sb_prune.core.validation import (
+    check_choice,
+    check_choices,
+    check_int,
+    check_strings,
+)
 from sb_prune.methods.criteria.criteria import (
     GROUPS,
     Criterion,
     find_members,
+    global_keep,
     keep_top,
     make_criterion,
 )
@@ -21,8 +28,12 @@ from sb_prune.training.hooks import (
     PruningHook,
     check_epochs,
     checked_schedule,
+    moment,
     prune_by_plan,
 )
+
+#: How a step's sparsity is shared between the modules of a group.
+ALLOCATIONS = ("uniform", "global")
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +41,18 @@ logger = logging.getLogger(__name__)
 class CriterionPruning(PruningHook):
     """Prune the lowest-scored members of groups, following a schedule.
 
-    At the end of each training epoch where the schedule takes a step, the
-    criterion scores every member (units of each feed-forward block, heads
-    of each attention, layers of each encoder, or single weights) and each
-    module keeps its ``round(n_0 (1 - s_k))`` best members (``n_0``: what it
-    had when the schedule started; at least ``min_units``). Scores of
+    At the end of each training epoch where the schedule takes a step (or
+    after the optimizer step, for a :class:`~sb_prune.schedules.Gradual`
+    schedule), the criterion scores every member (units of each
+    feed-forward block, heads of each attention, layers of each encoder or
+    decoder, or single weights) within ``scope``. With ``allocation:
+    uniform`` each module keeps its ``round(n_0 (1 - s_k))`` best members
+    (``n_0``: what it had when the schedule started; at least
+    ``min_units``); with ``allocation: global`` the members of a group are
+    ranked together across modules and the group keeps its ``round(N_0 (1 -
+    s_k))`` best, so each module's budget follows its measured importance
+    (use it with a criterion whose scores compare across layers, such as
+    ``taylor``: an estimate of the loss change). Scores of
     data-driven criteria are collected during the training batches since
     the previous step and summed over DDP processes; the plan is broadcast
     from the main process. Structured groups are removed physically;
@@ -49,10 +67,16 @@ class CriterionPruning(PruningHook):
     schedule : sb_prune.training.schedules.Schedule
         ``!new:sb_prune.schedules.OneShot`` or ``Incremental``.
     groups : list of str
-        A subset of ``ffn, heads, layers`` (structured), or ``[weights]``
-        (unstructured); a single name is a list of one.
+        A subset of ``ffn, heads, layers, decoder_layers`` (structured), or
+        ``[weights]`` (unstructured); a single name is a list of one.
     min_units : int
         Members each module always keeps, >= 1.
+    scope : list of str, optional
+        Paths of the modules (relative to the Brain's ``modules``, e.g.
+        ``whisper.model.encoder``) whose members are pruned; default: all.
+    allocation : str
+        ``uniform`` (every module loses the same fraction) or ``global``
+        (see above).
 
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
@@ -75,7 +99,14 @@ class CriterionPruning(PruningHook):
     """
 
     def __init__(
-        self, criterion, schedule, groups=("ffn",), min_units=1, name=None
+        self,
+        criterion,
+        schedule,
+        groups=("ffn",),
+        min_units=1,
+        scope=None,
+        allocation="uniform",
+        name=None,
     ):
         super().__init__(name)
         if isinstance(criterion, str):
@@ -92,6 +123,10 @@ class CriterionPruning(PruningHook):
                 "with structured groups: masks do not follow their surgery"
             )
         check_int("min_units", min_units, minimum=1)
+        self.scope = None
+        if scope is not None:
+            self.scope = check_strings("scope", scope)
+        self.allocation = check_choice("allocation", allocation, ALLOCATIONS)
         self.criterion = criterion
         self.schedule = checked_schedule(schedule)
         self.groups = groups
@@ -101,6 +136,7 @@ class CriterionPruning(PruningHook):
         self.initial = {}
         self._members = []
         self._masks = {}
+        self._global = {}
 
     @property
     def unstructured(self):
@@ -147,18 +183,36 @@ class CriterionPruning(PruningHook):
                 renamed[key] = count
             self.initial = renamed
 
+    def _in_scope(self, path):
+        return self.scope is None or any(
+            path == prefix or path.startswith(prefix + ".")
+            for prefix in self.scope
+        )
+
     def _find(self, brain):
         root = brain.unwrapped_modules()
-        self._members = find_members(root, self.groups)
+        for prefix in self.scope or []:
+            try:
+                root.get_submodule(prefix)
+            except AttributeError:
+                raise ValueError(
+                    f"scope: the Brain's modules have no {prefix!r}"
+                ) from None
+        self._members = [
+            members
+            for members in find_members(root, self.groups)
+            if self._in_scope(members.path)
+        ]
         found = {members.group for members in self._members}
         for group in self.groups:
             if group not in found:
                 hint = {
                     "heads": ": add prunable_attention to sb_prune.convert",
                 }.get(group, "")
+                families = ", ".join(families_in(root)) or "unknown"
                 raise ValueError(
-                    f"groups has '{group}' but the model has nothing to prune "
-                    f"there{hint}"
+                    f"groups has '{group}' but the model ({families} family) "
+                    f"has nothing to prune there{hint}"
                 )
         self.criterion.attach(self._members)
 
@@ -202,19 +256,18 @@ class CriterionPruning(PruningHook):
     def _take_step(self, brain, step, when):
         if self.criterion.data_driven:
             self.criterion.all_reduce()
+        self._global = {}
         if self.unstructured:
             self._mask_weights(step)
         else:
             plan = {}
             # Layer cuts renumber the paths below them: apply them last.
             for members in sorted(
-                self._members, key=lambda m: m.group == "layers"
+                self._members, key=lambda m: m.group in LAYER_GROUPS
             ):
-                initial = self.initial[members.path]
-                keep = self.keep_count(initial, members.count, step)
-                if keep < members.count:
-                    scores = self.criterion.score(members)
-                    plan[members.path] = members.plan(keep_top(scores, keep))
+                kept = self._kept(members, step)
+                if kept is not None:
+                    plan[members.path] = members.plan(kept)
             prune_by_plan(brain, plan)
             self._renumber(plan)
         self.step = step
@@ -238,9 +291,33 @@ class CriterionPruning(PruningHook):
         )
         logger.info(
             f"sb_prune: {self.criterion!r} step {step}/"
-            f"{self.schedule.steps} at epoch {when}, kept {counts}; "
+            f"{self.schedule.steps} at {moment(when)}, kept {counts}; "
             f"{dropped} non-finite observations dropped"
         )
+
+    def _kept(self, members, step):
+        """Indices a module keeps at this step, or None if it keeps all."""
+        if self.allocation == "global" and members.group not in LAYER_GROUPS:
+            kept = self._global_kept(members.group, step)[members.path]
+        else:
+            initial = self.initial[members.path]
+            keep = self.keep_count(initial, members.count, step)
+            kept = None
+            if keep < members.count:
+                kept = keep_top(self.criterion.score(members), keep)
+        return None if kept is None or len(kept) == members.count else kept
+
+    def _global_kept(self, group, step):
+        """``{path: kept indices}`` of one group ranked across modules."""
+        if group not in self._global:
+            self._global[group] = global_keep(
+                [m for m in self._members if m.group == group],
+                {m.path: self.criterion.score(m) for m in self._members},
+                self.initial,
+                self.schedule.sparsity(step),
+                self.min_units,
+            )
+        return self._global[group]
 
     def _mask_weights(self, step):
         for members in self._members:

@@ -27,6 +27,7 @@ from sb_prune.training.hooks import (
     PruningHook,
     check_epochs,
     checked_schedule,
+    moment,
     number_of_epochs,
     prune_by_plan,
 )
@@ -162,8 +163,8 @@ class LowRankCompression(PruningHook):
             {"epoch": when, "compression": compression, "ranks": ranks}
         )
         logger.info(
-            f"sb_prune: low-rank step {step}/{self.schedule.steps} at epoch "
-            f"{when}: compression {compression:.2f}, ranks {ranks}"
+            f"sb_prune: low-rank step {step}/{self.schedule.steps} at "
+            f"{moment(when)}: compression {compression:.2f}, ranks {ranks}"
         )
 
     def _ranks(self, layers, compression):
