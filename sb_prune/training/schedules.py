@@ -162,6 +162,17 @@ class Schedule:
         """The epoch at whose end the last step happens."""
         return self.epoch_of(self.steps)
 
+    def place(self, total_steps):
+        """Fit the schedule to a run of ``total_steps`` optimizer steps.
+
+        Nothing to do but for :class:`Gradual` with a ``span``.
+
+        Arguments
+        ---------
+        total_steps : int
+            Optimizer steps of the whole run.
+        """
+
     def due(self, done, epoch):
         """Return the steps due at the end of ``epoch``.
 
@@ -289,9 +300,13 @@ class Gradual(Schedule):
     """Prune in many small steps spread over optimizer steps.
 
     Step ``k`` happens after optimizer step ``start_step + (k - 1) *
-    every``; the sparsity follows the ``cubic`` or ``linear`` ramp of
-    :class:`Schedule`. Made for pretrained models: each step removes a
-    little, and the model recovers before the next one.
+    every``, or, with ``span: [a, b]``, at evenly spaced points from the
+    fraction ``a`` to the fraction ``b`` of the run's optimizer steps (the
+    same schedule then fits a short run and a long one; it is placed when
+    training starts, from the epochs and batches per epoch). The sparsity
+    follows the ``cubic`` or ``linear`` ramp of :class:`Schedule`. Made for
+    pretrained models: each step removes a little, and the model recovers
+    before the next one and after the last.
 
     Arguments
     ---------
@@ -308,16 +323,27 @@ class Gradual(Schedule):
         Optimizer steps between two pruning steps, >= 1.
     initial : float
         Sparsity before the first step, in [0, target].
+    span : list of float, optional
+        ``[a, b]``, 0 <= a <= b <= 1: place the steps over that fraction of
+        training instead of ``start_step`` and ``every``.
 
     Example
     -------
     >>> gradual = Gradual(0.4, steps=4, ramp="linear", start_step=10, every=5)
     >>> [gradual.epoch_of(k) for k in (1, 4)], gradual.sparsity(2)
     ([10, 25], 0.2)
+    >>> spread = Gradual(0.4, steps=3, span=[0.1, 0.5])
+    >>> spread.place(total_steps=200)
+    >>> [spread.epoch_of(k) for k in (1, 2, 3)]
+    [20, 60, 100]
     >>> Gradual(0.4, start_step=0)
     Traceback (most recent call last):
     ...
     ValueError: start_step must be an integer >= 1, got 0
+    >>> Gradual(0.4, span=[0.5, 0.2])
+    Traceback (most recent call last):
+    ...
+    ValueError: span must be [a, b] with 0 <= a <= b <= 1, got [0.5, 0.2]
     """
 
     unit = "step"
@@ -330,11 +356,70 @@ class Gradual(Schedule):
         start_step=1,
         every=100,
         initial=0.0,
+        span=None,
     ):
         check_int("start_step", start_step, minimum=1)
         super().__init__(target, steps, ramp, start_step, every, initial)
+        if span is not None:
+            valid = (
+                isinstance(span, (list, tuple))
+                and len(span) == 2
+                and all(isinstance(v, (int, float)) for v in span)
+                and 0 <= span[0] <= span[1] <= 1
+            )
+            if not valid:
+                raise ValueError(
+                    f"span must be [a, b] with 0 <= a <= b <= 1, got {span!r}"
+                )
+            span = [float(v) for v in span]
+        self.span = span
+        self._placed = None
+
+    def place(self, total_steps):
+        """Place a ``span`` schedule on a run of ``total_steps`` steps.
+
+        Arguments
+        ---------
+        total_steps : int or None
+            Optimizer steps of the whole run (None: not known yet).
+        """
+        if self.span is None or total_steps is None:
+            return
+        start, stop = self.span
+        points = [
+            start + (stop - start) * k / max(self.steps - 1, 1)
+            for k in range(self.steps)
+        ]
+        self._placed = [max(1, round(p * total_steps)) for p in points]
+
+    def epoch_of(self, step):
+        """The optimizer step after which step ``step`` (1-based) happens.
+
+        Arguments
+        ---------
+        step : int
+            In ``[1, steps]``.
+
+        Returns
+        -------
+        int
+            The optimizer step.
+        """
+        if self.span is None:
+            return super().epoch_of(step)
+        if self._placed is None:
+            raise ValueError(
+                "schedule: a Gradual schedule with span is placed when "
+                "training starts (place(total_steps)); it was not"
+            )
+        return self._placed[step - 1]
 
     def __repr__(self):
+        if self.span is not None:
+            return (
+                f"Gradual(target={self.target}, steps={self.steps}, ramp="
+                f"{self.ramp!r}, span={self.span})"
+            )
         return (
             f"Gradual(target={self.target}, steps={self.steps}, ramp="
             f"{self.ramp!r}, start_step={self.start_epoch}, every="

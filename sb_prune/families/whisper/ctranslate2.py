@@ -10,7 +10,9 @@ projections; the key has no bias), and writes a Hugging Face folder:
 ``config.json``, ``model.safetensors`` (float32), the tokenizer
 (``vocab.json``, ``merges.txt``, ``added_tokens.json``, ``tokenizer.json``
 and its configuration), ``preprocessor_config.json`` and
-``generation_config.json``. SpeechBrain's Whisper lobe
+``generation_config.json``, and ``normalizer.json`` (Whisper's English
+spelling map, which transformers' tokenizer needs for ``normalize()``, as
+SpeechBrain's Whisper recipes call it). SpeechBrain's Whisper lobe
 (``speechbrain.integrations.huggingface.whisper.Whisper``) and
 ``speechbrain.inference.ASR.WhisperASR`` load it offline with
 ``source=<folder>``.
@@ -31,6 +33,8 @@ import torch
 
 from sb_prune.families.whisper.folders import whisper_asr_hparams
 
+#: Whisper's English spelling map (OpenAI, MIT: see THIRD_PARTY.md).
+ENGLISH_SPELLING = Path(__file__).with_name("english_spelling.json")
 #: Binary versions of ``model.bin`` this reader knows.
 BINARY_VERSIONS = (5, 6)
 #: Data type codes of ``model.bin``.
@@ -359,6 +363,7 @@ def convert_whisper(source, out_folder, beam_size=None):
     )
     _write_tokenizer(tokenizer, out)
     shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
+    shutil.copy(ENGLISH_SPELLING, out / "normalizer.json")
     WhisperFeatureExtractor(
         feature_size=config.num_mel_bins,
         sampling_rate=16000,

