@@ -1,4 +1,4 @@
-"""Pruning schedules under their public name (``sb_prune.schedules``).
+"""Schedules under their public name (``sb_prune.schedules``).
 
 Hparams files write ``!new:sb_prune.schedules.Incremental``; the
 schedules live in :mod:`sb_prune.training.schedules`.
@@ -8,11 +8,23 @@ Authors
 """
 
 from sb_prune.training.schedules import (
+    AtStart,
+    BaseSchedule,
     Gradual,
     Incremental,
     OneShot,
+    Ramp,
     Schedule,
     make_schedule,
 )
 
-__all__ = ["Gradual", "Incremental", "OneShot", "Schedule", "make_schedule"]
+__all__ = [
+    "AtStart",
+    "BaseSchedule",
+    "Gradual",
+    "Incremental",
+    "OneShot",
+    "Ramp",
+    "Schedule",
+    "make_schedule",
+]

@@ -22,7 +22,10 @@ rates, in one of three modes at the same client size:
 * ``uniform``: the same rate in every unit;
 * ``importance``: units sorted from most ambient (smallest quality loss
   when reset, see :class:`sb_prune.analysis.LayerImportance`) to most
-  critical; each gets ``max_rate`` in turn until the size is reached.
+  critical; each gets ``max_rate`` in turn until the size is reached. The
+  scores come from a report (or its JSON), from ``{unit: score}``, or
+  from any importance (:class:`sb_prune.core.importance.Importance`:
+  :func:`importance_scores`).
 
 Authors
  * sb_prune developers
@@ -36,6 +39,7 @@ import torch
 
 from sb_prune.analysis.importance.units import find_units
 from sb_prune.core.encoders import find_layer_stack
+from sb_prune.core.importance import Importance, Members
 from sb_prune.core.registry import layer_spec, spec_of
 from sb_prune.core.surgery import apply_plan
 from sb_prune.core.validation import (
@@ -251,6 +255,50 @@ def importance_rates(groups, scores, drop_params, max_rate):
     return rates
 
 
+def importance_scores(importance, model, groups):
+    """Per-unit scores from an importance: its mean score of their members.
+
+    Arguments
+    ---------
+    importance : sb_prune.core.importance.Importance
+        Scores the members (units, heads) of the thinned modules of
+        ``model``, e.g. a :class:`~sb_prune.analysis.LayerImportance`
+        that ran on it, or a data-free criterion
+        (:class:`~sb_prune.methods.criteria.Magnitude`).
+    model : torch.nn.Module
+        The full model.
+    groups : list of Group
+        From :func:`droppable_groups`.
+
+    Returns
+    -------
+    dict
+        ``{unit: score}``; lower is more ambient.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Conformer import (
+    ...     ConformerEncoder,
+    ... )
+    >>> from sb_prune.methods.criteria import Magnitude
+    >>> encoder = ConformerEncoder(1, d_model=8, d_ffn=16, nhead=2)
+    >>> groups = droppable_groups(encoder, ["ffn1", "ffn2"])
+    >>> with torch.no_grad():
+    ...     _ = encoder.layers[0].ffn_module2[1].ffn[0].weight.mul_(0.01)
+    >>> scores = importance_scores(Magnitude(), encoder, groups)
+    >>> scores["layer0.ffn2"] < scores["layer0.ffn1"]
+    True
+    """
+    per_unit = {}
+    for path in dict.fromkeys(group.path for group in groups):
+        module = model.get_submodule(path)
+        members = Members(path, spec_of(module).criterion_group, module)
+        unit = next(group.unit for group in groups if group.path == path)
+        score = importance.score(members).float().mean()
+        per_unit.setdefault(unit, []).append(float(score))
+    return {unit: sum(s) / len(s) for unit, s in per_unit.items()}
+
+
 def scores_from_report(report, label=None):
     """Per-unit importance scores from a layer-importance report.
 
@@ -378,10 +426,12 @@ class DropoutPolicy:
     client_size : float
         Target size of every client's sub-model, as a fraction of the full
         model's parameters, in (0, 1]; ``none`` ignores it.
-    importance : dict or str, optional
+    importance : dict, str or Importance, optional
         ``importance`` mode: ``{unit: score}`` (lower is more ambient), a
-        :class:`~sb_prune.analysis.LayerImportance` report, or the path of
-        an ``ambient.py`` ``importance.json`` (see :func:`read_scores`).
+        :class:`~sb_prune.analysis.LayerImportance` report, the path of
+        an ``ambient.py`` ``importance.json`` (see :func:`read_scores`),
+        or an :class:`~sb_prune.core.importance.Importance` of the model's
+        units and heads (see :func:`importance_scores`).
     max_rate : float
         ``importance`` mode: the largest dropout rate of one unit, in
         (0, 1).
@@ -438,7 +488,8 @@ class DropoutPolicy:
             )
         if mode == "importance" and importance is None:
             raise ValueError("mode importance needs importance scores")
-        importance = read_scores(importance)
+        if not isinstance(importance, Importance):
+            importance = read_scores(importance)
         self.mode = mode
         self.client_size = client_size
         self.importance = importance
@@ -482,9 +533,13 @@ class DropoutPolicy:
         if self.mode == "uniform":
             self.rates = uniform_rates(self.groups, drop)
         else:
-            check_unit_names(self.importance, model)
+            scores = self.importance
+            if isinstance(scores, Importance):
+                scores = importance_scores(scores, model, self.groups)
+            else:
+                check_unit_names(scores, model)
             self.rates = importance_rates(
-                self.groups, self.importance, drop, self.max_rate
+                self.groups, scores, drop, self.max_rate
             )
         for group in self.groups:
             rate = self.rates[group.unit]

@@ -141,7 +141,7 @@ def number_of_epochs(brain):
 
 
 def checked_schedule(schedule):
-    """Return ``schedule`` if it is a Schedule, else raise naming the key.
+    """Return ``schedule`` if it is a Schedule with a target sparsity.
 
     Arguments
     ---------
@@ -152,26 +152,82 @@ def checked_schedule(schedule):
     -------
     Schedule
         The schedule.
+
+    Example
+    -------
+    >>> from sb_prune.training.schedules import OneShot
+    >>> checked_schedule(OneShot(epoch=2))
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule: OneShot(target=None, epoch=2) has no target ...
     """
     if not isinstance(schedule, Schedule):
         raise ValueError(
-            "schedule must be an sb_prune.schedules Schedule (OneShot, "
-            f"Incremental or Gradual), got {type(schedule).__name__}"
+            "schedule must be an sb_prune.schedules Schedule (AtStart, "
+            f"OneShot, Incremental or Gradual), got {type(schedule).__name__}"
+        )
+    if schedule.target is None:
+        raise ValueError(
+            f"schedule: {schedule!r} has no target sparsity; give target"
         )
     return schedule
 
 
-def check_epochs(schedule, brain):
-    """Check that the schedule's steps fall inside the recipe's epochs.
+def moment_schedule(schedule, hook):
+    """Return ``schedule`` if it takes one step and has no target.
+
+    The schedule of a hook that acts once and decides how much itself (a
+    layer cut, activation low rank).
 
     Arguments
     ---------
-    schedule : Schedule
+    schedule : object
+        What the YAML gave for ``schedule``.
+    hook : str
+        The hook's class name, for the message.
+
+    Returns
+    -------
+    Schedule
+        The schedule.
+
+    Example
+    -------
+    >>> from sb_prune.training.schedules import Incremental
+    >>> moment_schedule(Incremental(0.5, steps=2), "LayerCut")
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule: LayerCut acts once and decides how much itself; ...
+    """
+    if (
+        not isinstance(schedule, Schedule)
+        or schedule.steps != 1
+        or schedule.target is not None
+    ):
+        raise ValueError(
+            f"schedule: {hook} acts once and decides how much itself; give "
+            "a one-step sb_prune.schedules Schedule without target (AtStart, "
+            f"OneShot with epoch, Gradual with steps: 1), got {schedule!r}"
+        )
+    return schedule
+
+
+def check_epochs(schedule, brain, key="schedule"):
+    """Check that the schedule's steps fall inside the recipe's epochs.
+
+    Every hook calls it on its schedule when training starts.
+
+    Arguments
+    ---------
+    schedule : sb_prune.training.schedules.BaseSchedule
         The hook's schedule.
     brain : sb.Brain
         The Brain, whose ``epoch_counter`` or ``number_of_epochs`` limit
         the training.
+    key : str
+        The YAML key that gave the schedule (``schedule``, or a hook's
+        shorthand such as ``at_epoch``), for the message.
     """
     limit = number_of_epochs(brain)
     if limit is not None:
-        schedule.check_epochs(limit)
+        schedule.check_epochs(limit, key)

@@ -1,12 +1,22 @@
-"""Pruning schedules: when to prune, and to which sparsity.
+"""Schedules: when a hook acts, and to which sparsity.
 
-A schedule is a list of steps; step ``k`` (1-based) happens at the end of
-training epoch :meth:`Schedule.epoch_of` ``(k)`` (or, for :class:`Gradual`,
-after optimizer step :meth:`Schedule.epoch_of` ``(k)``) and brings the
-sparsity to :meth:`Schedule.sparsity` ``(k)``. Fine-tuning happens
-between steps and after the last one.
+Every hook follows a schedule, and every schedule answers the same
+questions (:class:`BaseSchedule`, the schedule protocol): which steps are
+due when training starts, at the end of a training epoch, after an
+optimizer step, and whether they fit in the recipe's epochs.
 
-* :class:`OneShot`: a single step to the target;
+A :class:`Schedule` is a list of steps; step ``k`` (1-based) happens at the
+end of training epoch :meth:`Schedule.epoch_of` ``(k)`` (epoch 0: when
+training starts; for :class:`Gradual`, after optimizer step
+:meth:`Schedule.epoch_of` ``(k)``) and brings the sparsity to
+:meth:`Schedule.sparsity` ``(k)``. Fine-tuning happens between steps and
+after the last one. Hooks that act once and decide how much themselves
+(:class:`sb_prune.hooks.LayerCut`, :class:`sb_prune.hooks.ActivationLowRank`)
+take a one-step schedule without target.
+
+* :class:`AtStart`: a single step when training starts (a pretrained
+  model is pruned or cut before fine-tuning);
+* :class:`OneShot`: a single step at the end of an epoch;
 * :class:`Incremental`: ``steps`` steps with a ``linear`` or ``cubic``
   ramp, at the end of epochs. The cubic ramp is the gradual pruning
   schedule of Zhu and Gupta (2017), ``s_k = s_f + (s_i - s_f) (1 - k /
@@ -14,7 +24,10 @@ between steps and after the last one.
   ones at the end;
 * :class:`Gradual`: the same ramp in many small steps spread over the
   optimizer steps of fine-tuning (a pretrained model loses little at each
-  step and recovers before the next one).
+  step and recovers before the next one);
+* :class:`Ramp`: no steps, a continuous progress from 0 to 1 over the
+  first epochs (the regulariser target of
+  :class:`sb_prune.hooks.AdaptiveDropoutPruning`).
 
 Sparsity is the fraction of each group's members removed (units, heads,
 layers, weights) or, for low rank, of each layer's dense weights. A hook
@@ -54,17 +67,107 @@ def check_sparsity(name, value):
     check_number(name, value, 0, 1, open_high=True)
 
 
-class Schedule:
+class BaseSchedule:
+    """The schedule protocol: which steps of a hook are due, and when.
+
+    A hook asks its schedule for the steps due when training starts
+    (:meth:`due_at_start`), at the end of each training epoch (:meth:`due`)
+    and after each optimizer step (:meth:`due_at_step`), and checks it
+    against the recipe's epochs when training starts (:meth:`check_epochs`,
+    through :func:`sb_prune.training.hooks.check_epochs`). Nothing is due
+    by default.
+
+    Example
+    -------
+    >>> BaseSchedule().due(done=0, epoch=3)
+    []
+    """
+
+    def place(self, total_steps):
+        """Fit the schedule to a run of ``total_steps`` optimizer steps.
+
+        Nothing to do but for :class:`Gradual` with a ``span``.
+
+        Arguments
+        ---------
+        total_steps : int
+            Optimizer steps of the whole run.
+        """
+
+    def due_at_start(self, done):
+        """Return the steps due when training starts.
+
+        Arguments
+        ---------
+        done : int
+            Steps already taken.
+
+        Returns
+        -------
+        list of int
+            Step numbers to take now, in order.
+        """
+        return []
+
+    def due(self, done, epoch):
+        """Return the steps due at the end of training epoch ``epoch``.
+
+        Arguments
+        ---------
+        done : int
+            Steps already taken.
+        epoch : int
+            The epoch that just ended.
+
+        Returns
+        -------
+        list of int
+            Step numbers to take now, in order.
+        """
+        return []
+
+    def due_at_step(self, done, optimizer_step):
+        """Return the steps due after optimizer step ``optimizer_step``.
+
+        Arguments
+        ---------
+        done : int
+            Steps already taken.
+        optimizer_step : int
+            Optimizer steps taken since training started.
+
+        Returns
+        -------
+        list of int
+            Step numbers to take now, in order.
+        """
+        return []
+
+    def check_epochs(self, number_of_epochs, key="schedule"):
+        """Raise a ValueError if the schedule does not fit in training.
+
+        Arguments
+        ---------
+        number_of_epochs : int
+            The number of training epochs.
+        key : str
+            The YAML key that gave the schedule, for the message.
+        """
+
+
+class Schedule(BaseSchedule):
     """Steps towards a target sparsity, at the end of training epochs.
 
     ``unit`` says when a hook takes the steps: ``epoch`` (at the end of
-    training epochs, :meth:`due`) or ``step`` (after optimizer steps,
+    training epochs, :meth:`due`; epoch 0 is when training starts,
+    :meth:`due_at_start`) or ``step`` (after optimizer steps,
     :meth:`due_at_step`).
 
     Arguments
     ---------
-    target : float
-        Final sparsity, in [0, 1).
+    target : float, optional
+        Final sparsity, in [0, 1); None for a hook that decides how much
+        itself (a layer cut).
     steps : int
         Number of pruning steps, >= 1.
     ramp : str
@@ -90,24 +193,26 @@ class Schedule:
 
     def __init__(
         self,
-        target,
+        target=None,
         steps=1,
         ramp="cubic",
         start_epoch=1,
         every=1,
         initial=0.0,
     ):
-        check_sparsity("target", target)
+        if target is not None:
+            check_sparsity("target", target)
+            target = float(target)
         check_int("steps", steps, minimum=1)
         check_int("start_epoch", start_epoch, minimum=1)
         check_int("every", every, minimum=1)
         check_choice("ramp", ramp, RAMPS)
         check_sparsity("initial", initial)
-        if initial > target:
+        if target is not None and initial > target:
             raise ValueError(
                 f"initial ({initial}) must not exceed target ({target})"
             )
-        self.target = float(target)
+        self.target = target
         self.steps = steps
         self.ramp = ramp
         self.start_epoch = start_epoch
@@ -134,6 +239,8 @@ class Schedule:
         float
             The sparsity.
         """
+        if self.target is None:
+            raise ValueError(f"schedule: {self!r} has no target sparsity")
         if not 0 <= step <= self.steps:
             raise ValueError(f"step must be in [0, {self.steps}], got {step}")
         progress = step / self.steps
@@ -162,32 +269,20 @@ class Schedule:
         """The epoch at whose end the last step happens."""
         return self.epoch_of(self.steps)
 
-    def place(self, total_steps):
-        """Fit the schedule to a run of ``total_steps`` optimizer steps.
+    def due_at_start(self, done):
+        """Return the steps due when training starts (at epoch 0).
 
-        Nothing to do but for :class:`Gradual` with a ``span``.
-
-        Arguments
-        ---------
-        total_steps : int
-            Optimizer steps of the whole run.
+        Example
+        -------
+        >>> AtStart().due_at_start(done=0), OneShot(0.5).due_at_start(0)
+        ([1], [])
         """
+        return self.due(done, 0)
 
     def due(self, done, epoch):
         """Return the steps due at the end of ``epoch``.
 
-        Arguments
-        ---------
-        done : int
-            Steps already taken.
-        epoch : int
-            The epoch that just ended.
-
-        Returns
-        -------
-        list of int
-            Step numbers to take now, in order (usually zero or one); none
-            for a schedule in optimizer steps.
+        Usually zero or one; none for a schedule in optimizer steps.
 
         Example
         -------
@@ -199,18 +294,8 @@ class Schedule:
     def due_at_step(self, done, optimizer_step):
         """Return the steps due after optimizer step ``optimizer_step``.
 
-        Arguments
-        ---------
-        done : int
-            Steps already taken.
-        optimizer_step : int
-            Optimizer steps taken since training started (SpeechBrain's
-            ``Brain.optimizer_step``, kept in checkpoints).
-
-        Returns
-        -------
-        list of int
-            Step numbers to take now; none for a schedule in epochs.
+        ``optimizer_step`` is SpeechBrain's ``Brain.optimizer_step`` (kept
+        in checkpoints); none are due for a schedule in epochs.
 
         Example
         -------
@@ -228,31 +313,34 @@ class Schedule:
             if self.epoch_of(step) <= now
         ]
 
-    def check_epochs(self, number_of_epochs):
-        """Raise a ValueError if the schedule does not fit in training.
+    def check_epochs(self, number_of_epochs, key="schedule"):
+        """Raise a ValueError if the last step falls after the last epoch.
 
         A schedule in optimizer steps is not checked (the steps of an epoch
         are known only once the data loader is built).
-
-        Arguments
-        ---------
-        number_of_epochs : int
-            The number of training epochs.
 
         Example
         -------
         >>> Incremental(0.5, steps=4, every=2).check_epochs(6)
         Traceback (most recent call last):
         ...
-        ValueError: schedule: step 4 of Incremental(...) would prune at the end
-        of epoch 7, but number_of_epochs is 6; lower steps, every or start_epoch
+        ValueError: schedule: step 4 of Incremental(...) falls at the end of
+        epoch 7, but number_of_epochs is 6; lower steps, every or start_epoch
+        >>> OneShot(epoch=3).check_epochs(2, key="at_epoch")
+        Traceback (most recent call last):
+        ...
+        ValueError: at_epoch: step 1 of OneShot(target=None, epoch=3) falls at
+        the end of epoch 3, but number_of_epochs is 2; lower epoch
         """
         if self.unit == "epoch" and self.last_epoch > number_of_epochs:
             raise ValueError(
-                f"schedule: step {self.steps} of {self!r} would prune at the "
-                f"end of epoch {self.last_epoch}, but number_of_epochs is "
-                f"{number_of_epochs}; lower steps, every or start_epoch"
+                f"{key}: step {self.steps} of {self!r} falls at the end of "
+                f"epoch {self.last_epoch}, but number_of_epochs is "
+                f"{number_of_epochs}; lower {self._timing_keys}"
             )
+
+    #: The arguments that set when the steps happen, for messages.
+    _timing_keys = "steps, every or start_epoch"
 
 
 class OneShot(Schedule):
@@ -260,8 +348,8 @@ class OneShot(Schedule):
 
     Arguments
     ---------
-    target : float
-        Sparsity, in [0, 1).
+    target : float, optional
+        Sparsity, in [0, 1); None for a hook that decides how much itself.
     epoch : int
         The epoch at whose end pruning happens, >= 1.
 
@@ -275,12 +363,40 @@ class OneShot(Schedule):
     ValueError: epoch must be an integer >= 1, got '2'
     """
 
-    def __init__(self, target, epoch=1):
+    _timing_keys = "epoch"
+
+    def __init__(self, target=None, epoch=1):
         check_int("epoch", epoch, minimum=1)
         super().__init__(target, steps=1, ramp="linear", start_epoch=epoch)
 
     def __repr__(self):
         return f"OneShot(target={self.target}, epoch={self.start_epoch})"
+
+
+class AtStart(Schedule):
+    """Prune to the target in one step, when training starts.
+
+    The step is due at epoch 0, before the first training batch: a
+    pretrained model is pruned (or cut) once, then fine-tuned.
+
+    Arguments
+    ---------
+    target : float, optional
+        Sparsity, in [0, 1); None for a hook that decides how much itself.
+
+    Example
+    -------
+    >>> at_start = AtStart(0.5)
+    >>> at_start.due_at_start(done=0), at_start.due(done=1, epoch=1)
+    ([1], [])
+    """
+
+    def __init__(self, target=None):
+        super().__init__(target, steps=1, ramp="linear")
+        self.start_epoch = 0  # epoch 0: when training starts
+
+    def __repr__(self):
+        return f"AtStart(target={self.target})"
 
 
 class Incremental(Schedule):
@@ -310,8 +426,9 @@ class Gradual(Schedule):
 
     Arguments
     ---------
-    target : float
-        Final sparsity, in [0, 1).
+    target : float, optional
+        Final sparsity, in [0, 1); None for a hook that decides how much
+        itself.
     steps : int
         Number of pruning steps, >= 1.
     ramp : str
@@ -350,7 +467,7 @@ class Gradual(Schedule):
 
     def __init__(
         self,
-        target,
+        target=None,
         steps=10,
         ramp="cubic",
         start_step=1,
@@ -427,10 +544,59 @@ class Gradual(Schedule):
         )
 
 
+class Ramp(BaseSchedule):
+    """Progress from 0 to 1, linearly over the first ``epochs`` epochs.
+
+    A ramp has no steps: a hook reads how far along it is at any moment of
+    training (:meth:`progress_at`), e.g. to move a regulariser's target. A
+    ramp longer than training stops short of 1 (:meth:`check_epochs`
+    accepts it).
+
+    Arguments
+    ---------
+    epochs : float
+        Length of the ramp in epochs, > 0 (need not be whole).
+
+    Example
+    -------
+    >>> ramp = Ramp(epochs=4)
+    >>> ramp.progress_at(0.0), ramp.progress_at(1.0), ramp.progress_at(9.0)
+    (0.0, 0.25, 1.0)
+    >>> Ramp(epochs=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: epochs must be > 0, got 0
+    """
+
+    def __init__(self, epochs):
+        check_number("epochs", epochs, low=0, open_low=True)
+        self.epochs = epochs
+
+    def __repr__(self):
+        return f"Ramp(epochs={self.epochs})"
+
+    def progress_at(self, epochs):
+        """Return how far along the ramp is after ``epochs`` epochs.
+
+        Arguments
+        ---------
+        epochs : float
+            Training progress in epochs (fractional within an epoch).
+
+        Returns
+        -------
+        float
+            In [0, 1].
+        """
+        return min(max(epochs / self.epochs, 0.0), 1.0)
+
+
 SCHEDULES = {
+    "at_start": AtStart,
     "one_shot": OneShot,
     "incremental": Incremental,
     "gradual": Gradual,
+    "ramp": Ramp,
 }
 
 
@@ -440,10 +606,10 @@ def make_schedule(name, **options):
     Arguments
     ---------
     name : str
-        ``one_shot``, ``incremental`` or ``gradual``.
+        ``at_start``, ``one_shot``, ``incremental``, ``gradual`` or
+        ``ramp``.
     **options
-        Arguments of :class:`OneShot`, :class:`Incremental` or
-        :class:`Gradual`.
+        Arguments of that schedule's class.
 
     Returns
     -------

@@ -6,7 +6,9 @@ labelled utterances at every depth of an encoder: it runs the Brain's own
 of every encoder layer over valid frames, scores each depth with
 :func:`sb_prune.analysis.layerwise_convexity`, and writes the scores to a
 JSON file and a PNG curve. It runs when training starts (on the loaded
-pretrained model) and/or every few epochs.
+pretrained model) and/or every few epochs. It is also an importance
+(:class:`sb_prune.core.importance.Importance`) of the ``layers`` group: a
+layer's score is the convexity of its output.
 
 :class:`LayerCut` removes encoder layers once, when training starts or
 after a given epoch, with a rule from :mod:`sb_prune.methods.layer_cut.rules`:
@@ -31,6 +33,7 @@ import time
 
 import numpy as np
 import speechbrain as sb
+import torch
 from speechbrain.dataio.dataio import load_data_csv, read_audio
 from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.dataio.dataset import DynamicItemDataset
@@ -40,6 +43,7 @@ from speechbrain.utils.distributed import ddp_broadcast, if_main_process
 from sb_prune.analysis.convexity.hidden_states import pooled_layer_states
 from sb_prune.analysis.convexity.layers import layerwise_convexity
 from sb_prune.core.encoders import find_layer_stack
+from sb_prune.core.importance import Importance
 from sb_prune.core.validation import check_int
 from sb_prune.training.hooks import PruningHook
 
@@ -174,7 +178,7 @@ def plot_convexity(history, path, cut=None, title=None):
     plt.close(fig)
 
 
-class ConvexityScoring(PruningHook):
+class ConvexityScoring(PruningHook, Importance):
     """Score the graph convexity of every encoder depth between epochs.
 
     The labelled utterances of ``csv_file`` go through the Brain's
@@ -185,6 +189,12 @@ class ConvexityScoring(PruningHook):
     :func:`sb_prune.analysis.layerwise_convexity` with the labels of
     ``label_column``. Hidden states are extracted on every process; the
     scores are computed on the main process and broadcast.
+
+    As an :class:`~sb_prune.core.importance.Importance` it scores the
+    members of the ``layers`` group (the encoder's layers) with the
+    convexity of each layer's output in its latest scoring
+    (:meth:`observe_model` scores the model now); :class:`LayerCut` reads
+    it so.
 
     Files written to ``output_folder``: ``<name>.json`` (the scores of
     every scoring, and the cut if a :class:`LayerCut` made one),
@@ -232,6 +242,15 @@ class ConvexityScoring(PruningHook):
     >>> hook = ConvexityScoring("utts.csv", "keyword", "out", every_n_epochs=2)
     >>> hook.due(4), hook.due(3)
     (True, False)
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder,
+    ... )
+    >>> from sb_prune.core.importance import Members
+    >>> hook.load_state_dict({"history": [{"when": "start",
+    ...                                    "scores": [9.0, 40.0, 75.0]}]})
+    >>> encoder = TransformerEncoder(2, 2, 8, d_model=4)
+    >>> hook.score(Members("encoder", "layers", encoder))
+    tensor([40., 75.])
     >>> ConvexityScoring("utts.csv", "keyword", "out", batch_size=0)
     Traceback (most recent call last):
     ...
@@ -284,6 +303,7 @@ class ConvexityScoring(PruningHook):
         self.save_states = save_states
         self.history = []
         self.cut = None
+        self._latest = None
         self._dataset = None
 
     def due(self, epoch):
@@ -307,16 +327,16 @@ class ConvexityScoring(PruningHook):
         """Check the encoder; score the loaded model if ``at_fit_start``."""
         find_layer_stack(brain.unwrapped_modules(), self.encoder)
         if self.at_fit_start:
-            self.scores(brain, "start")
+            self.observe_model(brain, "start")
         return False
 
     def on_train_epoch_end(self, brain, epoch):
         """Score after every ``every_n_epochs`` epochs."""
         if self.due(epoch):
-            self.scores(brain, f"epoch {epoch}")
+            self.observe_model(brain, f"epoch {epoch}")
         return False
 
-    def scores(self, brain, when):
+    def observe_model(self, brain, when):
         """Return the convexity per depth at ``when``, scoring if needed.
 
         Arguments
@@ -334,6 +354,7 @@ class ConvexityScoring(PruningHook):
         """
         for entry in self.history:
             if entry["when"] == when:
+                self._latest = entry
                 return entry["scores"]
         start = time.perf_counter()
         states, labels, ids = self.pooled_states(brain)
@@ -367,6 +388,7 @@ class ConvexityScoring(PruningHook):
             "seconds": round(time.perf_counter() - start, 2),
         }
         self.history.append(entry)
+        self._latest = entry
         best = int(np.argmax(entry["scores"]))
         logger.info(
             f"sb_prune: convexity of '{self.label_column}' at {when}: "
@@ -424,7 +446,38 @@ class ConvexityScoring(PruningHook):
             ids=np.asarray(ids),
         )
 
-    def record_cut(self, decision):
+    def score(self, members):
+        """The convexity of each layer's output in the latest scoring.
+
+        Arguments
+        ---------
+        members : Members
+            The ``layers`` of the scored encoder.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[members.count]``: depths 1 to L of the curve.
+        """
+        if members.group != "layers":
+            raise ValueError(
+                f"ConvexityScoring scores layers, not {members.group} "
+                f"('{members.path}')"
+            )
+        if self._latest is None:
+            raise ValueError(
+                "ConvexityScoring has not scored the model yet (observe_model)"
+            )
+        layers = self._latest["scores"][1:]
+        if len(layers) != members.count:
+            raise ValueError(
+                f"ConvexityScoring scored {len(layers)} layers at "
+                f"{self._latest['when']}, '{members.path}' has "
+                f"{members.count}: score the model again"
+            )
+        return torch.tensor(layers, dtype=torch.float)
+
+    def record_decision(self, decision):
         """Remember a :class:`LayerCut` decision and mark it in the plot.
 
         Arguments
@@ -468,3 +521,4 @@ class ConvexityScoring(PruningHook):
         """Restore the scores (a resumed run does not score again)."""
         self.history = list(state["history"])
         self.cut = state.get("cut")
+        self._latest = self.history[-1] if self.history else None

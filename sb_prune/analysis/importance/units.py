@@ -20,7 +20,9 @@ quality, and *critical* when resetting it ruins the model. Zhou et al.
 * :class:`LayerImportance` runs the tests on every unit with any
   ``evaluate`` function (e.g. WER and loss on the validation set), labels
   units ambient / critical with thresholds from the YAML, and correlates
-  robustness with weight change (Spearman).
+  robustness with weight change (Spearman). It is an importance
+  (:class:`sb_prune.core.importance.Importance`): each member of a group
+  scores what resetting its unit costs (:func:`member_scores`).
 
 Authors
  * sb_prune developers
@@ -34,7 +36,8 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from sb_prune.core.encoders import find_layer_stack
-from sb_prune.core.registry import layer_spec
+from sb_prune.core.importance import Importance
+from sb_prune.core.registry import LAYER_GROUPS, layer_spec
 from sb_prune.core.validation import (
     check_choice,
     check_choices,
@@ -413,7 +416,80 @@ def spearman(x, y):
     return {"rho": float(result[0]), "p": float(result[1])}
 
 
-class LayerImportance:
+def member_scores(report, members):
+    """Score members with the metric increase their unit's reset causes.
+
+    Each member gets the increase (under the report's ``labelled_by``
+    test) of the most specific tested unit holding it: its layer's for
+    the members of ``layers``, and for units, heads or weights that of the
+    module unit around them (``layer0.ffn1``), else of their layer
+    (``layer0``). Resetting a critical unit costs much: its members score
+    high. The tests measure whole units, so the members of one module
+    score alike.
+
+    Arguments
+    ---------
+    report : dict
+        From :meth:`LayerImportance.run` (or its JSON), on the model whose
+        members these are.
+    members : sb_prune.core.importance.Members
+        Members of a group.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[members.count]`` (weight-shaped for ``weights``).
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder,
+    ... )
+    >>> from sb_prune.core.importance import Members
+    >>> encoder = TransformerEncoder(2, 2, 8, d_model=4)
+    >>> report = {"labelled_by": "init", "units": {
+    ...     "layer0": {"paths": ["layers.0"], "delta": {"init": 0.5}},
+    ...     "layer1": {"paths": ["layers.1"], "delta": {"init": 7.0}},
+    ...     "layer1.ffn": {"paths": ["layers.1.pos_ffn"],
+    ...                    "delta": {"init": 2.0}}}}
+    >>> member_scores(report, Members("", "layers", encoder))
+    tensor([0.5000, 7.0000])
+    >>> ffn = encoder.layers[1].pos_ffn
+    >>> member_scores(report, Members("layers.1.pos_ffn", "ffn", ffn))
+    tensor([2., 2., 2., 2., 2., 2., 2., 2.])
+    """
+    label = report["labelled_by"]
+    tested = [
+        (path, float(entry["delta"][label]))
+        for entry in report["units"].values()
+        for path in entry["paths"]
+    ]
+
+    def covering(path):
+        holders = [
+            (len(unit), delta)
+            for unit, delta in tested
+            if unit in ("", path) or path.startswith(f"{unit}.")
+        ]
+        if not holders:
+            raise ValueError(
+                f"importance: no tested unit holds '{path}'; test its layer "
+                "or module (layers, modules or units)"
+            )
+        return max(holders)[1]
+
+    if members.group in LAYER_GROUPS:
+        prefix = f"{members.path}.layers" if members.path else "layers"
+        return torch.tensor(
+            [covering(f"{prefix}.{i}") for i in range(members.count)]
+        )
+    shape = (members.count,)
+    if members.group == "weights":
+        shape = tuple(members.module.weight.shape)
+    return torch.full(shape, covering(members.path))
+
+
+class LayerImportance(Importance):
     """Tamper tests of every unit, ambient/critical labels, correlation.
 
     For every unit and every *reference* the unit is reset (to saved
@@ -421,6 +497,13 @@ class LayerImportance:
     evaluated, and the unit is put back exactly. The metric increase
     against the trained model labels each unit (see :func:`classify`),
     using the reference ``init`` (theta_0: the re-initialisation test).
+
+    After :meth:`run`, it is an
+    :class:`~sb_prune.core.importance.Importance` of every group: a
+    member scores the metric increase of the unit holding it (see
+    :func:`member_scores`), e.g. for
+    :class:`sb_prune.federated.dropout.DropoutPolicy` or
+    :class:`sb_prune.hooks.LayerCut`.
 
     Arguments
     ---------
@@ -492,6 +575,7 @@ class LayerImportance:
         self.critical_threshold = critical_threshold
         self.rerandomize_init = rerandomize_init
         self.seed = seed
+        self.report = None
 
     def units(self, root):
         """Return the units of ``root`` to test (see :func:`find_units`)."""
@@ -537,7 +621,8 @@ class LayerImportance:
             ``paths``, ``params``, ``weight_change``, ``tests``
             (metrics per reference), ``delta`` (metric increase per
             reference) and ``class``), ``labelled_by``, ``spearman``
-            (robustness vs weight change), ``thresholds`` and ``metric``.
+            (robustness vs weight change), ``thresholds`` and ``metric``;
+            kept as ``report``, which :meth:`score` reads.
         """
         if not references:
             raise ValueError("references: give at least one test")
@@ -588,7 +673,7 @@ class LayerImportance:
                 self.critical_threshold,
             )
         names = list(report_units)
-        return {
+        self.report = {
             "metric": self.metric,
             "base": base,
             "labelled_by": labelled_by,
@@ -607,6 +692,27 @@ class LayerImportance:
                 ],
             ),
         }
+        return self.report
+
+    def score(self, members):
+        """Score members by their unit's metric increase (see :meth:`run`).
+
+        Arguments
+        ---------
+        members : sb_prune.core.importance.Members
+            Members of the model :meth:`run` tested.
+
+        Returns
+        -------
+        torch.Tensor
+            See :func:`member_scores`.
+        """
+        if self.report is None:
+            raise ValueError(
+                "LayerImportance has no scores yet: run the tamper tests "
+                "(run) first"
+            )
+        return member_scores(self.report, members)
 
 
 def ambient_units(report):

@@ -7,7 +7,8 @@ Authors
 from sb_prune.core.validation import check_int, check_number
 from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
 from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
-from sb_prune.training.hooks import PruningHook, prune_by_plan
+from sb_prune.training.hooks import PruningHook, check_epochs, prune_by_plan
+from sb_prune.training.schedules import Ramp
 
 
 class AdaptiveDropoutPruning(PruningHook):
@@ -17,9 +18,11 @@ class AdaptiveDropoutPruning(PruningHook):
     retention logit ``beta_d`` towards a target ``c(t)`` that decreases
     linearly from ``target_start`` to ``target_end`` over the first
     ``ramp_epochs`` epochs (counted per batch), then stays at
-    ``target_end``. Units whose retention falls to the AdaptiveDropout
-    threshold are removed at the end of every training epoch (and, if set,
-    every ``prune_every_n_steps`` optimizer steps) and when training ends.
+    ``target_end``: the hook's schedule, a
+    :class:`~sb_prune.training.schedules.Ramp`, says how far along ``t``
+    is. Units whose retention falls to the AdaptiveDropout threshold are
+    removed at the end of every training epoch (and, if set, every
+    ``prune_every_n_steps`` optimizer steps) and when training ends.
 
     Arguments
     ---------
@@ -29,12 +32,15 @@ class AdaptiveDropoutPruning(PruningHook):
         Logit target at the start of training.
     target_end : float
         Logit target after ``ramp_epochs`` (<= ``target_start``).
-    ramp_epochs : float
-        Number of epochs over which the target decreases, > 0.
+    ramp_epochs : float, optional
+        Shorthand for ``schedule``: the number of epochs over which the
+        target decreases, > 0 (default 10), ``Ramp(epochs: n)``.
     prune_every_epoch : bool
         Prune at the end of every training epoch.
     prune_every_n_steps : int, optional
         Also prune every that many optimizer steps.
+    schedule : sb_prune.training.schedules.Ramp, optional
+        How the target moves (``!new:sb_prune.schedules.Ramp``).
 
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
@@ -56,9 +62,10 @@ class AdaptiveDropoutPruning(PruningHook):
         regularization_weight=1e-3,
         target_start=3.0,
         target_end=-6.0,
-        ramp_epochs=10,
+        ramp_epochs=None,
         prune_every_epoch=True,
         prune_every_n_steps=None,
+        schedule=None,
         name=None,
     ):
         super().__init__(name)
@@ -70,13 +77,23 @@ class AdaptiveDropoutPruning(PruningHook):
                 f"target_end ({target_end}) must not exceed target_start "
                 f"({target_start}): the target decreases during training"
             )
-        check_number("ramp_epochs", ramp_epochs, low=0, open_low=True)
+        if schedule is None:
+            ramp_epochs = 10 if ramp_epochs is None else ramp_epochs
+            check_number("ramp_epochs", ramp_epochs, low=0, open_low=True)
+            schedule = Ramp(ramp_epochs)
+        elif ramp_epochs is not None:
+            raise ValueError("give ramp_epochs or schedule, not both")
+        if not isinstance(schedule, Ramp):
+            raise ValueError(
+                "schedule must be an sb_prune.schedules Ramp, got "
+                f"{type(schedule).__name__}"
+            )
         if prune_every_n_steps is not None:
             check_int("prune_every_n_steps", prune_every_n_steps, minimum=1)
         self.regularization_weight = regularization_weight
         self.target_start = target_start
         self.target_end = target_end
-        self.ramp_epochs = ramp_epochs
+        self.schedule = schedule
         self.prune_every_epoch = prune_every_epoch
         self.prune_every_n_steps = prune_every_n_steps
         self.history = []
@@ -94,7 +111,7 @@ class AdaptiveDropoutPruning(PruningHook):
         float
             The target.
         """
-        fraction = min(max(progress / self.ramp_epochs, 0.0), 1.0)
+        fraction = self.schedule.progress_at(progress)
         return self.target_start + fraction * (
             self.target_end - self.target_start
         )
@@ -108,7 +125,8 @@ class AdaptiveDropoutPruning(PruningHook):
         ]
 
     def on_fit_start(self, brain):
-        """Check that the model has AdaptiveDropout layers."""
+        """Check the schedule and that the model has AdaptiveDropout layers."""
+        check_epochs(self.schedule, brain)
         if not self._layers(brain):
             raise ValueError(
                 "prune_hooks has AdaptiveDropoutPruning but the model has "

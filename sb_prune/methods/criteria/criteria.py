@@ -1,7 +1,10 @@
 """Importance criteria: which units, heads, layers or weights to remove.
 
-A criterion scores the members of *groups* of a model; the lowest-scored
-members are pruned (see :class:`sb_prune.hooks.CriterionPruning`). Groups:
+A criterion scores the members of *groups* of a model (it implements the
+importance protocol, :class:`sb_prune.core.importance.Importance`, over
+the :class:`~sb_prune.core.importance.Members` of :func:`find_members`);
+the lowest-scored members are pruned (see
+:class:`sb_prune.hooks.CriterionPruning`). Groups:
 
 * ``ffn``: the hidden units of every feed-forward block;
 * ``heads``: the heads of every prunable attention
@@ -49,12 +52,8 @@ import torch.nn.functional as F
 from speechbrain.utils.distributed import ddp_all_reduce
 from torch import nn
 
-from sb_prune.core.registry import (
-    CRITERION_GROUPS,
-    LAYER_GROUPS,
-    layer_spec,
-    spec_of,
-)
+from sb_prune.core.importance import GROUPS, Importance, Members
+from sb_prune.core.registry import LAYER_GROUPS, layer_spec, spec_of
 from sb_prune.core.validation import check_choices
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
@@ -67,99 +66,6 @@ OWN_PROJECTIONS = "applies_own_projections"
 def _applies_own_projections(module):
     spec = spec_of(module)
     return spec is not None and spec.answers.get(OWN_PROJECTIONS, False)
-
-
-GROUPS = (*CRITERION_GROUPS, "weights")
-
-
-class Members:
-    """The prunable members of one module, of one group.
-
-    Arguments
-    ---------
-    path : str
-        The module's path under the root given to :func:`find_members`.
-    group : str
-        One of ``GROUPS``.
-    module : torch.nn.Module
-        The module whose members these are.
-    owner : torch.nn.Module, optional
-        For a Linear of an attention that applies its projections itself
-        (``weights``; e.g. :class:`~sb_prune.nn.PrunableRelPosMHA`): the
-        attention (the Linear's forward hooks do not fire).
-
-    Example
-    -------
-    >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
-    >>> Members("f", "ffn", PositionalwiseFeedForward(6, input_size=2))
-    Members('f', 'ffn', 6)
-    """
-
-    def __init__(self, path, group, module, owner=None):
-        self.path = path
-        self.group = group
-        self.module = module
-        self.owner = owner
-        self.spec = None if group == "weights" else spec_of(module)
-
-    def __repr__(self):
-        return f"Members({self.path!r}, {self.group!r}, {self.count})"
-
-    @property
-    def count(self):
-        """Number of members (units, heads, layers or weights)."""
-        if self.spec is None:
-            return self.module.weight.numel()
-        return self.spec.count(self.module)
-
-    def plan(self, kept):
-        """Return the plan entry that keeps the members ``kept``.
-
-        Arguments
-        ---------
-        kept : torch.LongTensor
-            Sorted indices of the members to keep (not for ``weights``).
-
-        Returns
-        -------
-        dict
-            ``{group name: kept indices}`` for
-            :func:`sb_prune.core.surgery.apply_plan`.
-        """
-        if self.spec is None:
-            raise ValueError("single weights are masked, not planned")
-        return self.spec.member_plan(self.module, kept)
-
-    def consumer(self):
-        """The module that reads the members' activations.
-
-        Returns
-        -------
-        torch.nn.Module
-            The Linear whose input columns are the members' outgoing
-            weights (the Linear itself for ``weights``; the layer stack
-            for ``layers``).
-        """
-        if self.group in LAYER_GROUPS or self.spec is None:
-            return self.module
-        return self.spec.require(
-            "consumer", f"groups: {self.group}", type(self.module).__name__
-        )(self.module)
-
-    def per_member(self, per_unit):
-        """Sum per-unit values into per-member values (units of heads).
-
-        Arguments
-        ---------
-        per_unit : torch.Tensor
-            One value per consumer input column.
-
-        Returns
-        -------
-        torch.Tensor
-            One value per member.
-        """
-        return self.spec.per_member(self.module, per_unit)
 
 
 def find_members(root, groups):
@@ -243,8 +149,12 @@ def _outgoing(members, weight):
     return members.per_member(weight.sum(0))
 
 
-class Criterion:
+class Criterion(Importance):
     """Base class of importance criteria.
+
+    A criterion is an :class:`~sb_prune.core.importance.Importance`:
+    attached to the members of :func:`find_members`, it scores each of
+    them (higher: keep).
 
     Subclasses implement :meth:`score`, and the statistics they need:
     gradients (:meth:`observe_gradients`, called before each optimizer
@@ -257,9 +167,6 @@ class Criterion:
     overflow, steps the GradScaler skips) are dropped and counted in
     ``non_finite``.
     """
-
-    #: Whether the criterion needs training batches before it can score.
-    data_driven = False
 
     def __init__(self):
         self.stats = {}
@@ -354,21 +261,6 @@ class Criterion:
         count = torch.tensor(float(self.observations), device=device)
         count = ddp_all_reduce(count, torch.distributed.ReduceOp.SUM)
         self.observations = int(count)
-
-    def score(self, members):
-        """Return one importance score per member (higher: keep).
-
-        Arguments
-        ---------
-        members : Members
-            From :func:`find_members`.
-
-        Returns
-        -------
-        torch.Tensor
-            ``[members.count]`` (weight-shaped for ``weights``).
-        """
-        raise NotImplementedError
 
     def _stat(self, members, name):
         key = (members.path, name)

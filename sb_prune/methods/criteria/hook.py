@@ -65,7 +65,9 @@ class CriterionPruning(PruningHook):
         ``magnitude``, ``taylor``, ``activation``, ``wanda``, or an
         instance (``!new:sb_prune.methods.criteria.Taylor``).
     schedule : sb_prune.training.schedules.Schedule
-        ``!new:sb_prune.schedules.OneShot`` or ``Incremental``.
+        ``!new:sb_prune.schedules.OneShot``, ``Incremental``, ``Gradual``
+        or ``AtStart`` (prune the loaded model before fine-tuning), with a
+        target sparsity.
     groups : list of str
         A subset of ``ffn, heads, layers, decoder_layers`` (structured), or
         ``[weights]`` (unstructured); a single name is a list of one.
@@ -217,7 +219,10 @@ class CriterionPruning(PruningHook):
         self.criterion.attach(self._members)
 
     def on_fit_start(self, brain):
-        """Check the model and schedule; attach the criterion; re-mask."""
+        """Check the model and schedule; attach the criterion; re-mask.
+
+        A step due when training starts (``AtStart``) is taken now.
+        """
         check_epochs(self.schedule, brain)
         self._find(brain)
         for members in self._members:
@@ -227,6 +232,8 @@ class CriterionPruning(PruningHook):
                 members.module.weight: members.module.weight != 0
                 for members in self._members
             }
+        steps = self.schedule.due_at_start(self.step)
+        return self._take_due(brain, steps, "start")
 
     def on_gradients(self, brain):
         """Let data-driven criteria read the gradients."""

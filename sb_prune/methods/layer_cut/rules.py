@@ -34,20 +34,31 @@ COUNTED_RULES = ("first", "last", "evenly_spaced")
 RULES = ("none", *SCORED_RULES, *COUNTED_RULES)
 
 
+def _checked(scores, what, minimum):
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    if scores.dim() != 1 or len(scores) < minimum:
+        raise ValueError(
+            f"scores must hold one value per {what}, got shape "
+            f"{tuple(scores.shape)}"
+        )
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contains NaN or inf values")
+    return scores
+
+
 def cut_depth(scores, rule, fraction=None, tolerance=0.0):
     """Return the depth a convexity rule cuts at (at least 1).
 
     Only the layers (depths 1 and more) are candidates, and the peak is
-    the highest layer score: the encoder input (depth 0) is never chosen.
+    the highest layer score: the encoder input (depth 0) is never chosen
+    (see :func:`scored_depth`).
 
     Arguments
     ---------
     scores : sequence of float
         Convexity (%) per depth; depth 0 is the encoder input.
     rule : str
-        ``peak``: the first layer within ``tolerance`` points of the
-        peak; ``fraction``: the first layer reaching ``fraction`` of the
-        peak.
+        ``peak`` or ``fraction``, see :func:`scored_depth`.
     fraction : float, optional
         In (0, 1], for ``fraction``.
     tolerance : float
@@ -69,16 +80,38 @@ def cut_depth(scores, rule, fraction=None, tolerance=0.0):
     >>> cut_depth([90.0, 40.0, 59.0, 60.0, 50.0], "peak")  # input ignored
     3
     """
+    scores = _checked(scores, "depth (input and layers)", 2)
+    return scored_depth(scores[1:], rule, fraction, tolerance)
+
+
+def scored_depth(layer_scores, rule, fraction=None, tolerance=0.0):
+    """Return how many layers a scored rule keeps, from one score per layer.
+
+    Arguments
+    ---------
+    layer_scores : sequence of float
+        One score per layer (e.g. the convexity of its output), in order.
+    rule : str
+        ``peak``: up to the first layer within ``tolerance`` points of the
+        highest score; ``fraction``: up to the first layer reaching
+        ``fraction`` of it.
+    fraction : float, optional
+        In (0, 1], for ``fraction``.
+    tolerance : float
+        Points below the maximum still counted as the peak, >= 0.
+
+    Returns
+    -------
+    int
+        The number of layers to keep, >= 1.
+
+    Example
+    -------
+    >>> scored_depth([40.0, 59.0, 60.0, 50.0], "peak", tolerance=2.0)
+    2
+    """
     check_choice("rule", rule, SCORED_RULES)
-    scores = torch.as_tensor(scores, dtype=torch.float64)
-    if scores.dim() != 1 or len(scores) < 2:
-        raise ValueError(
-            "scores must hold one value per depth (input and layers), got "
-            f"shape {tuple(scores.shape)}"
-        )
-    if not torch.isfinite(scores).all():
-        raise ValueError("scores contains NaN or inf values")
-    layers = scores[1:]
+    layers = _checked(layer_scores, "layer", 1)
     peak = float(layers.max())
     if rule == "peak":
         threshold = peak - tolerance

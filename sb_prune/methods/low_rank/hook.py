@@ -11,7 +11,7 @@ import torch
 from speechbrain.utils.distributed import if_main_process
 
 from sb_prune.core.saved_model import export_model
-from sb_prune.core.validation import check_choices, check_int, check_number
+from sb_prune.core.validation import check_choices, check_number
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
     pca_low_rank,
@@ -28,9 +28,10 @@ from sb_prune.training.hooks import (
     check_epochs,
     checked_schedule,
     moment,
-    number_of_epochs,
+    moment_schedule,
     prune_by_plan,
 )
+from sb_prune.training.schedules import OneShot
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class LowRankCompression(PruningHook):
         ]
 
     def on_fit_start(self, brain):
-        """Check the model and the schedule."""
+        """Check the model and the schedule; take a step due now."""
         check_epochs(self.schedule, brain)
         modules = brain.unwrapped_modules()
         if self.export_module is not None and self.export_module not in modules:
@@ -123,6 +124,8 @@ class LowRankCompression(PruningHook):
                 fastest_rank(
                     self.cost_table, layer.in_features, layer.out_features
                 )
+        due = self.schedule.due_at_start(self.step)
+        return self._take_due(brain, due, "start")
 
     def on_train_epoch_end(self, brain, epoch):
         """Export the current stage, then cut the ranks, if a step is due."""
@@ -211,7 +214,7 @@ class LowRankCompression(PruningHook):
 class ActivationLowRank(PruningHook):
     """Factorise Linear layers on their calibration outputs (LiteASR-style).
 
-    During the training batches of epoch ``epoch``, the outputs of every
+    During the training batches up to epoch ``epoch``, the outputs of every
     Linear at the application ``points`` are summarised
     (:class:`~sb_prune.methods.low_rank.activations.OutputStatistics`,
     summed over DDP processes); at the end of that epoch each is replaced
@@ -231,8 +234,13 @@ class ActivationLowRank(PruningHook):
         :func:`~sb_prune.methods.low_rank.layer.rank_for_compression`.
     points : list of str
         A subset of ``ffn, attention``.
-    epoch : int
-        The calibration epoch, >= 1.
+    epoch : int, optional
+        Shorthand for ``schedule``: the calibration epoch, >= 1 (default
+        1), ``OneShot(epoch: n)``.
+    schedule : sb_prune.training.schedules.Schedule, optional
+        When the layers are factorised: a one-step schedule without
+        target, after some training batches (``OneShot``, or ``Gradual``
+        with ``steps: 1`` to factorise after an optimizer step).
 
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
@@ -242,30 +250,45 @@ class ActivationLowRank(PruningHook):
     -------
     >>> ActivationLowRank(0.5, points="ffn").points
     ['ffn']
+    >>> ActivationLowRank(0.5, epoch=2).schedule
+    OneShot(target=None, epoch=2)
     >>> ActivationLowRank(1.5)
     Traceback (most recent call last):
     ...
     ValueError: compression must be in [0, 1), got 1.5
     """
 
-    def __init__(self, compression, points=("ffn",), epoch=1, name=None):
+    def __init__(
+        self,
+        compression,
+        points=("ffn",),
+        epoch=None,
+        schedule=None,
+        name=None,
+    ):
         super().__init__(name)
         self.compression = check_number(
             "compression", compression, 0, 1, open_high=True
         )
         self.points = check_choices("points", points, LOW_RANK_POINTS)
-        self.epoch = check_int("epoch", epoch, minimum=1)
+        self.schedule_key = "schedule"
+        if schedule is None:
+            self.schedule_key = "epoch"
+            schedule = OneShot(epoch=1 if epoch is None else epoch)
+        elif epoch is not None:
+            raise ValueError("give epoch or schedule, not both")
+        self.schedule = moment_schedule(schedule, "ActivationLowRank")
+        if self.schedule.due_at_start(0):
+            raise ValueError(
+                "schedule: ActivationLowRank calibrates on training batches, "
+                "so it cannot factorise when training starts"
+            )
         self.done = False
         self._observed = []
 
     def on_fit_start(self, brain):
         """Start observing the outputs of the layers to factorise."""
-        limit = number_of_epochs(brain)
-        if limit is not None and self.epoch > limit:
-            raise ValueError(
-                f"ActivationLowRank: epoch {self.epoch} is after the last "
-                f"epoch ({limit})"
-            )
+        check_epochs(self.schedule, brain, self.schedule_key)
         if self.done:
             return
         self._observed = [
@@ -276,9 +299,29 @@ class ActivationLowRank(PruningHook):
         ]
 
     def on_train_epoch_end(self, brain, epoch):
-        """Replace the observed layers by their factors after ``epoch``."""
-        if self.done or epoch != self.epoch:
-            return False
+        """Factorise after this epoch if the schedule says so."""
+        due = self.schedule.due(int(self.done), epoch)
+        return bool(due) and self.factorise(f"epoch {epoch}")
+
+    def on_optimizer_step(self, brain):
+        """Factorise after this optimizer step if the schedule says so."""
+        step = brain.optimizer_step
+        due = self.schedule.due_at_step(int(self.done), step)
+        return bool(due) and self.factorise(f"step {step}")
+
+    def factorise(self, when):
+        """Replace the observed layers by their factors.
+
+        Arguments
+        ---------
+        when : str
+            The moment, for the log.
+
+        Returns
+        -------
+        bool
+            True (the model changed).
+        """
         ranks = []
         for parent, name, stats in self._observed:
             stats.remove()
@@ -293,7 +336,7 @@ class ActivationLowRank(PruningHook):
         self._observed = []
         self.done = True
         logger.info(
-            f"sb_prune: activation low rank at epoch {epoch}: compression "
+            f"sb_prune: activation low rank at {when}: compression "
             f"{self.compression:.2f}, ranks {ranks}"
         )
         return True
