@@ -110,7 +110,9 @@ class ModuleSpec:
         ``{method: answer}``: what the type's family answers a method
         (see :meth:`answer`); each method documents the answer it asks.
     refusals : dict, optional
-        ``{method: reason}``: methods the type cannot take, and why.
+        ``{method: reason}``: methods the type cannot take, and why; a
+        criterion group (``ffn``, ``heads``) stands for the criteria and
+        federated dropout of its members.
 
     Example
     -------
@@ -637,30 +639,85 @@ def answers_under(root, method, select=None, missing=None):
     ...
     ValueError: conv_norm: the model's SpeechBrain Transformer family ...
     """
-    found, refused = [], {}
+    found = []
     for path, module in root.named_modules():
         spec = spec_of(module)
         if spec is None:
             continue
         if select is None and method not in spec.answers:
-            if method in spec.refusals:
-                refused.setdefault(spec.family, spec.refusals[method])
             continue
         if select is not None and not select(spec):
             continue
         found.append((path, module, spec.answer(method)))
     if not found:
-        present = families_in(root)
-        reasons = "; ".join(
-            f"{family}: {reason}" for family, reason in refused.items()
-        )
-        families_found = ", ".join(present) or "unknown"
-        detail = "; ".join(filter(None, [missing, reasons]))
-        raise ValueError(
-            f"{method}: the model's {families_found} family has nothing it "
-            f"can take ({detail or 'no module of the model answers it'})"
-        )
+        raise refusal(root, method, missing)
     return found
+
+
+def answered(root, method):
+    """Whether a module under ``root`` answers ``method``.
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        A model.
+    method : str
+        The method.
+
+    Returns
+    -------
+    bool
+        True if some module's family answers it.
+
+    Example
+    -------
+    >>> from speechbrain.nnet.attention import RelPosMHAXL
+    >>> answered(RelPosMHAXL(8, 2), "prunable_attention")
+    True
+    """
+    specs = filter(None, map(spec_of, root.modules()))
+    return any(method in spec.answers for spec in specs)
+
+
+def refusal(root, method, missing=None, name=None):
+    """The error for a model that has nothing a method can take.
+
+    It names the method, the families of the model's modules and the
+    reasons those families give (their ``refusals`` of ``method``).
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model.
+    method : str
+        The key of the families' refusals: a method (its
+        ``sb_prune.convert`` key or hook name) or a criterion group.
+    missing : str, optional
+        What the model lacks, or a hint.
+    name : str, optional
+        How the message names what was asked (default: ``method``).
+
+    Returns
+    -------
+    ValueError
+        The error, to raise.
+
+    Example
+    -------
+    >>> print(refusal(torch.nn.Linear(2, 2), "conv_norm", "no conv"))
+    conv_norm: the model's unknown family has nothing it can take (no conv)
+    """
+    reasons = {}
+    for spec in filter(None, map(spec_of, root.modules())):
+        if method in spec.refusals:
+            reasons.setdefault(spec.family, spec.refusals[method])
+    families_found = ", ".join(families_in(root)) or "unknown"
+    reasons = "; ".join(f"{family}: {why}" for family, why in reasons.items())
+    detail = "; ".join(filter(None, [missing, reasons]))
+    return ValueError(
+        f"{name or method}: the model's {families_found} family has nothing "
+        f"it can take ({detail or 'no module of the model answers it'})"
+    )
 
 
 def how_to_register(type_name):
