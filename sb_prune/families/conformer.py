@@ -148,6 +148,7 @@ def _masks(layer):
     )
 
 
+_ATTENTION_INSERT, _ATTENTION_UNAVAILABLE = attention_points("mha_layer")
 FAMILY.register(
     ConformerEncoderLayer,
     ModuleSpec(
@@ -162,10 +163,11 @@ FAMILY.register(
             "adaptive_dropout": MaskPoints(
                 insert={
                     "ffn": _mask_ffn,
-                    **attention_points("mha_layer"),
+                    **_ATTENTION_INSERT,
                     "conv": _mask_conv,
                 },
                 find=_masks,
+                unavailable=_ATTENTION_UNAVAILABLE,
             )
         },
     ),

@@ -74,6 +74,16 @@ FAMILY.register(
 )
 
 
+def _not_unit_prunable(mha):
+    """Why ``mha`` takes no per-unit masks (None if it does)."""
+    if isinstance(mha, (RelPosMHAXL, PrunableRelPosMHA)):
+        return None
+    return (
+        "sb_prune prunes attention of type RelPosMHAXL (attention_type: "
+        f"RelPosMHAXL) unit by unit, not {type(mha).__name__}"
+    )
+
+
 def unit_prunable_attention(layer, name):
     """Make ``layer.<name>`` a PrunableRelPosMHA and return it.
 
@@ -94,19 +104,17 @@ def unit_prunable_attention(layer, name):
         The layer's attention.
     """
     mha = getattr(layer, name)
+    reason = _not_unit_prunable(mha)
+    if reason is not None:
+        raise ValueError(reason)
     if isinstance(mha, RelPosMHAXL):
         mha = PrunableRelPosMHA.from_relposmhaxl(mha)
         setattr(layer, name, mha)
-    if not isinstance(mha, PrunableRelPosMHA):
-        raise ValueError(
-            "sb_prune prunes attention of type RelPosMHAXL "
-            f"(attention_type: RelPosMHAXL), not {type(mha).__name__}"
-        )
     return mha
 
 
 def attention_points(name):
-    """Adaptive-dropout ``query`` / ``value`` inserters for ``layer.<name>``.
+    """Adaptive-dropout ``query`` / ``value`` points of ``layer.<name>``.
 
     Arguments
     ---------
@@ -115,8 +123,12 @@ def attention_points(name):
 
     Returns
     -------
-    dict
-        ``{"query": insert, "value": insert}``.
+    insert : dict
+        ``{"query": insert, "value": insert}``, for
+        :class:`~sb_prune.methods.adaptive_dropout.points.MaskPoints`.
+    unavailable : callable
+        Its ``unavailable``: a layer whose attention is not
+        ``RelPosMHAXL`` takes neither point.
     """
 
     def insert(point):
@@ -124,7 +136,11 @@ def attention_points(name):
             unit_prunable_attention(layer, name), point, options
         )
 
-    return {"query": insert("query"), "value": insert("value")}
+    def unavailable(layer):
+        reason = _not_unit_prunable(getattr(layer, name))
+        return {} if reason is None else {"query": reason, "value": reason}
+
+    return {"query": insert("query"), "value": insert("value")}, unavailable
 
 
 def _attention_masks(mha):
@@ -134,6 +150,7 @@ def _attention_masks(mha):
     }
 
 
+_ATTENTION_INSERT, _ATTENTION_UNAVAILABLE = attention_points("self_att")
 FAMILY.register(
     TransformerEncoderLayer,
     ModuleSpec(
@@ -148,12 +165,13 @@ FAMILY.register(
                     "ffn": lambda layer, options: mask_hidden_units(
                         layer.pos_ffn.ffn, "3", options
                     ),
-                    **attention_points("self_att"),
+                    **_ATTENTION_INSERT,
                 },
                 find=lambda layer: masks_by_label(
                     {"ffn": layer.pos_ffn, **_attention_masks(layer.self_att)}
                 ),
                 refused={"conv": "a Transformer layer has no convolution"},
+                unavailable=_ATTENTION_UNAVAILABLE,
             )
         },
     ),

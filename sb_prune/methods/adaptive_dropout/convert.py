@@ -127,15 +127,13 @@ def add_adaptive_dropout(model, points=ADAPTIVE_DROPOUT_POINTS, **options):
         raise ValueError("adaptive_dropout: the model is already converted")
     layers = encoder_layers(model)
     for layer, answer in layers:
-        refused = [p for p in points if p not in answer.insert]
+        refused = answer.refusals(layer, points)
         if refused:
             spec = spec_of(layer)
-            reasons = "; ".join(
-                answer.refused.get(p, f"no '{p}' point") for p in refused
-            )
             raise ValueError(
                 f"adaptive_dropout.points: the {spec.family} family's "
-                f"{spec.type_name} cannot take {refused}: {reasons}"
+                f"{spec.type_name} cannot take {list(refused)}: "
+                + "; ".join(refused.values())
             )
     for layer, answer in layers:
         for point in points:

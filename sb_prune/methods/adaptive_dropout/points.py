@@ -35,17 +35,46 @@ class MaskPoints:
     refused : dict, optional
         ``{point: reason}``: points of the method that the layer cannot
         take, and why.
+    unavailable : callable, optional
+        ``layer -> {point: reason}``: points that one layer of the type
+        cannot take, and why (they depend on its modules, e.g. the type
+        of its attention).
 
     Example
     -------
     >>> points = MaskPoints({"ffn": lambda layer, options: None}, dict)
     >>> points.insert["ffn"](None, {})
+    >>> points.refusals(None, ["ffn", "conv"])
+    {'conv': "no 'conv' point"}
     """
 
-    def __init__(self, insert, find, refused=None):
+    def __init__(self, insert, find, refused=None, unavailable=None):
         self.insert = dict(insert)
         self.find = find
         self.refused = dict(refused or {})
+        self.unavailable = unavailable or (lambda layer: {})
+
+    def refusals(self, layer, points):
+        """The points of ``points`` that ``layer`` cannot take, and why.
+
+        Arguments
+        ---------
+        layer : torch.nn.Module
+            A layer of the type.
+        points : list of str
+            Application points asked for.
+
+        Returns
+        -------
+        dict
+            ``{point: reason}``, empty when it takes them all.
+        """
+        reasons = {**self.refused, **self.unavailable(layer)}
+        return {
+            point: reasons.get(point, f"no '{point}' point")
+            for point in points
+            if point not in self.insert or point in reasons
+        }
 
 
 def mask_hidden_units(parent, down, options):
