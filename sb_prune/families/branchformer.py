@@ -6,9 +6,10 @@ SpeechBrain's (``RelPosMHAXL`` or ``MultiheadAttention``, made prunable
 by the SpeechBrain Transformer family: heads, low rank); modules
 ``attention``, ``cgmlp`` and ``merge`` for importance analysis.
 
-Refused by name: adaptive dropout and pruning of the cgMLP branch's units
-(its gating unit normalises over all of them with a LayerNorm, so
-removing some changes the others), I3D gates.
+Refused by name: adaptive dropout, pruning and low rank of the cgMLP
+branch's units (its gating unit normalises over all of them with a
+LayerNorm, so removing some changes the others; it is no feed-forward
+block), I3D gates.
 
 Authors
  * sb_prune developers
@@ -22,6 +23,12 @@ from speechbrain.lobes.models.transformer.Branchformer import (
 from sb_prune.core.registry import Family, ModuleSpec, layer_stack_spec
 
 FAMILY = Family("SpeechBrain Branchformer")
+#: Why the units of the cgMLP branch stay.
+CGMLP_UNITS = (
+    "the cgMLP branch normalises over all its units (a LayerNorm in its "
+    "gating unit), so no unit can be masked or removed exactly, and it is "
+    "no feed-forward block; prune its attention heads instead"
+)
 
 FAMILY.register(
     BranchformerEncoder,
@@ -42,9 +49,9 @@ FAMILY.register(
             "merge": ["merge_proj"],
         },
         refusals={
-            "adaptive_dropout": "the cgMLP branch normalises over all its "
-            "units (a LayerNorm in its gating unit), so no unit can be "
-            "masked or removed exactly; prune its attention heads instead",
+            "adaptive_dropout": CGMLP_UNITS,
+            "ffn": CGMLP_UNITS,
+            "low_rank": CGMLP_UNITS,
         },
     ),
 )

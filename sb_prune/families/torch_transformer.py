@@ -8,8 +8,9 @@ A family outside SpeechBrain, in one module:
   (``linear1`` up, ``linear2`` down) is group ``hidden``; modules
   ``attention`` and ``ffn`` for importance analysis and federated dropout.
 
-Refused by name: its attention heads (``torch.nn.MultiheadAttention`` ties
-the head width to ``embed_dim``, so a head cannot be removed without
+Refused by name: its attention heads and the low rank of its attention
+(``torch.nn.MultiheadAttention`` ties the head width to ``embed_dim`` and
+projects with its packed ``in_proj_weight``, so neither can change without
 replacing the module), adaptive dropout (the fused inference path of
 ``TransformerEncoderLayer`` reads ``linear2``'s weight directly and would
 skip the masks) and I3D gates.
@@ -22,6 +23,12 @@ from sb_prune.core.registry import Family, layer_stack_spec
 from sb_prune.families.common import feed_forward_spec
 
 FAMILY = Family("PyTorch nn.TransformerEncoder")
+#: Why its attention keeps its heads and its dense projections.
+FIXED_ATTENTION = (
+    "torch.nn.MultiheadAttention ties its head width to embed_dim and "
+    "projects with its packed in_proj_weight, so its heads cannot be "
+    "removed nor its projections factorised in place"
+)
 
 
 def _sync_num_layers(encoder):
@@ -49,8 +56,9 @@ FAMILY.register(
         refusals={
             "adaptive_dropout": "torch's fused encoder-layer inference path "
             "reads linear2's weight directly and would skip the masks",
-            "prunable_attention": "torch.nn.MultiheadAttention ties its "
-            "head width to embed_dim, so heads cannot be removed in place",
+            "prunable_attention": FIXED_ATTENTION,
+            "heads": FIXED_ATTENTION,
+            "low_rank": FIXED_ATTENTION,
         },
     ),
 )

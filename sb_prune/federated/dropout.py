@@ -40,7 +40,7 @@ import torch
 from sb_prune.analysis.importance.units import find_units
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.importance import Importance, Members
-from sb_prune.core.registry import layer_spec, spec_of
+from sb_prune.core.registry import answered, layer_spec, refusal, spec_of
 from sb_prune.core.surgery import apply_plan
 from sb_prune.core.validation import (
     check_choice,
@@ -101,7 +101,8 @@ def _thinned_module(layer, layer_path, unit, children):
 
     The first prunable module inside them; or the layer itself when its own
     spec's Linear layers are those children (a layer that holds its
-    feed-forward block directly, as Whisper's does).
+    feed-forward block directly, as Whisper's does). None is refused,
+    naming the layer's family and its reason.
     """
     own = spec_of(layer)
     if own is not None and own.criterion_group in _THINNED and own.linears:
@@ -113,15 +114,23 @@ def _thinned_module(layer, layer_path, unit, children):
             spec = spec_of(module)
             if spec is not None and spec.criterion_group in _THINNED:
                 return ".".join(p for p in (layer_path, child, name) if p)
-    raise ValueError(
-        f"{unit}: dropping units of {children} needs prunable attention "
-        "or feed-forward modules; convert the model with prunable_attention "
-        "(sb_prune.convert) or leave these units out of dropped_units"
-    )
+    kind = unit.partition(".")[2]
+    hint = f"leave {kind} out of dropped_units"
+    if answered(layer, "prunable_attention"):
+        hint = (
+            f"dropping units of {children} needs prunable attention: convert "
+            f"the model with prunable_attention (sb_prune.convert) or {hint}"
+        )
+    group = "heads" if kind == "attention" else "ffn"
+    raise refusal(layer, group, hint, f"dropped_units '{kind}' ({unit})")
 
 
 def droppable_groups(model, units=DROPPABLE_UNITS):
     """Find the groups of units that sub-models may drop.
+
+    The kinds an encoder layer does not have are skipped (each family names
+    its own); a model with none of them is refused, as is a kind that a
+    layer has but cannot thin.
 
     Arguments
     ---------
@@ -171,6 +180,14 @@ def droppable_groups(model, units=DROPPABLE_UNITS):
                 size = module_groups.group_size(module, name)
                 per_unit = _params_per_unit(module, name, size)
                 groups.append(Group(unit, module_path, name, size, per_unit))
+    if not groups:
+        kinds = sorted(layer_spec(encoder.layers[0]).layer_modules)
+        raise refusal(
+            model,
+            "dropped_units",
+            f"its encoder layers have the units {kinds}",
+            f"dropped_units {units}",
+        )
     return groups
 
 
@@ -514,10 +531,6 @@ class DropoutPolicy:
             ``{unit: rate}``.
         """
         self.groups = droppable_groups(model, self.dropped_units)
-        if not self.groups:
-            raise ValueError(
-                f"dropped_units {self.dropped_units}: the model has none"
-            )
         total = sum(p.numel() for p in model.parameters())
         fixed = total - sum(group.params for group in self.groups)
         drop = total - self.client_size * total

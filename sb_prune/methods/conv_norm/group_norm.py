@@ -151,7 +151,12 @@ def set_conv_norm(model, norm="group", groups=4, eps=1e-5):
     check_choice("conv_norm.norm", norm, CONV_NORMS)
     check_int("conv_norm.groups", groups, minimum=1)
     check_number("conv_norm.eps", eps, low=0, open_low=True)
-    places = answers_under(model, "conv_norm")
+    places = answers_under(
+        model,
+        "conv_norm",
+        missing="no convolution module with a norm after its depthwise "
+        "convolution (SpeechBrain Conformer layers have one)",
+    )
     if norm == "layer":
         return model
     if any(isinstance(m, ConvGroupNorm) for m in model.modules()):

@@ -53,7 +53,13 @@ from speechbrain.utils.distributed import ddp_all_reduce
 from torch import nn
 
 from sb_prune.core.importance import GROUPS, Importance, Members
-from sb_prune.core.registry import LAYER_GROUPS, layer_spec, spec_of
+from sb_prune.core.registry import (
+    LAYER_GROUPS,
+    answered,
+    layer_spec,
+    refusal,
+    spec_of,
+)
 from sb_prune.core.validation import check_choices
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
@@ -114,6 +120,49 @@ Members('layers.1.pos_ffn', 'ffn', 8)]
                 f"(LowRankCompression), not its {members.group}"
             )
     return found
+
+
+def require_members(root, groups, method="CriterionPruning"):
+    """Return :func:`find_members`, or raise naming a group without any.
+
+    The error names the method, the group and the model's families, with
+    their reasons (their ``refusals`` of the group, see
+    :mod:`sb_prune.families`).
+
+    Arguments
+    ---------
+    root : torch.nn.Module
+        The model (or ModuleDict of modules).
+    groups : list of str
+        A subset of ``GROUPS``.
+    method : str
+        What asks, for the message.
+
+    Returns
+    -------
+    list of Members
+        As :func:`find_members` returns them.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Transformer import (
+    ...     TransformerEncoder,
+    ... )
+    >>> require_members(TransformerEncoder(1, 2, 8, d_model=4), ["heads"])
+    Traceback (most recent call last):
+    ...
+    ValueError: CriterionPruning groups 'heads': the model's SpeechBrain ...
+    """
+    members = find_members(root, groups)
+    found = {m.group for m in members}
+    for group in groups:
+        if group in found:
+            continue
+        hint = None
+        if group == "heads" and answered(root, "prunable_attention"):
+            hint = "add prunable_attention to sb_prune.convert"
+        raise refusal(root, group, hint, f"{method} groups '{group}'")
+    return members
 
 
 def _layer_weights(path, layer):

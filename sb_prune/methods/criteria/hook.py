@@ -9,7 +9,7 @@ import logging
 import torch
 from speechbrain.utils.distributed import ddp_broadcast
 
-from sb_prune.core.registry import LAYER_GROUPS, families_in
+from sb_prune.core.registry import LAYER_GROUPS
 from sb_prune.core.validation import (
     check_choice,
     check_choices,
@@ -19,10 +19,10 @@ from sb_prune.core.validation import (
 from sb_prune.methods.criteria.criteria import (
     GROUPS,
     Criterion,
-    find_members,
     global_keep,
     keep_top,
     make_criterion,
+    require_members,
 )
 from sb_prune.training.hooks import (
     PruningHook,
@@ -202,20 +202,15 @@ class CriterionPruning(PruningHook):
                 ) from None
         self._members = [
             members
-            for members in find_members(root, self.groups)
+            for members in require_members(root, self.groups)
             if self._in_scope(members.path)
         ]
         found = {members.group for members in self._members}
-        for group in self.groups:
-            if group not in found:
-                hint = {
-                    "heads": ": add prunable_attention to sb_prune.convert",
-                }.get(group, "")
-                families = ", ".join(families_in(root)) or "unknown"
-                raise ValueError(
-                    f"groups has '{group}' but the model ({families} family) "
-                    f"has nothing to prune there{hint}"
-                )
+        outside = [group for group in self.groups if group not in found]
+        if outside:
+            raise ValueError(
+                f"scope {self.scope}: the groups {outside} have no member there"
+            )
         self.criterion.attach(self._members)
 
     def on_fit_start(self, brain):

@@ -4,7 +4,7 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import spec_of
+from sb_prune.core.registry import answered, refusal, spec_of
 from sb_prune.core.validation import check_choices, check_int, check_number
 from sb_prune.methods.attention.convert import swap_prunable_attention
 from sb_prune.methods.low_rank.layer import (
@@ -16,23 +16,47 @@ from sb_prune.methods.low_rank.layer import (
 LOW_RANK_POINTS = ("ffn", "attention")
 
 
-def low_rank_targets(model, points):
+def low_rank_targets(model, points, method="low_rank"):
     """``(parent, attribute name, path)`` of each Linear to factorise.
 
     The Linear layers of a point are those the registry's specs list under
-    that ``low_rank_point`` (:mod:`sb_prune.families`).
+    that ``low_rank_point`` (:mod:`sb_prune.families`). A point without
+    any is refused, naming the model's families and their reasons (their
+    ``refusals`` of ``low_rank``).
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        The model.
+    points : list of str
+        A subset of ``LOW_RANK_POINTS``.
+    method : str
+        What asks, for the messages.
+
+    Returns
+    -------
+    list of tuple
+        In module order.
     """
     paths = {module: path for path, module in model.named_modules()}
-    targets = []
+    targets, found = [], set()
     for module in list(paths):
         spec = spec_of(module)
         if spec is None or spec.low_rank_point not in points:
             continue
+        found.add(spec.low_rank_point)
         for parent, name in spec.linears(module):
             if isinstance(getattr(parent, name), LowRankLinear):
-                raise ValueError("low_rank: the model is already converted")
+                raise ValueError(f"{method}: the model is already converted")
             path = f"{paths[parent]}.{name}".lstrip(".")
             targets.append((parent, name, path))
+    for point in points:
+        if point in found:
+            continue
+        missing = f"no Linear layer at point '{point}'"
+        if point == "attention" and answered(model, "prunable_attention"):
+            missing = "add prunable_attention to sb_prune.convert"
+        raise refusal(model, "low_rank", missing, f"{method} points '{point}'")
     return targets
 
 
@@ -108,10 +132,6 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
     if "attention" in points:  # those a family converts; others as they are
         swap_prunable_attention(model)
     targets = low_rank_targets(model, points)
-    if not targets:
-        raise ValueError(
-            f"low_rank: the model has no Linear layer at points {points}"
-        )
     for parent, name, path in targets:
         dense = getattr(parent, name)
         layer_rank = rank

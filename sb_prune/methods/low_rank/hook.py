@@ -10,6 +10,7 @@ import os
 import torch
 from speechbrain.utils.distributed import if_main_process
 
+from sb_prune.core.registry import families_in
 from sb_prune.core.saved_model import export_model
 from sb_prune.core.validation import check_choices, check_number
 from sb_prune.methods.low_rank.activations import (
@@ -292,28 +293,35 @@ class ActivationLowRank(PruningHook):
         if self.done:
             return
         self._observed = [
-            (parent, name, OutputStatistics(getattr(parent, name)))
-            for parent, name, _ in low_rank_targets(
-                brain.unwrapped_modules(), self.points
+            (parent, name, path, OutputStatistics(getattr(parent, name)))
+            for parent, name, path in low_rank_targets(
+                brain.unwrapped_modules(), self.points, "ActivationLowRank"
             )
         ]
 
     def on_train_epoch_end(self, brain, epoch):
         """Factorise after this epoch if the schedule says so."""
         due = self.schedule.due(int(self.done), epoch)
-        return bool(due) and self.factorise(f"epoch {epoch}")
+        return bool(due) and self.factorise(brain, f"epoch {epoch}")
 
     def on_optimizer_step(self, brain):
         """Factorise after this optimizer step if the schedule says so."""
         step = brain.optimizer_step
         due = self.schedule.due_at_step(int(self.done), step)
-        return bool(due) and self.factorise(f"step {step}")
+        return bool(due) and self.factorise(brain, f"step {step}")
 
-    def factorise(self, when):
+    def factorise(self, brain, when):
         """Replace the observed layers by their factors.
+
+        A layer whose outputs no calibration batch showed is refused,
+        naming it: attention that projects queries and keys from different
+        inputs (cross-attention) runs its packed projection without calling
+        it.
 
         Arguments
         ---------
+        brain : sb_prune.PruningBrain
+            The Brain whose modules are factorised.
         when : str
             The moment, for the log.
 
@@ -322,10 +330,24 @@ class ActivationLowRank(PruningHook):
         bool
             True (the model changed).
         """
-        ranks = []
-        for parent, name, stats in self._observed:
+        for _, _, _, stats in self._observed:
             stats.remove()
             stats.all_reduce()
+        unseen = [
+            path for _, _, path, stats in self._observed if not stats.count
+        ]
+        if unseen:
+            families = ", ".join(families_in(brain.unwrapped_modules()))
+            raise ValueError(
+                f"ActivationLowRank: the calibration until {when} showed no "
+                f"output of {unseen} (the model's {families} family): "
+                "attention whose queries and keys come from different inputs "
+                "(cross-attention) runs its packed projection without calling "
+                "it, so it has no outputs to take components of; leave "
+                "attention out of points (low_rank factorises it by SVD)"
+            )
+        ranks = []
+        for parent, name, _, stats in self._observed:
             dense = getattr(parent, name)
             rank = rank_for_compression(
                 dense.in_features, dense.out_features, self.compression
