@@ -38,6 +38,7 @@ METHODS = {
     "criteria_layers": ("criteria: layers", "CriterionPruning"),
     "layer_cut": ("layer cut", "LayerCut"),
     "low_rank": ("low rank (SVD)", "low_rank"),
+    "low_rank_embedding": ("low-rank token table", "low_rank_embedding"),
     "activation_low_rank": ("activation low rank", "ActivationLowRank"),
     "dynamic_depth": ("I3D dynamic depth", "dynamic_depth"),
     "conv_norm": ("conv norm", "conv_norm"),
@@ -66,6 +67,7 @@ EVERYWHERE = {
     "criteria_layers": works(),
     "layer_cut": works(),
     "low_rank": ALL_POINTS,
+    "low_rank_embedding": refused("no tied token table"),
     "activation_low_rank": ALL_POINTS,
     "dynamic_depth": NO_GATES,
     "conv_norm": NO_CONV,
@@ -110,6 +112,8 @@ MATRIX = {
     WHISPER: {
         **EVERYWHERE,
         "adaptive_dropout": works(points=["ffn"]),
+        # SpeechBrain's lobe built as sb_prune.nn.WhisperLobe takes it.
+        "low_rank_embedding": refused("proj_out reads the dense table"),
         "federated_dropout": works(units=["ffn", "attention"]),
     },
     WAV2VEC2: SSL_ROW,

@@ -389,6 +389,12 @@ def check_low_rank(case, model, points=LOW_RANK_POINTS):
     assert_record_rebuilds(case, model, **options)
 
 
+def check_low_rank_embedding(case, model, rank=4):
+    """Refused by every family row (SpeechBrain's lobe, which takes it, is
+    checked on the real tiny.en in tests/test_whisper_export.py)."""
+    convert(model, low_rank_embedding={"rank": rank})
+
+
 def _project_output(low):
     """Forward hook: a Linear's output projected as ``low`` computes it."""
     basis = low.up.weight.detach().double()
@@ -550,6 +556,7 @@ CHECKS = {
     "criteria_layers": criteria("layers"),
     "layer_cut": check_layer_cut,
     "low_rank": check_low_rank,
+    "low_rank_embedding": check_low_rank_embedding,
     "activation_low_rank": check_activation_low_rank,
     "dynamic_depth": check_dynamic_depth,
     "conv_norm": check_conv_norm,
@@ -577,6 +584,7 @@ EXERCISES = {
     "criteria_layers": {"criteria", "layers", "decoder_layers"},
     "layer_cut": {"convexity_layer_cut", "LayerCut"},
     "low_rank": {"low_rank", "LowRankCompression"},
+    "low_rank_embedding": {"low_rank_embedding"},
     "activation_low_rank": {"low_rank", "ActivationLowRank"},
     "dynamic_depth": {"i3d", "dynamic_depth"},
     "conv_norm": {"layer_importance", "conv_norm"},

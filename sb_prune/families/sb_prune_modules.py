@@ -19,6 +19,7 @@ from sb_prune.methods.attention.heads import PrunableHeads
 from sb_prune.methods.attention.relpos import PrunableRelPosMHA
 from sb_prune.methods.conv_norm.group_norm import ConvGroupNorm
 from sb_prune.methods.criteria.criteria import OWN_PROJECTIONS
+from sb_prune.methods.low_rank.embedding import LowRankEmbedding
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
 FAMILY = Family("sb_prune")
@@ -150,6 +151,29 @@ FAMILY.register(
             module.rank or min(module.in_features, module.out_features)
         ),
         replaces=_low_rank_in_place_of,
+    ),
+)
+
+
+def _low_rank_embedding_in_place_of(embedding, record):
+    if type(embedding) is not torch.nn.Embedding:
+        return None
+    return LowRankEmbedding(
+        embedding.num_embeddings,
+        embedding.embedding_dim,
+        record["rank"],
+        padding_idx=embedding.padding_idx,
+    ).to(device=embedding.weight.device, dtype=embedding.weight.dtype)
+
+
+FAMILY.register(
+    LowRankEmbedding,
+    _own_structure(
+        LowRankEmbedding,
+        groups=("rank",),
+        prune=lambda module, rank: module.select_ranks(rank),
+        group_size=lambda module, group: module.rank,
+        replaces=_low_rank_embedding_in_place_of,
     ),
 )
 for _type in (AdaptiveDropout, UnitSelect, ConvGroupNorm):

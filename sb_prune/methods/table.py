@@ -167,6 +167,17 @@ METHODS = {
             )
         },
     ),
+    "low_rank_embedding": Method(
+        convert="low_rank_embedding",
+        converter=f"{_M}.low_rank.convert.add_low_rank_embedding",
+        modules=(
+            f"{_M}.low_rank.embedding.LowRankEmbedding",
+            # The Hugging Face Whisper family's lobe that uses the factors.
+            "sb_prune.families.whisper.lobe.WhisperLobe",
+        ),
+        fragment="low_rank_embedding.yaml",
+        recipes=("whisper/hparams/whisper_prune.yaml",),
+    ),
     "i3d": Method(
         convert="dynamic_depth",
         converter=f"{_M}.i3d.convert.add_dynamic_depth",

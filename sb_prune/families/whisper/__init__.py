@@ -20,7 +20,12 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import Family, layer_stack_spec, spec_of
+from sb_prune.core.registry import (
+    Family,
+    ModuleSpec,
+    layer_stack_spec,
+    spec_of,
+)
 from sb_prune.families.common import (
     feed_forward_spec,
     first_dropout,
@@ -31,6 +36,7 @@ from sb_prune.methods.adaptive_dropout.points import (
     mask_hidden_units,
     masks_by_label,
 )
+from sb_prune.methods.low_rank.embedding import LowRankEmbedding
 
 FAMILY = Family("Hugging Face Whisper")
 MODULE = "transformers.models.whisper.modeling_whisper."
@@ -40,6 +46,34 @@ FIXED_HEAD_WIDTH = (
     "a Whisper encoder layer has only the 'ffn' point (its attention "
     "reshapes by a fixed head width: prune whole heads with criteria)"
 )
+
+
+#: Why a bare Hugging Face Whisper keeps its dense token table.
+NO_FACTORED_SCORES = (
+    "its output projection reads the dense token table; factorise the "
+    "table of SpeechBrain's lobe built as sb_prune.nn.WhisperLobe, which "
+    "scores through the factors"
+)
+
+
+def _factorise_embedding(lobe, rank):
+    """The ``low_rank_embedding`` answer of the lobe: a low-rank table.
+
+    The decoder embeds its tokens with ``embed_tokens``; the lobe scores
+    the vocabulary with the same table, through its factors only in
+    :class:`~sb_prune.families.whisper.lobe.WhisperLobe`.
+    """
+    if not getattr(lobe, "scores_through_factors", False):
+        raise ValueError(
+            f"low_rank_embedding: the {FAMILY.name} family cannot factorise "
+            f"the table of a {type(lobe).__name__} lobe, which scores "
+            "through the dense table: build it as sb_prune.nn.WhisperLobe "
+            "(same arguments)"
+        )
+    decoder = lobe.model.decoder
+    decoder.embed_tokens = LowRankEmbedding.from_embedding(
+        decoder.embed_tokens, rank
+    )
 
 
 def _sync_encoder_layers(encoder):
@@ -65,9 +99,15 @@ FAMILY.register(
         },
     ),
 )
+
+
 FAMILY.register(
     MODULE + "WhisperDecoder",
-    layer_stack_spec(after_cut=_sync_decoder_layers, role="decoder"),
+    layer_stack_spec(
+        after_cut=_sync_decoder_layers,
+        role="decoder",
+        refusals={"low_rank_embedding": NO_FACTORED_SCORES},
+    ),
 )
 FAMILY.register(
     MODULE + "WhisperEncoderLayer",
@@ -109,6 +149,11 @@ FAMILY.register(
     ),
 )
 FAMILY.register(MODULE + "WhisperAttention", whole_head_attention_spec())
+# SpeechBrain's Whisper lobe (and sb_prune's, which subclasses it).
+FAMILY.register(
+    "speechbrain.integrations.huggingface.whisper.Whisper",
+    ModuleSpec(groups=(), answers={"low_rank_embedding": _factorise_embedding}),
+)
 
 
 def whisper_stack(model, role="encoder"):

@@ -91,8 +91,11 @@ whisper_folder: {folder}
 language: english
 sample_rate: 16000
 max_decode_ratio: 0.15  # 225 tokens: Whisper's own limit is 224
+# WhisperASR.transcribe_batch reads it: True applies the tokenizer's
+# normalize() (Whisper's English normaliser, normalizer.json) to its words.
+normalized_transcripts: False
 
-whisper: !new:speechbrain.integrations.huggingface.whisper.Whisper
+whisper: !new:{lobe}
     source: !ref <whisper_folder>
     save_path: !ref <whisper_folder>
     freeze: True
@@ -109,7 +112,12 @@ modules:
 """
 
 
-def whisper_asr_hparams(folder, beam_size=None, pruned=()):
+#: The lobe of exported folders, and the one for a low-rank token table.
+LOBE = "speechbrain.integrations.huggingface.whisper.Whisper"
+FACTORED_LOBE = "sb_prune.nn.WhisperLobe"
+
+
+def whisper_asr_hparams(folder, beam_size=None, pruned=(), lobe=LOBE):
     """The ``hyperparams.yaml`` of a Whisper folder, for ``WhisperASR``.
 
     Arguments
@@ -122,6 +130,9 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=()):
     pruned : tuple of str
         The parts rebuilt from ``<part>_structure.json`` and loaded from
         ``<part>.ckpt`` (see :func:`export_whisper`).
+    lobe : str
+        The Whisper lobe's class (:data:`FACTORED_LOBE` for a decoder with a
+        low-rank token table).
 
     Returns
     -------
@@ -151,6 +162,7 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=()):
         )
     return _HPARAMS.format(
         folder=folder,
+        lobe=lobe,
         decoder=decoder,
         pretrainer=_PRETRAINER.format(rebuilds=rebuilds, loadables=loadables),
     )
@@ -295,8 +307,14 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
         summary[f"{part}_params"] = sum(p.numel() for p in stack.parameters())
     weights = {key: value.contiguous() for key, value in weights.items()}
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    factored = any(hasattr(m, "logits") for m in whisper.modules())
     (out / "hyperparams.yaml").write_text(
-        whisper_asr_hparams(out.resolve(), beam_size=beam_size, pruned=pruned)
+        whisper_asr_hparams(
+            out.resolve(),
+            beam_size=beam_size,
+            pruned=pruned,
+            lobe=FACTORED_LOBE if factored else LOBE,
+        )
     )
     summary["pruned"] = pruned
     return summary

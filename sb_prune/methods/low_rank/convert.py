@@ -4,7 +4,7 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.registry import answered, refusal, spec_of
+from sb_prune.core.registry import answered, answers_under, refusal, spec_of
 from sb_prune.core.validation import check_choices, check_int, check_number
 from sb_prune.methods.attention.convert import swap_prunable_attention
 from sb_prune.methods.low_rank.layer import (
@@ -148,4 +148,40 @@ def add_low_rank(model, points=("ffn",), rank=None, compression=None):
             )
         low = LowRankLinear.from_linear(dense, layer_rank)
         setattr(parent, name, low.train(dense.training))
+    return model
+
+
+def add_low_rank_embedding(model, rank):
+    """Factorise the tied token tables of a model's decoders (rank ``rank``).
+
+    Where a decoder reads its token embedding table to embed its input and,
+    transposed, to score the vocabulary (Whisper), the table becomes a
+    :class:`~sb_prune.methods.low_rank.embedding.LowRankEmbedding` from its
+    truncated SVD: both uses then cost ``rank`` / width of the dense ones.
+    Which decoders have such a table is their family's answer to
+    ``low_rank_embedding``. This is the ``low_rank_embedding`` method of
+    :func:`sb_prune.convert`::
+
+        whisper: !apply:sb_prune.convert
+            model: !ref <whisper_dense>
+            low_rank_embedding: {rank: 192}
+
+    Arguments
+    ---------
+    model : torch.nn.Module
+        A model holding decoders whose family answers.
+    rank : int or None
+        The rank of every table, >= 1 (None: the model is left as it is,
+        so one hparams file serves both).
+
+    Returns
+    -------
+    torch.nn.Module
+        The same model, converted in place.
+    """
+    if rank is None:
+        return model
+    check_int("low_rank_embedding.rank", rank, minimum=1)
+    for _, decoder, factorise in answers_under(model, "low_rank_embedding"):
+        factorise(decoder, rank)
     return model
