@@ -18,8 +18,28 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+    """FLOPs of ``softmax(Q K^T) V``: both products, every head."""
+    *batch, length, width = query
+    keys, value_width = key[-2], value[-1]
+    heads = 1
+    for size in batch:
+        heads *= size
+    return 2 * heads * length * keys * (width + value_width)
+
+
+#: Attention kernels torch's FLOP counter has no formula for: the CPU
+#: kernel that scaled_dot_product_attention (Hugging Face Whisper's
+#: attention) runs on long sequences would otherwise count as nothing.
+_ATTENTION_KERNELS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: (
+        _attention_flops
+    ),
+}
+
+
 def count_macs(function, *args, **kwargs):
-    """Count the multiply-accumulates of one call (matmuls and convolutions).
+    """Count the multiply-accumulates of one call (every product).
 
     Arguments
     ---------
@@ -27,6 +47,10 @@ def count_macs(function, *args, **kwargs):
         Usually a module.
     *args, **kwargs
         Its inputs.
+
+    Matrix products, convolutions and attention, whichever kernel
+    ``scaled_dot_product_attention`` picks (the score and value products of
+    the CPU kernel are counted by :func:`_attention_flops`).
 
     Returns
     -------
@@ -37,8 +61,12 @@ def count_macs(function, *args, **kwargs):
     -------
     >>> count_macs(torch.nn.Linear(4, 3), torch.rand(2, 4))
     24
+    >>> q = torch.rand(1, 2, 300, 8)  # long enough for the CPU kernel
+    >>> attention = torch.nn.functional.scaled_dot_product_attention
+    >>> count_macs(attention, q, q, q) == 2 * 300 * 300 * (8 + 8)
+    True
     """
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_ATTENTION_KERNELS)
     with counter, torch.no_grad():
         function(*args, **kwargs)
     return counter.get_total_flops() // 2

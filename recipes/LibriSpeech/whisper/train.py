@@ -9,7 +9,9 @@ the dense model (the teacher) is distilled into it
 output distribution), and ``CriterionPruning`` hooks remove encoder and
 decoder FFN units, heads or decoder layers in many small steps
 (``sb_prune.schedules.Gradual``). With the sparsities at 0 the same recipe
-fine-tunes the dense model with the same budget (the baseline).
+fine-tunes the dense model with the same budget (the baseline). With
+``freeze_decoder`` only the encoder learns (the decoder's NLL still
+reaches it, through the frozen decoder).
 
 Whisper reads 30 s windows whatever the utterance's length, so training
 windows pack consecutive utterances of a chapter
@@ -202,6 +204,8 @@ def main(argv):
     )
     run_on_main(prepare, args=[hparams])
     sets = dataio_prepare(hparams)
+    if hparams["freeze_decoder"]:  # the encoder learns for a fixed decoder
+        hparams["whisper"].model.decoder.requires_grad_(False)
     brain = ASR(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
