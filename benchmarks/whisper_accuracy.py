@@ -60,6 +60,8 @@ OURS = {**BUDGET}
 #: The whole model: the encoder as above, half the decoder layers and a
 #: rank-192 token table.
 WHOLE = {**OURS, "decoder_layer_sparsity": 0.5, "embedding_rank": 192}
+#: Learning from the dense teacher alone (no transcripts in the loss).
+KD = {**OURS, "label_weight": 0.0}
 CONFIGS = {
     "dense-zero-shot": ("dense", {**DENSE, "number_of_epochs": 0}),
     "dense-ft": ("dense-ft", {**DENSE, **BUDGET}),
@@ -78,6 +80,14 @@ CONFIGS = {
     ),
     "ours-lr1e-5": ("taylor-gradual-distil-lr1e-5", {**OURS, "lr": 1e-5}),
     "whole": ("whole-model", WHOLE),
+    "ours-kd": (
+        "taylor-gradual-kd-uniform",
+        {**KD, "allocation": "uniform"},
+    ),
+    "whole-kd": (
+        "whole-model-kd-uniform",
+        {**WHOLE, **KD, "allocation": "uniform"},
+    ),
 }
 
 

@@ -69,6 +69,10 @@ class ASR(sb_prune.PruningBrain):
         log_probs, hyps = predictions
         eos, eos_lens = batch.tokens_eos
         loss = sb.nnet.losses.nll_loss(log_probs, eos, length=eos_lens)
+        if stage == sb.Stage.TRAIN:
+            # label_weight 0: the student learns from the teacher alone
+            # (the Distillation hook's terms ride on the logits' gradient).
+            loss = self.hparams.label_weight * loss
         if stage == sb.Stage.TEST:
             tokenizer = self.modules.whisper.tokenizer
             words = [
