@@ -1,0 +1,188 @@
+"""Export a run of SpeechBrain's Whisper recipe as a ``WhisperASR`` folder.
+
+``sb-prune export`` reads a finished run of a recipe shaped like
+SpeechBrain's ``recipes/LibriSpeech/ASR/transformer/train_with_whisper.py``
+(``hparams/train_hf_whisper.yaml``): its hparams build SpeechBrain's
+Whisper lobe as the module ``whisper``, from a local Hugging Face Whisper
+folder (``source``, e.g. one written by
+:func:`sb_prune.importers.ctranslate2.convert_whisper`), and decode with
+``S2SWhisperGreedySearcher`` or ``S2SWhisperBeamSearcher``.
+:func:`export_whisper_run` loads the checkpoint the recipe tested (the
+best of the final structure, reshaped to its structure record first) and
+writes it with :func:`sb_prune.families.whisper.folders.export_whisper`:
+pruned parts rebuilt from their structure records, the others in
+``model.safetensors``, decoding as the run's searcher did (beam width,
+hypothesis length, normalised transcripts)::
+
+    from speechbrain.inference.ASR import WhisperASR
+    asr = WhisperASR.from_hparams(source="exported/", savedir="exported/")
+
+A run of the encoder-only CTC recipe
+(``recipes/LibriSpeech/ASR/CTC/train_with_whisper.py``) is refused with
+the reason.
+
+Authors
+ * sb_prune developers
+"""
+
+import logging
+from pathlib import Path
+
+from sb_prune.deploy.hparams_subset import load
+from sb_prune.deploy.pretrained import (
+    load_evaluated_checkpoints,
+    read_hparams,
+)
+from sb_prune.families.whisper.folders import MAX_DECODE_RATIO, export_whisper
+
+logger = logging.getLogger(__name__)
+
+#: SpeechBrain's Whisper lobe, as hparams files name it (1.x, then the
+#: 1.0 name that 1.1 redirects).
+WHISPER_LOBES = (
+    "speechbrain.integrations.huggingface.whisper.Whisper",
+    "speechbrain.lobes.models.huggingface_transformers.whisper.Whisper",
+)
+#: The searchers a Whisper export may decode with, in preference: the one
+#: the recipe tests with first.
+WHISPER_SEARCHERS = ("test_search", "valid_search")
+
+
+def whisper_source(hparams_file):
+    r"""The Whisper folder a run's ``whisper`` module is built from, if any.
+
+    Arguments
+    ---------
+    hparams_file : pathlib.Path
+        A run's ``hyperparams.yaml`` (not built: nothing is loaded).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The ``source`` of the module ``whisper`` when it is SpeechBrain's
+        Whisper lobe; None for another run.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the file, when that source is not a Whisper folder here.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> _ = (run / "hyperparams.yaml").write_text(
+    ...     "modules:\n  whisper: !new:speechbrain.integrations.huggingface"
+    ...     ".whisper.Whisper\n    source: /nowhere\n"
+    ... )
+    >>> whisper_source(run / "hyperparams.yaml")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: export: ...hyperparams.yaml builds its Whisper from
+    /nowhere, which is not a Hugging Face Whisper folder (no config.json)...
+    """
+    document = load(Path(hparams_file).read_text(encoding="utf-8"))
+    modules = document.get("modules") if hasattr(document, "get") else None
+    node = modules.get("whisper") if hasattr(modules, "get") else None
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag not in {f"!new:{name}" for name in WHISPER_LOBES}:
+        return None
+    source = Path(str(node.get("source")))
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(
+            f"export: {hparams_file} builds its Whisper from {source}, which "
+            "is not a Hugging Face Whisper folder (no config.json): put the "
+            "Whisper the run started from there again (e.g. convert it with "
+            "sb_prune.importers.ctranslate2.convert_whisper)"
+        )
+    return source
+
+
+def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
+    """Write the model a Whisper recipe run tested as a ``WhisperASR`` folder.
+
+    Arguments
+    ---------
+    run_folder : str or pathlib.Path
+        The ``output_folder`` of a finished run (``hyperparams.yaml``,
+        ``save/`` with checkpoints).
+    out_folder : str or pathlib.Path
+        The folder to write (created if missing).
+    min_key : str
+        The checkpoint metric the recipe selected on.
+    search : str, optional
+        The hparams key of the searcher to decode with (default
+        ``test_search``, else ``valid_search``).
+
+    Returns
+    -------
+    dict
+        What was exported: the Whisper's parameters, its encoder's and
+        decoder's, the pruned parts, the checkpoints loaded, the interface
+        and the folder.
+    """
+    run_folder = Path(run_folder)
+    hparams_file = run_folder / "hyperparams.yaml"
+    source = whisper_source(hparams_file)
+    if source is None:
+        raise ValueError(
+            f"export: {hparams_file} does not build SpeechBrain's Whisper "
+            f"({WHISPER_LOBES[0]}) as the module whisper"
+        )
+    hparams = read_hparams(run_folder, "--source")
+    whisper = hparams["modules"]["whisper"]
+    if whisper.encoder_only:
+        raise ValueError(
+            f"export: {hparams_file} builds an encoder-only Whisper (a CTC "
+            "recipe): its folder would need the run's own head and "
+            "tokenizer beside the Whisper encoder, which sb_prune does not "
+            "export; only encoder-decoder Whisper runs export (WhisperASR)"
+        )
+    beam_size, max_decode_ratio = _decoding(hparams, hparams_file, search)
+    averaged = load_evaluated_checkpoints(hparams, min_key)
+    summary = export_whisper(
+        whisper,
+        source,
+        out_folder,
+        beam_size=beam_size,
+        max_decode_ratio=max_decode_ratio,
+        normalized_transcripts=bool(hparams.get("normalized_transcripts")),
+    )
+    summary["params"] = sum(p.numel() for p in whisper.parameters())
+    summary["averaged_checkpoints"] = averaged
+    summary["interface"] = "WhisperASR"
+    return summary
+
+
+def _decoding(hparams, hparams_file, search):
+    """``(beam_size or None, max_decode_ratio)`` of the run's searcher."""
+    from speechbrain.decoders.seq2seq import (
+        S2SWhisperBeamSearcher,
+        S2SWhisperGreedySearcher,
+    )
+
+    if search is None:
+        search = next(
+            (key for key in WHISPER_SEARCHERS if key in hparams),
+            WHISPER_SEARCHERS[0],
+        )
+    searcher = hparams.get(search)
+    if not isinstance(
+        searcher, (S2SWhisperBeamSearcher, S2SWhisperGreedySearcher)
+    ):
+        raise ValueError(
+            f"export: {hparams_file} has no Whisper searcher {search} "
+            f"(got {type(searcher).__name__}); name one with --search "
+            "(S2SWhisperGreedySearcher or S2SWhisperBeamSearcher)"
+        )
+    ratio = searcher.max_decode_ratio
+    if ratio > MAX_DECODE_RATIO:
+        logger.info(
+            f"{search}: max_decode_ratio {ratio} exported as "
+            f"{MAX_DECODE_RATIO}, which keeps Whisper's decoder within its "
+            "positions"
+        )
+        ratio = MAX_DECODE_RATIO
+    if isinstance(searcher, S2SWhisperGreedySearcher):
+        return None, ratio
+    return searcher.beam_size, ratio

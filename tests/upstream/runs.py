@@ -1,0 +1,153 @@
+"""Run the recipes of this folder as users run theirs, and read their logs.
+
+* :func:`logged_tests`: the ``test`` lines of a run's ``train_log.txt``;
+  :func:`newest_structure`: the structure record of its newest checkpoint.
+* :func:`write_whisper_recipe`: ``train_with_whisper.py`` and
+  ``hparams/train_hf_whisper.yaml`` copied into a folder of their own,
+  as they are (the dense run) or with the README's edits: the Brain's base
+  class becomes ``sb_prune.PruningBrain``, ``freeze_encoder`` becomes
+  False and ``hparams/distillation.yaml`` is appended.
+* :func:`whisper_data`: CSVs of a few real utterances of each split
+  (Libri-Light, split by speaker), as the recipe's overrides.
+* :func:`run_whisper`: run the copied recipe.
+
+The tests and ``benchmarks/upstream_whisper.py`` use them.
+"""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+WHISPER_SCRIPT = HERE / "train_with_whisper.py"
+WHISPER_HPARAMS = HERE / "hparams" / "train_hf_whisper.yaml"
+FRAGMENT = HERE.parents[1] / "hparams" / "distillation.yaml"
+
+#: The README's edits: (original, edited) text, each there exactly once.
+SCRIPT_EDITS = (
+    (
+        "import speechbrain as sb\n",
+        "import sb_prune\nimport speechbrain as sb\n",
+    ),
+    ("class ASR(sb.Brain):", "class ASR(sb_prune.PruningBrain):"),
+)
+HPARAMS_EDITS = (("freeze_encoder: True", "freeze_encoder: False"),)
+
+
+def logged_tests(output):
+    """The ``test`` lines of the run's train log, as dicts of floats."""
+    lines = Path(output, "train_log.txt").read_text().splitlines()
+    found = []
+    for line in lines:
+        if "test loss" in line:
+            pairs = re.findall(r"test (\w+): ([0-9.e+-]+)", line)
+            found.append({key: float(value) for key, value in pairs})
+    return found
+
+
+def newest_structure(output):
+    """The structure record of the run's newest checkpoint."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sb_prune.core.checkpoints import read_structure
+
+    checkpointer = Checkpointer(Path(output) / "save")
+    return read_structure(checkpointer.find_checkpoint())
+
+
+def _edit(text, edits, name):
+    for old, new in edits:
+        assert text.count(old) == 1, f"{name}: {old!r} is not there once"
+        text = text.replace(old, new)
+    return text
+
+
+def write_whisper_recipe(folder, pruned, substitutions=()):
+    """Copy the Whisper recipe into ``folder``, with the README's edits or not.
+
+    ``substitutions`` are ``(regular expression, replacement)`` pairs
+    applied to the fragment's text (each must match). Returns the script's
+    and the hparams file's paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    script, hparams = WHISPER_SCRIPT.read_text(), WHISPER_HPARAMS.read_text()
+    if pruned:
+        script = _edit(script, SCRIPT_EDITS, WHISPER_SCRIPT.name)
+        hparams = _edit(hparams, HPARAMS_EDITS, WHISPER_HPARAMS.name)
+        fragment = FRAGMENT.read_text()
+        for old, new in substitutions:
+            assert re.search(old, fragment), old
+            fragment = re.sub(old, new, fragment)
+        hparams += "\n" + fragment
+    (folder / WHISPER_SCRIPT.name).write_text(script)
+    (folder / "hparams.yaml").write_text(hparams)
+    return folder / WHISPER_SCRIPT.name, folder / "hparams.yaml"
+
+
+def whisper_data(root, folder, train, dev, test):
+    """CSVs of ``train``, ``dev`` and ``test`` utterances under ``root``.
+
+    The LibriSpeech-layout trees under ``root`` are split by speaker as
+    the recipe splits them (its default ``dev_speakers``,
+    ``test_speakers`` and ``split_seed``); each CSV holds evenly spaced
+    rows of its split (so several speakers). Returns the recipe's
+    overrides for them (``data_folder``, ``train_csv``, ``valid_csv``,
+    ``test_csv``, ``skip_prep``).
+    """
+    from sb_prune.data.real_speech import prepare_librispeech_trees
+
+    folder = Path(folder)
+    prepare_librispeech_trees(root, folder)
+    paths = {}
+    for split, count in (("train", train), ("dev", dev), ("test", test)):
+        with open(folder / f"{split}.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        chosen = [rows[i * len(rows) // count] for i in range(count)]
+        paths[split] = folder / f"{split}_{count}.csv"
+        with open(paths[split], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(chosen)
+    return {
+        "data_folder": str(root),
+        "train_csv": str(paths["train"]),
+        "valid_csv": str(paths["dev"]),
+        "test_csv": [str(paths["test"])],
+        "skip_prep": "True",
+    }
+
+
+def _override(value):
+    if isinstance(value, list):
+        return "[" + ",".join(value) + "]"
+    return value
+
+
+def run_whisper(script, whisper, output, data, *args, threads=2, check=True):
+    """Run a copied Whisper recipe on a Whisper folder and ``data``.
+
+    ``data`` is :func:`whisper_data`'s overrides, ``args`` more of them.
+    Returns the finished process.
+    """
+    script = Path(script)
+    command = [
+        sys.executable,
+        script.name,
+        "hparams.yaml",
+        f"--whisper_hub={whisper}",
+        f"--output_folder={output}",
+        *(f"--{key}={_override(value)}" for key, value in data.items()),
+        "--noprogressbar",
+        *args,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    done = subprocess.run(
+        command, cwd=script.parent, env=env, capture_output=True, text=True
+    )
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
