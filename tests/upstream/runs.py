@@ -127,13 +127,14 @@ def _override(value):
     return value
 
 
-def run_whisper(script, whisper, output, data, *args, threads=2, check=True):
+def run_whisper(script, whisper, output, data, *args, threads=2):
     """Run a copied Whisper recipe on a Whisper folder and ``data``.
 
     ``data`` is :func:`whisper_data`'s overrides, ``args`` more of them.
-    Returns the finished process.
+    The run must succeed; what it prints goes to ``stdout.txt`` in
+    ``output``.
     """
-    script = Path(script)
+    script, output = Path(script), Path(output)
     command = [
         sys.executable,
         script.name,
@@ -145,9 +146,14 @@ def run_whisper(script, whisper, output, data, *args, threads=2, check=True):
         *args,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    done = subprocess.run(
-        command, cwd=script.parent, env=env, capture_output=True, text=True
-    )
-    if check:
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
+    output.mkdir(parents=True, exist_ok=True)
+    log = output / "stdout.txt"
+    with open(log, "w") as handle:
+        done = subprocess.run(
+            command,
+            cwd=script.parent,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    assert done.returncode == 0, log.read_text()[-4000:]
