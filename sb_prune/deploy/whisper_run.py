@@ -17,23 +17,39 @@ hypothesis length, normalised transcripts)::
     from speechbrain.inference.ASR import WhisperASR
     asr = WhisperASR.from_hparams(source="exported/", savedir="exported/")
 
-A run of the encoder-only CTC recipe
-(``recipes/LibriSpeech/ASR/CTC/train_with_whisper.py``) is refused with
-the reason.
+A run of the CTC recipe (``recipes/LibriSpeech/ASR/CTC/train_with_whisper.py``,
+``hparams/train_hf_whisper_encoder.yaml``: an ``encoder_only`` Whisper,
+then the keys ``enc``, ``ctc_lin``, ``log_softmax``, the head's weights in
+``model`` and a SentencePiece tokenizer) exports for ``EncoderASR``: the
+Whisper encoder as above, then the run's own head (its blocks copied from
+the run's ``hyperparams.yaml``), decoding with the run's
+``test_beam_search`` (``CTCBeamSearcher``) if it has one, else greedily::
+
+    from speechbrain.inference.ASR import EncoderASR
+    asr = EncoderASR.from_hparams(source="exported/", savedir="exported/")
 
 Authors
  * sb_prune developers
 """
 
 import logging
+import shutil
 from pathlib import Path
 
-from sb_prune.deploy.hparams_subset import load
+import torch
+from ruamel.yaml.comments import TaggedScalar
+
+from sb_prune.deploy.hparams_subset import dump, keep_keys, load, tagged
 from sb_prune.deploy.pretrained import (
     load_evaluated_checkpoints,
     read_hparams,
+    tokenizer_file,
 )
-from sb_prune.families.whisper.folders import MAX_DECODE_RATIO, export_whisper
+from sb_prune.families.whisper.folders import (
+    ENCODER_STRUCTURE,
+    MAX_DECODE_RATIO,
+    export_whisper,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +58,20 @@ logger = logging.getLogger(__name__)
 WHISPER_LOBES = (
     "speechbrain.integrations.huggingface.whisper.Whisper",
     "speechbrain.lobes.models.huggingface_transformers.whisper.Whisper",
+)
+#: The CTC recipe's keys after the Whisper encoder, in order.
+CTC_HEAD = ("enc", "ctc_lin", "log_softmax")
+#: The keys an exported CTC folder's hyperparams.yaml adds to the run's.
+_CTC_ADDED = (
+    "whisper_folder",
+    "whisper",
+    "sb_prune_encoder",
+    "encoder",
+    "test_beam_search",
+    "decoding_function",
+    "tokenizer",
+    "modules",
+    "pretrainer",
 )
 #: The searchers a Whisper export may decode with, in preference: the one
 #: the recipe tests with first.
@@ -99,7 +129,7 @@ def whisper_source(hparams_file):
 
 
 def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
-    """Write the model a Whisper recipe run tested as a ``WhisperASR`` folder.
+    """Write the model a Whisper recipe run tested as a pretrained folder.
 
     Arguments
     ---------
@@ -111,15 +141,15 @@ def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
     min_key : str
         The checkpoint metric the recipe selected on.
     search : str, optional
-        The hparams key of the searcher to decode with (default
-        ``test_search``, else ``valid_search``).
+        An encoder-decoder run's searcher to decode with, its hparams key
+        (default ``test_search``, else ``valid_search``).
 
     Returns
     -------
     dict
-        What was exported: the Whisper's parameters, its encoder's and
-        decoder's, the pruned parts, the checkpoints loaded, the interface
-        and the folder.
+        What was exported: the parameters (the Whisper's and a CTC
+        head's), the encoder's and decoder's, the pruned parts, the
+        checkpoints loaded, the interface and the folder.
     """
     run_folder = Path(run_folder)
     hparams_file = run_folder / "hyperparams.yaml"
@@ -132,12 +162,7 @@ def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
     hparams = read_hparams(run_folder, "--source")
     whisper = hparams["modules"]["whisper"]
     if whisper.encoder_only:
-        raise ValueError(
-            f"export: {hparams_file} builds an encoder-only Whisper (a CTC "
-            "recipe): its folder would need the run's own head and "
-            "tokenizer beside the Whisper encoder, which sb_prune does not "
-            "export; only encoder-decoder Whisper runs export (WhisperASR)"
-        )
+        return _export_ctc(run_folder, hparams, source, out_folder, min_key)
     beam_size, max_decode_ratio = _decoding(hparams, hparams_file, search)
     averaged = load_evaluated_checkpoints(hparams, min_key)
     summary = export_whisper(
@@ -186,3 +211,108 @@ def _decoding(hparams, hparams_file, search):
     if isinstance(searcher, S2SWhisperGreedySearcher):
         return None, ratio
     return searcher.beam_size, ratio
+
+
+def _export_ctc(run_folder, hparams, source, out_folder, min_key):
+    """Export a run of the Whisper CTC recipe for ``EncoderASR``."""
+    hparams_file = run_folder / "hyperparams.yaml"
+    missing = [key for key in (*CTC_HEAD, "model") if key not in hparams]
+    if missing:
+        raise ValueError(
+            f"export: {hparams_file} builds an encoder-only Whisper but has "
+            f"no {missing}: a Whisper CTC recipe exports with the keys "
+            f"{list(CTC_HEAD)} after whisper, and model (the head's weights)"
+        )
+    averaged = load_evaluated_checkpoints(hparams, min_key)
+    out = Path(out_folder)
+    summary = export_whisper(hparams["whisper"], source, out)
+    torch.save(hparams["model"].state_dict(), out / "model.ckpt")
+    shutil.copy(tokenizer_file(run_folder), out / "tokenizer.ckpt")
+    document = _encoder_asr_document(
+        hparams_file.read_text(encoding="utf-8"),
+        out.resolve(),
+        pruned="encoder" in summary["pruned"],
+    )
+    (out / "hyperparams.yaml").write_text(
+        f"# Exported by sb_prune from {run_folder.resolve()} for\n"
+        "# speechbrain.inference.ASR.EncoderASR: the Whisper encoder of this\n"
+        "# folder (if it moves, pass overrides={'whisper_folder': <path>}),\n"
+        "# then the run's blocks.\n" + dump(document)
+    )
+    summary["params"] = sum(
+        p.numel()
+        for key in ("whisper", "model")
+        for p in hparams[key].parameters()
+    )
+    summary["averaged_checkpoints"] = averaged
+    summary["interface"] = "EncoderASR"
+    return summary
+
+
+def _ref(text):
+    """A hyperpyyaml reference node, ``!ref <key>...``."""
+    return TaggedScalar(text, tag="!ref")
+
+
+def _encoder_asr_document(text, folder, pruned):
+    """The run's head blocks plus the Whisper encoder and inference keys."""
+    run = load(text)
+    document = keep_keys(run, [*CTC_HEAD, "model"])
+    plain = (str, int, float, bool, type(None))
+    clash = [
+        key
+        for key in _CTC_ADDED
+        if key in document and not isinstance(document[key], plain)
+    ]
+    if clash:
+        raise ValueError(
+            f"export: the head's blocks use the hparams keys {clash}, which "
+            "the exported hyperparams.yaml needs for inference"
+        )
+    document["whisper_folder"] = str(folder)
+    options = dict(run["modules"]["whisper"])
+    options.update(
+        source=_ref("<whisper_folder>"),
+        save_path=_ref("<whisper_folder>"),
+        freeze=True,
+    )
+    whisper = tagged(run["modules"]["whisper"].tag.value, options)
+    document["whisper"] = whisper
+    loadables = {"model": document["model"]}
+    if pruned:
+        document["sb_prune_encoder"] = tagged(
+            "!apply:sb_prune.families.whisper.folders.rebuild_encoder",
+            {
+                "whisper": whisper,
+                "structure": _ref(f"<whisper_folder>/{ENCODER_STRUCTURE}"),
+            },
+        )
+        loadables["encoder"] = document["sb_prune_encoder"]
+    steps = {"whisper": whisper, **{key: document[key] for key in CTC_HEAD}}
+    document["encoder"] = tagged(
+        "!new:speechbrain.nnet.containers.LengthsCapableSequential", steps
+    )
+    beam = run.get("test_beam_search")
+    if hasattr(beam, "items"):
+        # EncoderASR fetches kenlm_model_path whenever the key is there.
+        document["test_beam_search"] = {
+            key: value
+            for key, value in beam.items()
+            if key != "kenlm_model_path" or value is not None
+        }
+        document["decoding_function"] = tagged(
+            "!name:speechbrain.decoders.ctc.CTCBeamSearcher"
+        )
+    else:
+        document["decoding_function"] = tagged(
+            "!name:speechbrain.decoders.ctc_greedy_decode",
+            {"blank_id": int(run.get("blank_index", 0))},
+        )
+    document["tokenizer"] = tagged("!new:sentencepiece.SentencePieceProcessor")
+    loadables["tokenizer"] = document["tokenizer"]
+    document["modules"] = {"encoder": document["encoder"]}
+    document["pretrainer"] = tagged(
+        "!new:speechbrain.utils.parameter_transfer.Pretrainer",
+        {"loadables": loadables},
+    )
+    return document

@@ -2,11 +2,12 @@
 
 * :func:`logged_tests`: the ``test`` lines of a run's ``train_log.txt``;
   :func:`newest_structure`: the structure record of its newest checkpoint.
-* :func:`write_whisper_recipe`: ``train_with_whisper.py`` and
-  ``hparams/train_hf_whisper.yaml`` copied into a folder of their own,
-  as they are (the dense run) or with the README's edits: the Brain's base
-  class becomes ``sb_prune.PruningBrain``, ``freeze_encoder`` becomes
-  False and ``hparams/distillation.yaml`` is appended.
+* :func:`write_whisper_recipe`: a Whisper recipe (by default
+  ``train_with_whisper.py`` and ``hparams/train_hf_whisper.yaml``) copied
+  into a folder of its own, as it is (the dense run) or with the README's
+  edits: the Brain's base class becomes ``sb_prune.PruningBrain``,
+  ``freeze_encoder`` becomes False and a fragment, such as
+  :func:`distillation_fragment`, is appended.
 * :func:`whisper_data`: CSVs of a few real utterances of each split
   (Libri-Light, split by speaker), as the recipe's overrides.
 * :func:`run_whisper`: run the copied recipe.
@@ -24,6 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 WHISPER_SCRIPT = HERE / "train_with_whisper.py"
 WHISPER_HPARAMS = HERE / "hparams" / "train_hf_whisper.yaml"
+CTC_SCRIPT = HERE / "train_ctc_with_whisper.py"
+CTC_HPARAMS = HERE / "hparams" / "train_hf_whisper_encoder.yaml"
 FRAGMENT = HERE.parents[1] / "hparams" / "distillation.yaml"
 
 #: The README's edits: (original, edited) text, each there exactly once.
@@ -65,27 +68,43 @@ def _edit(text, edits, name):
     return text
 
 
-def write_whisper_recipe(folder, pruned, substitutions=()):
-    """Copy the Whisper recipe into ``folder``, with the README's edits or not.
+def distillation_fragment(substitutions=()):
+    """``hparams/distillation.yaml``, with ``(regex, replacement)`` pairs
+    applied (each must match)."""
+    fragment = FRAGMENT.read_text()
+    for old, new in substitutions:
+        assert re.search(old, fragment), old
+        fragment = re.sub(old, new, fragment)
+    return fragment
 
-    ``substitutions`` are ``(regular expression, replacement)`` pairs
-    applied to the fragment's text (each must match). Returns the script's
-    and the hparams file's paths.
+
+def write_whisper_recipe(
+    folder,
+    fragment=None,
+    script=WHISPER_SCRIPT,
+    hparams=WHISPER_HPARAMS,
+    hparams_edits=HPARAMS_EDITS,
+):
+    """Copy a Whisper recipe of this folder into ``folder``.
+
+    ``script`` goes with ``train_with_whisper.py`` (whose steps the CTC
+    recipe uses), ``hparams`` as ``hparams.yaml``. With a ``fragment``
+    (YAML text), the README's edits: the script's Brain becomes a
+    PruningBrain, ``hparams_edits`` change the hparams file, the fragment
+    is appended. Returns the copied script's path.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    script, hparams = WHISPER_SCRIPT.read_text(), WHISPER_HPARAMS.read_text()
-    if pruned:
-        script = _edit(script, SCRIPT_EDITS, WHISPER_SCRIPT.name)
-        hparams = _edit(hparams, HPARAMS_EDITS, WHISPER_HPARAMS.name)
-        fragment = FRAGMENT.read_text()
-        for old, new in substitutions:
-            assert re.search(old, fragment), old
-            fragment = re.sub(old, new, fragment)
-        hparams += "\n" + fragment
-    (folder / WHISPER_SCRIPT.name).write_text(script)
-    (folder / "hparams.yaml").write_text(hparams)
-    return folder / WHISPER_SCRIPT.name, folder / "hparams.yaml"
+    for path in {WHISPER_SCRIPT, script}:
+        text = path.read_text()
+        if fragment is not None and path == script:
+            text = _edit(text, SCRIPT_EDITS, path.name)
+        (folder / path.name).write_text(text)
+    text = hparams.read_text()
+    if fragment is not None:
+        text = _edit(text, hparams_edits, hparams.name) + "\n" + fragment
+    (folder / "hparams.yaml").write_text(text)
+    return folder / script.name
 
 
 def whisper_data(root, folder, train, dev, test):

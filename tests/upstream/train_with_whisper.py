@@ -127,8 +127,27 @@ class ASR(sb.Brain):
                     self.wer_metric.write_stats(w)
 
 
-def dataio_prepare(hparams, tokenizer):
-    """Datasets of the CSVs; audio and Whisper's tokens of each transcript."""
+def prepare_data(hparams):
+    """Split the trees under ``data_folder`` by speaker into CSVs."""
+    if hparams["skip_prep"]:
+        return
+    run_on_main(
+        prepare_librispeech_trees,
+        kwargs={
+            "root": hparams["data_folder"],
+            "save_folder": hparams["output_folder"],
+            "dev_speakers": hparams["dev_speakers"],
+            "test_speakers": hparams["test_speakers"],
+            "seed": hparams["split_seed"],
+        },
+    )
+
+
+def read_datasets(hparams):
+    """The datasets of the CSVs, sorted as ``sorting`` says, with audio.
+
+    Returns the training and validation sets and the test sets by name.
+    """
     data_folder = hparams["data_folder"]
 
     def read(csv_path):
@@ -152,12 +171,21 @@ def dataio_prepare(hparams, tokenizer):
         Path(csv_path).stem: read(csv_path).filtered_sorted(sort_key="duration")
         for csv_path in hparams["test_csv"]
     }
-    datasets = [train_data, valid_data, *test_datasets.values()]
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
         return sb.dataio.dataio.read_audio(wav)
+
+    datasets = [train_data, valid_data, *test_datasets.values()]
+    sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
+    return train_data, valid_data, test_datasets
+
+
+def dataio_prepare(hparams, tokenizer):
+    """The datasets, with Whisper's tokens of each transcript."""
+    train_data, valid_data, test_datasets = read_datasets(hparams)
+    datasets = [train_data, valid_data, *test_datasets.values()]
 
     @sb.utils.data_pipeline.takes("wrd")
     @sb.utils.data_pipeline.provides(
@@ -175,7 +203,6 @@ def dataio_prepare(hparams, tokenizer):
         yield torch.LongTensor(full[1:])
         yield torch.LongTensor(full)
 
-    sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
     sb.dataio.dataset.add_dynamic_item(datasets, text_pipeline)
     sb.dataio.dataset.set_output_keys(
         datasets,
@@ -184,8 +211,14 @@ def dataio_prepare(hparams, tokenizer):
     return train_data, valid_data, test_datasets
 
 
-if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+def main(argv, brain_class, tokenizer_of, dataio):
+    """Prepare the data, train, then test each test set (upstream's steps).
+
+    ``tokenizer_of(hparams)`` gives the recipe's tokenizer and
+    ``dataio(hparams, tokenizer)`` its datasets; the Brain's optimizer is
+    ``whisper_opt_class``.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -194,21 +227,10 @@ if __name__ == "__main__":
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    if not hparams["skip_prep"]:
-        run_on_main(
-            prepare_librispeech_trees,
-            kwargs={
-                "root": hparams["data_folder"],
-                "save_folder": hparams["output_folder"],
-                "dev_speakers": hparams["dev_speakers"],
-                "test_speakers": hparams["test_speakers"],
-                "seed": hparams["split_seed"],
-            },
-        )
-    # Whisper's own tokenizer, loaded with the model.
-    tokenizer = hparams["whisper"].tokenizer
-    train_data, valid_data, test_datasets = dataio_prepare(hparams, tokenizer)
-    asr_brain = ASR(
+    prepare_data(hparams)
+    tokenizer = tokenizer_of(hparams)
+    train_data, valid_data, test_datasets = dataio(hparams, tokenizer)
+    asr_brain = brain_class(
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,
@@ -236,3 +258,12 @@ if __name__ == "__main__":
             test_loader_kwargs=hparams["test_loader_kwargs"],
             min_key="WER",
         )
+
+
+def whisper_tokenizer(hparams):
+    """Whisper's own tokenizer, loaded with the model."""
+    return hparams["whisper"].tokenizer
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:], ASR, whisper_tokenizer, dataio_prepare)
