@@ -142,12 +142,14 @@ def test_export_names_the_file_of_a_run_without_its_whisper(tmp_path, capsys):
 
     lobe = "!new:speechbrain.integrations.huggingface.whisper.Whisper"
     cases = {
-        "gone": f"modules:\n  whisper: {lobe}\n    source: {tmp_path}/gone\n",
+        "gone": f"modules:\n  whisper: {lobe}\n    source: {tmp_path}/gone"
+        f"\n    save_path: {tmp_path}/save\n",
         "other": "modules:\n  lin: !new:torch.nn.Linear [2, 2]\n",
     }
     expected = {
-        "gone": f"builds its Whisper from {tmp_path}/gone, which is not a "
-        "Hugging Face Whisper folder",
+        "gone": f"builds its Whisper from {tmp_path}/gone, which is neither "
+        "a Hugging Face Whisper folder (no config.json) nor a hub model "
+        f"downloaded into {tmp_path}/save",
         "other": "(a Whisper run, with SpeechBrain's Whisper lobe",
     }
     for name, text in cases.items():

@@ -1,11 +1,12 @@
-"""Export a run of SpeechBrain's Whisper recipe as a ``WhisperASR`` folder.
+"""Export a run of SpeechBrain's Whisper recipes as a pretrained folder.
 
 ``sb-prune export`` reads a finished run of a recipe shaped like
 SpeechBrain's ``recipes/LibriSpeech/ASR/transformer/train_with_whisper.py``
 (``hparams/train_hf_whisper.yaml``): its hparams build SpeechBrain's
-Whisper lobe as the module ``whisper``, from a local Hugging Face Whisper
-folder (``source``, e.g. one written by
-:func:`sb_prune.importers.ctranslate2.convert_whisper`), and decode with
+Whisper lobe as the module ``whisper``, from a Hugging Face Whisper folder
+(``source``: a local folder, e.g. one written by
+:func:`sb_prune.importers.ctranslate2.convert_whisper`, or a hub model
+that the lobe downloaded into its ``save_path``), and decode with
 ``S2SWhisperGreedySearcher`` or ``S2SWhisperBeamSearcher``.
 :func:`export_whisper_run` loads the checkpoint the recipe tested (the
 best of the final structure, reshaped to its structure record first) and
@@ -89,13 +90,15 @@ def whisper_source(hparams_file):
     Returns
     -------
     pathlib.Path or None
-        The ``source`` of the module ``whisper`` when it is SpeechBrain's
-        Whisper lobe; None for another run.
+        When the module ``whisper`` is SpeechBrain's Whisper lobe: its
+        ``source`` folder, or the snapshot of the hub model ``source`` in
+        the lobe's ``save_path`` (where it downloads to); None for another
+        run.
 
     Raises
     ------
     FileNotFoundError
-        Naming the file, when that source is not a Whisper folder here.
+        Naming the file, when that folder is not here.
 
     Example
     -------
@@ -103,13 +106,20 @@ def whisper_source(hparams_file):
     >>> run = Path(tempfile.mkdtemp())
     >>> _ = (run / "hyperparams.yaml").write_text(
     ...     "modules:\n  whisper: !new:speechbrain.integrations.huggingface"
-    ...     ".whisper.Whisper\n    source: /nowhere\n"
+    ...     f".whisper.Whisper\n    source: openai/whisper-tiny\n"
+    ...     f"    save_path: {run}/save\n"
     ... )
     >>> whisper_source(run / "hyperparams.yaml")
     Traceback (most recent call last):
     ...
     FileNotFoundError: export: ...hyperparams.yaml builds its Whisper from
-    /nowhere, which is not a Hugging Face Whisper folder (no config.json)...
+    openai/whisper-tiny, which is neither a Hugging Face Whisper folder (no
+    config.json) nor a hub model downloaded into .../save...
+    >>> snapshot = run / "save/models--openai--whisper-tiny/snapshots/ab12"
+    >>> snapshot.mkdir(parents=True)
+    >>> _ = (snapshot / "config.json").write_text("{}")
+    >>> whisper_source(run / "hyperparams.yaml") == snapshot
+    True
     """
     document = load(Path(hparams_file).read_text(encoding="utf-8"))
     modules = document.get("modules") if hasattr(document, "get") else None
@@ -117,15 +127,21 @@ def whisper_source(hparams_file):
     tag = getattr(getattr(node, "tag", None), "value", None)
     if tag not in {f"!new:{name}" for name in WHISPER_LOBES}:
         return None
-    source = Path(str(node.get("source")))
-    if not (source / "config.json").is_file():
-        raise FileNotFoundError(
-            f"export: {hparams_file} builds its Whisper from {source}, which "
-            "is not a Hugging Face Whisper folder (no config.json): put the "
-            "Whisper the run started from there again (e.g. convert it with "
-            "sb_prune.importers.ctranslate2.convert_whisper)"
-        )
-    return source
+    source, save_path = str(node.get("source")), node.get("save_path")
+    candidates = [Path(source)]
+    if save_path is not None:
+        cache = f"models--{source.replace('/', '--')}"
+        candidates += sorted(Path(str(save_path), cache, "snapshots").glob("*"))
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"export: {hparams_file} builds its Whisper from {source}, which is "
+        "neither a Hugging Face Whisper folder (no config.json) nor a hub "
+        f"model downloaded into {save_path}: put the Whisper the run "
+        "started from there again (e.g. convert it with "
+        "sb_prune.importers.ctranslate2.convert_whisper)"
+    )
 
 
 def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
