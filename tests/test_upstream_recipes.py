@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from upstream.runs import logged_tests, newest_structure
 
-from sb_prune.core.checkpoints import read_structure
 from sb_prune.core.structure import restore
 
 HERE = Path(__file__).parent
@@ -83,17 +83,6 @@ def run(hparams_file, corpus, output, *args, check=True, script="train.py"):
     return done
 
 
-def logged_tests(output):
-    """The ``test`` lines of the run's train log, as dicts of floats."""
-    lines = Path(output, "train_log.txt").read_text().splitlines()
-    found = []
-    for line in lines:
-        if "test loss" in line:
-            pairs = re.findall(r"test (\w+): ([0-9.e+-]+)", line)
-            found.append({key: float(value) for key, value in pairs})
-    return found
-
-
 def model_params(hparams_file, corpus, output, structure=None):
     """Parameters of the recipe's ``model``, reshaped to ``structure``."""
     with open(hparams_file) as handle:
@@ -104,14 +93,6 @@ def model_params(hparams_file, corpus, output, structure=None):
     if structure is not None:
         restore(modules, structure)
     return sum(p.numel() for p in hparams["model"].parameters())
-
-
-def newest_structure(output):
-    """The structure record of the run's newest checkpoint."""
-    from speechbrain.utils.checkpoints import Checkpointer
-
-    checkpointer = Checkpointer(Path(output) / "save")
-    return read_structure(checkpointer.find_checkpoint())
 
 
 def check_pruned_and_tested(hparams_file, corpus, output):

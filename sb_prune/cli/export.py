@@ -15,7 +15,8 @@ def add_arguments(parser):
         "--source",
         required=True,
         help="output folder of a finished recipe run (CTC or "
-        "encoder-decoder, SpeechBrain LibriSpeech-style hparams)",
+        "encoder-decoder, SpeechBrain LibriSpeech-style hparams, or "
+        "SpeechBrain's Whisper recipe: a WhisperASR folder)",
     )
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument(
@@ -37,7 +38,8 @@ def add_arguments(parser):
         "--search",
         default=None,
         help="encoder-decoder runs: the hparams key of the beam searcher "
-        "to decode with (default: valid_search, else test_search)",
+        "to decode with (default: valid_search, else test_search; Whisper "
+        "runs: test_search, else valid_search)",
     )
 
 

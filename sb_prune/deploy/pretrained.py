@@ -18,7 +18,9 @@ SpeechBrain's LibriSpeech ones: CTC (hparams keys ``compute_features``,
 and a beam searcher, SpeechBrain's ``ASR/transformer``) for
 ``EncoderDecoderASR``. It loads the same checkpoints the recipe evaluated
 (the best ones of the final structure, averaged), removes the
-training-only adaptive-dropout layers, and writes the folder.
+training-only adaptive-dropout layers, and writes the folder. A run of
+SpeechBrain's Whisper recipe exports for ``WhisperASR``
+(:mod:`sb_prune.deploy.whisper_run`).
 
 Authors
  * sb_prune developers
@@ -255,6 +257,16 @@ def export_pretrained(
         ONNX check.
     """
     run_folder, out_folder = Path(run_folder), Path(out_folder)
+    if _is_whisper_run(run_folder):
+        from sb_prune.deploy.whisper_run import export_whisper_run
+
+        if torchscript or onnx:
+            raise ValueError(
+                "export: --torchscript and --onnx write CTC Transformer "
+                f"encoders; {run_folder} is a Whisper run, exported for "
+                "WhisperASR only"
+            )
+        return export_whisper_run(run_folder, out_folder, min_key, search)
     hparams = read_hparams(run_folder, "--source")
     text = (run_folder / "hyperparams.yaml").read_text(encoding="utf-8")
     if search is None:
@@ -313,6 +325,14 @@ SEQ2SEQ_ENCODER = ("compute_features", "normalize", "CNN", "Transformer")
 SEARCHERS = ("valid_search", "test_search")
 
 
+def _is_whisper_run(run_folder):
+    """Whether a run folder's hparams build SpeechBrain's Whisper lobe."""
+    from sb_prune.deploy.whisper_run import whisper_source
+
+    hparams_file = Path(run_folder) / "hyperparams.yaml"
+    return hparams_file.is_file() and whisper_source(hparams_file) is not None
+
+
 def is_encoder_decoder(hparams):
     """Whether a run's Transformer has decoder layers.
 
@@ -351,7 +371,9 @@ def _check_exportable(hparams, run_folder, search):
         kind = "an encoder-decoder" if is_encoder_decoder(hparams) else "a CTC"
         raise ValueError(
             f"export: {run_folder}/hyperparams.yaml has no {missing}; "
-            f"{kind} recipe exports with the keys {needed} and modules"
+            f"{kind} recipe exports with the keys {needed} and modules "
+            "(a Whisper run, with SpeechBrain's Whisper lobe as the module "
+            "whisper)"
         )
 
 

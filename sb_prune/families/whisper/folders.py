@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from sb_prune.core.structure import describe, restore
-from sb_prune.core.validation import check_int
+from sb_prune.core.validation import check_int, check_number
 from sb_prune.families.whisper import whisper_stack
 from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 
@@ -90,10 +90,8 @@ _HPARAMS = """\
 whisper_folder: {folder}
 language: english
 sample_rate: 16000
-max_decode_ratio: 0.15  # 225 tokens: Whisper's own limit is 224
-# WhisperASR.transcribe_batch reads it: True applies the tokenizer's
-# normalize() (Whisper's English normaliser, normalizer.json) to its words.
-normalized_transcripts: False
+max_decode_ratio: {max_decode_ratio}  # of the 1500 encoder frames
+normalized_transcripts: {normalized}  # transcribe_batch: normalised words
 
 whisper: !new:{lobe}
     source: !ref <whisper_folder>
@@ -115,9 +113,19 @@ modules:
 #: The lobe of exported folders, and the one for a low-rank token table.
 LOBE = "speechbrain.integrations.huggingface.whisper.Whisper"
 FACTORED_LOBE = "sb_prune.nn.WhisperLobe"
+#: Decoding stops after this fraction of the 1500 encoder frames: 225
+#: tokens, Whisper's own limit being 224.
+MAX_DECODE_RATIO = 0.15
 
 
-def whisper_asr_hparams(folder, beam_size=None, pruned=(), lobe=LOBE):
+def whisper_asr_hparams(
+    folder,
+    beam_size=None,
+    pruned=(),
+    lobe=LOBE,
+    max_decode_ratio=MAX_DECODE_RATIO,
+    normalized_transcripts=False,
+):
     """The ``hyperparams.yaml`` of a Whisper folder, for ``WhisperASR``.
 
     Arguments
@@ -133,6 +141,13 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=(), lobe=LOBE):
     lobe : str
         The Whisper lobe's class (:data:`FACTORED_LOBE` for a decoder with a
         low-rank token table).
+    max_decode_ratio : float
+        The searcher's longest hypothesis, as a fraction of the encoder's
+        frames.
+    normalized_transcripts : bool
+        ``WhisperASR.transcribe_batch`` returns the words of Whisper's
+        English normaliser (as SpeechBrain's Whisper recipes score them)
+        rather than the decoded text.
 
     Returns
     -------
@@ -146,7 +161,11 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=(), lobe=LOBE):
     (True, False)
     >>> "rebuild_decoder" in whisper_asr_hparams("/m", pruned=["decoder"])
     True
+    >>> text = whisper_asr_hparams("/m", max_decode_ratio=0.1)
+    >>> "max_decode_ratio: 0.1 " in text, "transcripts: False" in text
+    (True, True)
     """
+    check_number("max_decode_ratio", max_decode_ratio, low=0, open_low=True)
     decoder = _GREEDY
     if beam_size is not None:
         check_int("beam_size", beam_size, minimum=1)
@@ -165,6 +184,8 @@ def whisper_asr_hparams(folder, beam_size=None, pruned=(), lobe=LOBE):
         lobe=lobe,
         decoder=decoder,
         pretrainer=_PRETRAINER.format(rebuilds=rebuilds, loadables=loadables),
+        max_decode_ratio=max_decode_ratio,
+        normalized=bool(normalized_transcripts),
     )
 
 
@@ -244,7 +265,14 @@ def _stacks(whisper):
     return found
 
 
-def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
+def export_whisper(
+    whisper,
+    dense_folder,
+    out_folder,
+    beam_size=None,
+    max_decode_ratio=MAX_DECODE_RATIO,
+    normalized_transcripts=False,
+):
     """Write a (pruned) Whisper as a folder ``WhisperASR`` loads offline.
 
     Arguments
@@ -260,8 +288,8 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
         :func:`sb_prune.importers.ctranslate2.convert_whisper`).
     out_folder : str or pathlib.Path
         The folder to write (created if missing).
-    beam_size : int, optional
-        The decoder: see :func:`whisper_asr_hparams`.
+    beam_size, max_decode_ratio, normalized_transcripts
+        The decoding: see :func:`whisper_asr_hparams`.
 
     Returns
     -------
@@ -314,6 +342,8 @@ def export_whisper(whisper, dense_folder, out_folder, beam_size=None):
             beam_size=beam_size,
             pruned=pruned,
             lobe=FACTORED_LOBE if factored else LOBE,
+            max_decode_ratio=max_decode_ratio,
+            normalized_transcripts=normalized_transcripts,
         )
     )
     summary["pruned"] = pruned
