@@ -10,10 +10,16 @@ import os
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from sb_prune.core.validation import check_choices, check_int, check_number
+from sb_prune.core.validation import (
+    check_choices,
+    check_int,
+    check_keys,
+    check_number,
+)
 from sb_prune.deploy.checkpoint import export_model
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
+    explained_variance_rank,
     pca_low_rank,
 )
 from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS, low_rank_targets
@@ -196,31 +202,48 @@ class LowRankCompression(PruningHook):
 
 
 class ActivationLowRank(PruningHook):
-    """Factorise Linear layers on their calibration outputs (LiteASR-style).
+    """Factorise Linear layers on their calibration outputs (LiteASR).
 
     During the training batches of epoch ``epoch``, the outputs of every
     Linear at the application ``points`` are summarised
     (:class:`~sb_prune.methods.low_rank.activations.OutputStatistics`,
     summed over DDP processes); at the end of that epoch each is replaced
     by a :class:`~sb_prune.nn.LowRankLinear` on the principal directions of
-    its outputs (:func:`~sb_prune.methods.low_rank.activations.pca_low_rank`)
-    at the rank that removes ``compression`` of its weights, the rule
-    :class:`LowRankCompression` uses, so both give models of the same size.
-    With ``lr: 0`` in that epoch, the epoch is a pure calibration pass; the
-    epochs after it fine-tune the factors. Every process computes the same
-    factors from the summed statistics; a run resumed in the middle of the
-    calibration epoch uses the batches after the resumption only.
+    its outputs (:func:`~sb_prune.methods.low_rank.activations.pca_low_rank`).
+    The rank of each layer comes from one of two rules:
+
+    * ``variance`` (LiteASR's rule): the smallest multiple of
+      ``rank_multiple`` whose directions explain that fraction of the
+      layer's output variance; a layer whose rank would not save weights
+      stays the dense Linear it was
+      (:func:`~sb_prune.methods.low_rank.activations.explained_variance_rank`).
+      One threshold for all points, or one per point (``{attention: 0.99,
+      ffn: 0.999}``, LiteASR's default);
+    * ``compression``: the rank that removes that fraction of every
+      matrix's weights, the rule :class:`LowRankCompression` uses, so both
+      give models of the same size.
+
+    The chosen ranks (None: kept dense) are logged and kept in
+    :attr:`ranks`, by module path. With ``lr: 0`` in that epoch, the epoch
+    is a pure calibration pass; the epochs after it fine-tune the factors.
+    Every process computes the same factors from the summed statistics; a
+    run resumed in the middle of the calibration epoch uses the batches
+    after the resumption only.
 
     Arguments
     ---------
-    compression : float
+    compression : float, optional
         In [0, 1); see
         :func:`~sb_prune.methods.low_rank.layer.rank_for_compression`.
     points : list of str
         A subset of ``ffn, attention``.
     epoch : int
         The calibration epoch, >= 1.
-
+    variance : float or dict, optional
+        Instead of ``compression``: the fraction of output variance to
+        explain, in (0, 1); a dict gives one per point of ``points``.
+    rank_multiple : int
+        With ``variance``: ranks are multiples of this (default 16).
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
         name).
@@ -229,20 +252,54 @@ class ActivationLowRank(PruningHook):
     -------
     >>> ActivationLowRank(0.5, points="ffn").points
     ['ffn']
+    >>> hook = ActivationLowRank(
+    ...     variance={"attention": 0.99, "ffn": 0.999},
+    ...     points=["ffn", "attention"],
+    ... )
+    >>> hook.variance
+    {'ffn': 0.999, 'attention': 0.99}
     >>> ActivationLowRank(1.5)
     Traceback (most recent call last):
     ...
     ValueError: compression must be in [0, 1), got 1.5
+    >>> ActivationLowRank(variance={"ffn": 1.0})
+    Traceback (most recent call last):
+    ...
+    ValueError: variance.ffn must be in (0, 1), got 1.0
+    >>> ActivationLowRank(0.5, variance=0.99)
+    Traceback (most recent call last):
+    ...
+    ValueError: ActivationLowRank: give compression or variance (exactly ...
     """
 
-    def __init__(self, compression, points=("ffn",), epoch=1, name=None):
+    def __init__(
+        self,
+        compression=None,
+        points=("ffn",),
+        epoch=1,
+        variance=None,
+        rank_multiple=16,
+        name=None,
+    ):
         super().__init__(name)
-        self.compression = check_number(
-            "compression", compression, 0, 1, open_high=True
-        )
+        if (compression is None) == (variance is None):
+            raise ValueError(
+                "ActivationLowRank: give compression or variance (exactly "
+                f"one), got compression={compression!r}, variance={variance!r}"
+            )
+        self.compression = compression
+        if compression is not None:
+            check_number("compression", compression, 0, 1, open_high=True)
         self.points = check_choices("points", points, LOW_RANK_POINTS)
+        self.variance = None
+        if variance is not None:
+            self.variance = _thresholds(variance, self.points)
+        self.rank_multiple = check_int(
+            "rank_multiple", rank_multiple, minimum=1
+        )
         self.epoch = check_int("epoch", epoch, minimum=1)
         self.done = False
+        self.ranks = {}
         self._observed = []
 
     def on_fit_start(self, brain):
@@ -255,40 +312,79 @@ class ActivationLowRank(PruningHook):
             )
         if self.done:
             return
+        modules = brain.unwrapped_modules()
         self._observed = [
-            (parent, name, OutputStatistics(getattr(parent, name)))
-            for parent, name, _ in low_rank_targets(
-                brain.unwrapped_modules(), self.points
-            )
+            (point, path, parent, name, OutputStatistics(getattr(parent, name)))
+            for point in self.points
+            for parent, name, path in low_rank_targets(modules, [point])
         ]
 
     def on_train_epoch_end(self, brain, epoch):
         """Replace the observed layers by their factors after ``epoch``."""
         if self.done or epoch != self.epoch:
             return False
-        ranks = []
-        for parent, name, stats in self._observed:
+        for point, path, parent, name, stats in self._observed:
             stats.remove()
             stats.all_reduce()
             dense = getattr(parent, name)
-            rank = rank_for_compression(
-                dense.in_features, dense.out_features, self.compression
-            )
-            low = pca_low_rank(dense, stats, rank).train(dense.training)
-            setattr(parent, name, low)
-            ranks.append(rank)
+            rank = self._rank(point, dense, stats)
+            if rank is not None:
+                low = pca_low_rank(dense, stats, rank).train(dense.training)
+                setattr(parent, name, low)
+            self.ranks[path] = rank
         self._observed = []
         self.done = True
+        rule = (
+            f"variance {self.variance}"
+            if self.variance is not None
+            else f"compression {self.compression:.2f}"
+        )
         logger.info(
-            f"sb_prune: activation low rank at epoch {epoch}: compression "
-            f"{self.compression:.2f}, ranks {ranks}"
+            f"sb_prune: activation low rank at epoch {epoch}, {rule}: ranks "
+            f"(None: dense) {self.ranks}"
         )
         return True
 
+    def _rank(self, point, dense, stats):
+        """The rank of one layer (None: keep it dense)."""
+        if self.variance is None:
+            return rank_for_compression(
+                dense.in_features, dense.out_features, self.compression
+            )
+        return explained_variance_rank(
+            dense, stats, self.variance[point], self.rank_multiple
+        )
+
     def state_dict(self):
-        """Return whether the layers were factorised."""
-        return {"done": self.done}
+        """Return whether the layers were factorised, and their ranks."""
+        return {"done": self.done, "ranks": self.ranks}
 
     def load_state_dict(self, state):
-        """Restore whether the layers were factorised."""
+        """Restore whether the layers were factorised, and their ranks."""
         self.done = bool(state["done"])
+        self.ranks = dict(state.get("ranks", {}))  # older checkpoints: none
+
+
+def _thresholds(variance, points):
+    """``{point: threshold}`` from one threshold or one per point."""
+    if not isinstance(variance, dict):
+        check_number("variance", variance, 0, 1, open_low=True, open_high=True)
+        return {point: variance for point in points}
+    check_keys("variance", variance, points)
+    missing = [point for point in points if point not in variance]
+    if missing:
+        raise ValueError(
+            f"variance: no threshold for the point(s) {missing}; give one "
+            f"for each of {points}, or a single number"
+        )
+    return {
+        point: check_number(
+            f"variance.{point}",
+            variance[point],
+            0,
+            1,
+            open_low=True,
+            open_high=True,
+        )
+        for point in points
+    }
