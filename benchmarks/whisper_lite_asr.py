@@ -174,7 +174,16 @@ def main():
         train_utterances=4,  # learning rate 0: the model does not change
     )
     print_row("dense", dense, dense)
-    rows = []
+    dense.pop("export_folder")
+    result = {
+        "model": args.model,
+        "calibration_utterances": calibration,
+        "dense": dense,
+        "rows": [],
+        "quick": args.quick,
+        "command": " ".join(["python", *sys.argv]),
+        **ran_on,
+    }
     for index, threshold in enumerate(args.thresholds):
         found = timed_run(
             "whisper_lite_asr.yaml",
@@ -188,23 +197,13 @@ def main():
             1 - found["encoder_params"] / dense["encoder_params"], 4
         )
         found["ranks"] = layer_ranks(found.pop("export_folder"))
-        rows.append(found)
+        result["rows"].append(found)
         print_row(threshold, found, dense)
         print_ranks(threshold, found["ranks"])
-    dense.pop("export_folder")
-    result = {
-        "model": args.model,
-        "calibration_utterances": calibration,
-        "dense": dense,
-        "rows": rows,
-        "quick": args.quick,
-        "command": " ".join(["python", *sys.argv]),
-        **ran_on,
-    }
+        if args.json:  # after every row: a long sweep keeps what it ran
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=1))
     shutil.rmtree(work)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
