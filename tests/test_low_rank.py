@@ -16,6 +16,7 @@ from sb_prune.core.structure import describe, restore
 from sb_prune.hooks import ActivationLowRank, LowRankCompression
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
+    explained_variance_rank,
     pca_low_rank,
 )
 from sb_prune.methods.low_rank.layer import (
@@ -356,6 +357,118 @@ def test_activation_low_rank_hook_converts_and_resumes(tmp_path):
     assert resumed.prune_hooks[0].done
     resumed.modules.eval()
     assert torch.equal(encode(resumed.modules.model, x, lens), trained)
+
+
+def _known_spectrum(variances, out_features, seed=0):
+    """A Linear and its statistics whose centred outputs have exactly
+    ``variances`` (then zeros) along orthonormal directions."""
+    gen = torch.Generator().manual_seed(seed)
+    n, width = 200, len(variances)
+    inputs = torch.randn(n, width, generator=gen, dtype=torch.float64)
+    inputs, _ = torch.linalg.qr(inputs - inputs.mean(0))  # centred, orthonormal
+    inputs = inputs * (n * torch.tensor(variances, dtype=torch.float64)).sqrt()
+    rotation, _ = torch.linalg.qr(
+        torch.randn(out_features, width, generator=gen, dtype=torch.float64)
+    )
+    dense = torch.nn.Linear(width, out_features).double()
+    with torch.no_grad():
+        dense.weight.copy_(rotation)
+        dense.bias.normal_(generator=gen)
+    stats = OutputStatistics(dense)
+    dense(inputs)
+    stats.remove()
+    return dense, stats
+
+
+def _smallest_rank(variances, threshold):
+    total = sum(variances)
+    return next(
+        k
+        for k in range(1, len(variances) + 1)
+        if sum(variances[:k]) >= threshold * total
+    )
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.8, 0.9, 0.97, 0.995])
+def test_explained_variance_rank_is_exact_on_a_known_spectrum(threshold):
+    variances = [0.9**k for k in range(48)]
+    dense, stats = _known_spectrum(variances, out_features=64)
+    needed = _smallest_rank(variances, threshold)
+    assert explained_variance_rank(dense, stats, threshold, 1) == (
+        needed if needed * (48 + 64) < 48 * 64 else None
+    )
+    # Multiples of 16 of a 48 -> 64 layer: 16 saves weights, 32 does not.
+    by_16 = explained_variance_rank(dense, stats, threshold, 16)
+    assert by_16 == (16 if needed <= 16 else None)
+
+
+def test_explained_variance_of_a_bias_free_layer_is_uncentred():
+    """Outputs far from zero along one axis: their energy is one direction
+    (all a bias-free factorisation can keep), their variance is not."""
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(8, 8, bias=False)
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(8))
+    stats = OutputStatistics(dense)
+    dense(torch.randn(500, 8) + torch.tensor([20.0] + [0.0] * 7))
+    assert explained_variance_rank(dense, stats, 0.9, multiple=1) == 1
+    dense.bias = torch.nn.Parameter(torch.zeros(8))  # now centred: spread
+    assert explained_variance_rank(dense, stats, 0.9, multiple=1) is None
+
+
+def test_variance_rule_keeps_dense_layers_and_resumes(tmp_path):
+    """LiteASR's rule factorises some FFN matrices and keeps the others
+    dense; the ranks are recorded, and a resumed run rebuilds the mixed
+    model from the structure record."""
+    torch.manual_seed(0)
+    hook = ActivationLowRank(variance=0.95, rank_multiple=4)
+    model = tiny_conformer().train()
+    brain = build_brain(tmp_path, model, [hook], epochs=2)
+    fit(brain, n_train=16)
+    layers = {
+        path: module
+        for path, module in brain.unwrapped_modules().named_modules()
+        if path in hook.ranks
+    }
+    assert len(layers) == 8
+    assert set(hook.ranks.values()) == {8, None}
+    for path, rank in hook.ranks.items():
+        if rank is None:
+            assert type(layers[path]) is torch.nn.Linear
+        else:
+            assert layers[path].rank == rank
+            assert rank * (16 + 32) < 16 * 32
+    x, lens = random_batch()
+    brain.modules.eval()
+    trained = encode(brain.modules.model, x, lens)
+    again = ActivationLowRank(variance=0.95, rank_multiple=4)
+    resumed = build_brain(tmp_path, tiny_conformer(seed=5), [again], epochs=2)
+    fit(resumed, n_train=16)  # recovers and stops
+    assert again.done and again.ranks == hook.ranks
+    resumed.modules.eval()
+    assert torch.equal(encode(resumed.modules.model, x, lens), trained)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"variance": 0}, r"variance must be in \(0, 1\), got 0"),
+        ({"variance": 1.0}, r"variance must be in \(0, 1\), got 1.0"),
+        ({"variance": "0.9"}, "variance must be a number in"),
+        ({"variance": {"ffn": 1.5}}, r"variance.ffn must be in \(0, 1\)"),
+        (
+            {"variance": {"ffn": 0.9}, "points": ["ffn", "attention"]},
+            r"variance: no threshold for the point\(s\) \['attention'\]",
+        ),
+        ({"variance": {"ffn": 0.9, "conv": 0.9}}, "unknown key"),
+        ({"variance": 0.9, "compression": 0.5}, "exactly one"),
+        ({}, "exactly one"),
+        ({"variance": 0.9, "rank_multiple": 0}, "rank_multiple must be"),
+    ],
+)
+def test_bad_variance_options_name_the_key(options, match):
+    with pytest.raises(ValueError, match=match):
+        ActivationLowRank(**options)
 
 
 def test_densify_and_refactorise_keep_the_output():

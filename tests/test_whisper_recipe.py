@@ -39,6 +39,7 @@ def compress(output, epochs):
         "--train_utterances=4",
         "--dev_utterances=2",
         "--test_utterances=3",
+        "--variance=null",
         "--compression=0.2",
         f"--number_of_epochs={epochs}",
         "--lr=0.0001",

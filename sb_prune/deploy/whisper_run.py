@@ -41,7 +41,7 @@ import torch
 from ruamel.yaml.comments import TaggedScalar
 
 from sb_prune.deploy.hparams_subset import dump, keep_keys, load, tagged
-from sb_prune.deploy.pretrained import (
+from sb_prune.deploy.run_folders import (
     load_evaluated_checkpoints,
     read_hparams,
     tokenizer_file,
@@ -49,17 +49,12 @@ from sb_prune.deploy.pretrained import (
 from sb_prune.families.whisper.folders import (
     ENCODER_STRUCTURE,
     MAX_DECODE_RATIO,
+    WHISPER_LOBES,
     export_whisper,
 )
 
 logger = logging.getLogger(__name__)
 
-#: SpeechBrain's Whisper lobe, as hparams files name it (1.x, then the
-#: 1.0 name that 1.1 redirects).
-WHISPER_LOBES = (
-    "speechbrain.integrations.huggingface.whisper.Whisper",
-    "speechbrain.lobes.models.huggingface_transformers.whisper.Whisper",
-)
 #: The CTC recipe's keys after the Whisper encoder, in order.
 CTC_HEAD = ("enc", "ctc_lin", "log_softmax")
 #: The keys an exported CTC folder's hyperparams.yaml adds to the run's.

@@ -13,9 +13,14 @@ rank by SVD or by activation PCA, a layer cut); the first
 until the cut, the data-driven criteria collect their statistics), the
 epochs after them fine-tune. Resuming the same output folder with a larger
 ``--number_of_epochs`` fine-tunes a finished run further. At the end the
-test set is decoded greedily (SpeechBrain's ``S2SWhisperGreedySearcher``)
-and the student exported as a folder that
+dev and test sets are decoded greedily (SpeechBrain's
+``S2SWhisperGreedySearcher``) and the student exported as a folder that
 ``speechbrain.inference.ASR.WhisperASR`` loads.
+
+The ``train_utterances`` are drawn across the training speakers (seeded by
+``seed``; a larger number keeps the smaller draw), so a calibration epoch
+on a few utterances hears many voices; the dev and test subsets are the
+first utterances of their sets.
 
 To run this recipe (real LibriSpeech-format speech; Whisper as a Hugging
 Face folder or a CTranslate2 one, such as faster-whisper's):
@@ -27,6 +32,7 @@ Authors
 """
 
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -116,12 +122,33 @@ class WhisperCompression(sb_prune.PruningBrain):
         elif stage == sb.Stage.TEST:
             self.test_stats = {"WER": self.wer_metric.summarize("error_rate")}
             self.hparams.train_logger.log_stats(
-                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                stats_meta={
+                    "Epoch loaded": self.hparams.epoch_counter.current,
+                    "set": self.decoded_set,
+                },
                 test_stats=self.test_stats,
             )
             if if_main_process():
-                with open(self.hparams.wer_file, "w", encoding="utf-8") as f:
+                path = wer_file(self.hparams, self.decoded_set)
+                with open(path, "w", encoding="utf-8") as f:
                     self.wer_metric.write_stats(f)
+
+
+def wer_file(hparams, name):
+    """The WER details of a decoded set: ``wer_file``, ``wer_dev.txt``..."""
+    path = Path(hparams.wer_file)
+    if name == "test":
+        return path
+    return path.with_name(f"{path.stem}_{name}{path.suffix}")
+
+
+def spread_subset(data, count, seed):
+    """``count`` items drawn with ``seed``; a larger count keeps them all."""
+    order = list(data.data_ids)
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:count])
+    ids = [i for i in data.data_ids if i in chosen]
+    return sb.dataio.dataset.FilteredSortedDynamicItemDataset(data, ids)
 
 
 def dataio_prepare(hparams):
@@ -151,7 +178,11 @@ def dataio_prepare(hparams):
             csv_path=save / f"{name}.csv",
             replacements={"data_root": hparams["data_folder"]},
         )
-        data = data.filtered_sorted(select_n=hparams[f"{name}_utterances"])
+        count = hparams[f"{name}_utterances"]
+        if name == "train":  # across the speakers: the IDs sort by speaker
+            data = spread_subset(data, count, hparams["seed"])
+        else:
+            data = data.filtered_sorted(select_n=count)
         sb.dataio.dataset.add_dynamic_item([data], audio_pipeline)
         sb.dataio.dataset.add_dynamic_item([data], text_pipeline)
         sb.dataio.dataset.set_output_keys(
@@ -193,22 +224,28 @@ def main(argv):
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     train_seconds = time.time() - start
-    brain.evaluate(
-        test,
-        min_key="loss",
-        test_loader_kwargs=hparams["test_dataloader_opts"],
-    )
+    wer = {}
+    for name, data in (("dev", valid), ("test", test)):
+        brain.decoded_set = name
+        brain.evaluate(
+            data,
+            min_key="loss",
+            test_loader_kwargs=hparams["test_dataloader_opts"],
+        )
+        wer[name] = round(brain.test_stats["WER"], 2)
     student = brain.unwrapped_modules()["whisper"]
     if if_main_process():
         exported = export_whisper(
             student, hparams["whisper_folder"], hparams["export_folder"]
         )
         results = {
-            "WER": round(brain.test_stats["WER"], 2),
+            "WER": wer["test"],
+            "dev_WER": wer["dev"],
             "encoder_params": exported["encoder_params"],
             "epochs": hparams["number_of_epochs"],
             "calibration_epochs": hparams["calibration_epochs"],
             "train_utterances": len(train),
+            "dev_utterances": len(valid),
             "test_utterances": len(test),
             "train_seconds": round(train_seconds, 1),
             "export_folder": exported["folder"],

@@ -113,6 +113,13 @@ modules:
 #: The lobe of exported folders, and the one for a low-rank token table.
 LOBE = "speechbrain.integrations.huggingface.whisper.Whisper"
 FACTORED_LOBE = "sb_prune.nn.WhisperLobe"
+#: The lobes a Whisper recipe's hparams may build its ``whisper`` with:
+#: SpeechBrain's (1.x, then the 1.0 name that 1.1 redirects) and ours.
+WHISPER_LOBES = (
+    LOBE,
+    "speechbrain.lobes.models.huggingface_transformers.whisper.Whisper",
+    FACTORED_LOBE,
+)
 #: Decoding stops after this fraction of the 1500 encoder frames: 225
 #: tokens, Whisper's own limit being 224.
 MAX_DECODE_RATIO = 0.15

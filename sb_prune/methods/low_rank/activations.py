@@ -12,9 +12,16 @@ SVD of ``W`` instead keeps the directions of largest weight, whatever the
 inputs are). A Linear without a bias (Whisper's key projection) uses the
 uncentred second moment, so it needs no bias: ``y ~ V V^T y``.
 
+LiteASR picks each layer's rank from the spectrum of its outputs
+(:func:`explained_variance_rank`): the smallest multiple of 16 whose
+directions explain a threshold of the output variance, and no
+factorisation where that rank would not save weights.
+
 Authors
  * sb_prune developers
 """
+
+import math
 
 import torch
 from speechbrain.utils.distributed import ddp_all_reduce
@@ -49,6 +56,8 @@ class OutputStatistics:
         self.sum = torch.zeros(n, dtype=torch.float64, device=device)
         self.second = torch.zeros(n, n, dtype=torch.float64, device=device)
         self.count = 0
+        self._shape = f"Linear({linear.in_features}, {n})"
+        self._components = {}
         self._handle = linear.register_forward_hook(self._observe)
 
     def _observe(self, module, inputs, output):
@@ -58,6 +67,55 @@ class OutputStatistics:
         self.sum += flat.sum(0)
         self.second += flat.T @ flat
         self.count += flat.shape[0]
+        self._components = {}
+
+    def mean(self):
+        """The mean output (float64)."""
+        return self.sum / self.count
+
+    def principal_components(self, centred=True):
+        """The directions of the outputs and their variances, strongest first.
+
+        Computed once (an eigendecomposition) until more outputs come.
+
+        Arguments
+        ---------
+        centred : bool
+            Variances about the mean output; False: second moments about
+            zero (for a Linear without a bias, which cannot hold a mean).
+
+        Returns
+        -------
+        variances : torch.Tensor
+            ``[out]``, float64, non-negative, in decreasing order.
+        directions : torch.Tensor
+            ``[out, out]``: column ``k`` is the direction of variance ``k``.
+
+        Example
+        -------
+        >>> lin = torch.nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.copy_(torch.eye(2))
+        >>> stats = OutputStatistics(lin)
+        >>> _ = lin(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]]))
+        >>> stats.principal_components(centred=False)[0]
+        tensor([1.3333, 0.6667], dtype=torch.float64)
+        """
+        if self.count == 0:
+            raise ValueError(
+                "activation low rank: no calibration output was observed for "
+                f"a {self._shape}; run training batches before the conversion"
+            )
+        if centred not in self._components:
+            moment = self.second / self.count
+            if centred:
+                moment = moment - torch.outer(self.mean(), self.mean())
+            values, vectors = torch.linalg.eigh(moment)
+            self._components[centred] = (
+                values.flip(0).clamp_min(0.0),
+                vectors.flip(-1),
+            )
+        return self._components[centred]
 
     def all_reduce(self):
         """Sum the statistics over DDP processes (no-op without DDP)."""
@@ -69,6 +127,7 @@ class OutputStatistics:
         self.count = int(
             ddp_all_reduce(count, torch.distributed.ReduceOp.SUM).item()
         )
+        self._components = {}
 
     def remove(self):
         """Stop observing the layer."""
@@ -106,26 +165,70 @@ def pca_low_rank(linear, stats, rank):
     weight = linear.weight.detach()
     out_features, in_features = weight.shape
     check_rank(rank, in_features, out_features)
-    if stats.count == 0:
-        raise ValueError(
-            "activation low rank: no calibration output was observed for a "
-            f"Linear({in_features}, {out_features}); run training batches "
-            "before the conversion"
-        )
-    mean = stats.sum / stats.count
-    moment = stats.second / stats.count
-    if linear.bias is not None:
-        moment = moment - torch.outer(mean, mean)
-    _, vectors = torch.linalg.eigh(moment)
-    basis = vectors[:, -rank:].flip(-1)  # out x rank, strongest first
-    low = LowRankLinear(
-        in_features, out_features, rank, bias=linear.bias is not None
-    ).to(device=weight.device, dtype=weight.dtype)
+    centred = linear.bias is not None
+    _, directions = stats.principal_components(centred)
+    basis = directions[:, :rank]  # out x rank, strongest first
+    low = LowRankLinear(in_features, out_features, rank, bias=centred).to(
+        device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         low.up.weight.copy_(basis)
         low.down.weight.copy_(basis.T @ weight.double())
-        if linear.bias is not None:
+        if centred:
+            mean = stats.mean()
             bias = linear.bias.detach().double()
             projected = basis @ (basis.T @ (bias - mean))
             low.up.bias.copy_(projected + mean)
     return low
+
+
+def explained_variance_rank(linear, stats, threshold, multiple=16):
+    """LiteASR's rank for a Linear: enough directions to explain its outputs.
+
+    The rank is the smallest multiple of ``multiple`` whose principal
+    directions (:meth:`OutputStatistics.principal_components`, centred when
+    the Linear has a bias) explain at least ``threshold`` of the outputs'
+    total variance, at most ``min(in, out)``. A rank-``r`` factorisation
+    stores ``r * (in + out)`` weights; when that is not fewer than the
+    dense ``in * out``, the layer is better left dense: None.
+
+    Arguments
+    ---------
+    linear : torch.nn.Linear
+        The dense layer.
+    stats : OutputStatistics
+        Its outputs on calibration data.
+    threshold : float
+        The fraction of variance to explain, in (0, 1).
+    multiple : int
+        Ranks are multiples of this (LiteASR: 16, for fast kernels).
+
+    Returns
+    -------
+    int or None
+        The rank, or None to keep the layer dense.
+
+    Example
+    -------
+    >>> lin = torch.nn.Linear(4, 4, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = lin.weight.copy_(torch.eye(4))
+    >>> stats = OutputStatistics(lin)
+    >>> _ = lin(torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.0])))  # 9:4:1:0
+    >>> explained_variance_rank(lin, stats, 0.6, multiple=1)
+    1
+    >>> print(explained_variance_rank(lin, stats, 0.7, multiple=1))  # 2: dense
+    None
+    """
+    variances, _ = stats.principal_components(linear.bias is not None)
+    explained = variances.cumsum(0) / variances.sum()
+    needed = int((explained < threshold).sum()) + 1
+    in_features, out_features = linear.in_features, linear.out_features
+    rank = min(
+        multiple * math.ceil(needed / multiple),
+        in_features,
+        out_features,
+    )
+    if rank * (in_features + out_features) >= in_features * out_features:
+        return None
+    return rank

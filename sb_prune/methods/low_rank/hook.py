@@ -12,9 +12,15 @@ from speechbrain.utils.distributed import if_main_process
 
 from sb_prune.core.registry import families_in
 from sb_prune.core.saved_model import export_model
-from sb_prune.core.validation import check_choices, check_number
+from sb_prune.core.validation import (
+    check_choices,
+    check_int,
+    check_keys,
+    check_number,
+)
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
+    explained_variance_rank,
     pca_low_rank,
 )
 from sb_prune.methods.low_rank.convert import LOW_RANK_POINTS, low_rank_targets
@@ -213,7 +219,7 @@ class LowRankCompression(PruningHook):
 
 
 class ActivationLowRank(PruningHook):
-    """Factorise Linear layers on their calibration outputs (LiteASR-style).
+    """Factorise Linear layers on their calibration outputs (LiteASR).
 
     During the training batches up to epoch ``epoch``, the outputs of every
     Linear at the application ``points`` are summarised
@@ -242,6 +248,11 @@ class ActivationLowRank(PruningHook):
         When the layers are factorised: a one-step schedule without
         target, after some training batches (``OneShot``, or ``Gradual``
         with ``steps: 1`` to factorise after an optimizer step).
+    variance : float or dict, optional
+        Instead of ``compression``: the fraction of output variance to
+        explain, in (0, 1); a dict gives one per point of ``points``.
+    rank_multiple : int
+        With ``variance``: ranks are multiples of this (default 16).
 
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
@@ -253,6 +264,12 @@ class ActivationLowRank(PruningHook):
     ['ffn']
     >>> ActivationLowRank(0.5, epoch=2).schedule
     OneShot(target=None, epoch=2)
+    >>> hook = ActivationLowRank(
+    ...     variance={"attention": 0.99, "ffn": 0.999},
+    ...     points=["ffn", "attention"],
+    ... )
+    >>> hook.variance
+    {'ffn': 0.999, 'attention': 0.99}
     >>> ActivationLowRank(1.5)
     Traceback (most recent call last):
     ...
@@ -261,17 +278,30 @@ class ActivationLowRank(PruningHook):
 
     def __init__(
         self,
-        compression,
+        compression=None,
         points=("ffn",),
         epoch=None,
         schedule=None,
+        variance=None,
+        rank_multiple=16,
         name=None,
     ):
         super().__init__(name)
-        self.compression = check_number(
-            "compression", compression, 0, 1, open_high=True
-        )
+        if (compression is None) == (variance is None):
+            raise ValueError(
+                "ActivationLowRank: give compression or variance (exactly "
+                f"one), got compression={compression!r}, variance={variance!r}"
+            )
+        self.compression = compression
+        if compression is not None:
+            check_number("compression", compression, 0, 1, open_high=True)
         self.points = check_choices("points", points, LOW_RANK_POINTS)
+        self.variance = None
+        if variance is not None:
+            self.variance = _thresholds(variance, self.points)
+        self.rank_multiple = check_int(
+            "rank_multiple", rank_multiple, minimum=1
+        )
         self.schedule_key = "schedule"
         if schedule is None:
             self.schedule_key = "epoch"
@@ -285,6 +315,7 @@ class ActivationLowRank(PruningHook):
                 "so it cannot factorise when training starts"
             )
         self.done = False
+        self.ranks = {}
         self._observed = []
 
     def on_fit_start(self, brain):
@@ -292,10 +323,12 @@ class ActivationLowRank(PruningHook):
         check_epochs(self.schedule, brain, self.schedule_key)
         if self.done:
             return
+        modules = brain.unwrapped_modules()
         self._observed = [
-            (parent, name, path, OutputStatistics(getattr(parent, name)))
+            (point, parent, name, path, OutputStatistics(getattr(parent, name)))
+            for point in self.points
             for parent, name, path in low_rank_targets(
-                brain.unwrapped_modules(), self.points, "ActivationLowRank"
+                modules, [point], "ActivationLowRank"
             )
         ]
 
@@ -330,12 +363,10 @@ class ActivationLowRank(PruningHook):
         bool
             True (the model changed).
         """
-        for _, _, _, stats in self._observed:
+        for *_, stats in self._observed:
             stats.remove()
             stats.all_reduce()
-        unseen = [
-            path for _, _, path, stats in self._observed if not stats.count
-        ]
+        unseen = [path for *_, path, stats in self._observed if not stats.count]
         if unseen:
             families = ", ".join(families_in(brain.unwrapped_modules()))
             raise ValueError(
@@ -346,27 +377,66 @@ class ActivationLowRank(PruningHook):
                 "it, so it has no outputs to take components of; leave "
                 "attention out of points (low_rank factorises it by SVD)"
             )
-        ranks = []
-        for parent, name, _, stats in self._observed:
+        for point, parent, name, path, stats in self._observed:
             dense = getattr(parent, name)
-            rank = rank_for_compression(
-                dense.in_features, dense.out_features, self.compression
-            )
-            low = pca_low_rank(dense, stats, rank).train(dense.training)
-            setattr(parent, name, low)
-            ranks.append(rank)
+            rank = self._rank(point, dense, stats)
+            if rank is not None:
+                low = pca_low_rank(dense, stats, rank).train(dense.training)
+                setattr(parent, name, low)
+            self.ranks[path] = rank
         self._observed = []
         self.done = True
+        rule = (
+            f"variance {self.variance}"
+            if self.variance is not None
+            else f"compression {self.compression:.2f}"
+        )
         logger.info(
-            f"sb_prune: activation low rank at {when}: compression "
-            f"{self.compression:.2f}, ranks {ranks}"
+            f"sb_prune: activation low rank at {when}, {rule}: ranks "
+            f"(None: dense) {self.ranks}"
         )
         return True
 
+    def _rank(self, point, dense, stats):
+        """The rank of one layer (None: keep it dense)."""
+        if self.variance is None:
+            return rank_for_compression(
+                dense.in_features, dense.out_features, self.compression
+            )
+        return explained_variance_rank(
+            dense, stats, self.variance[point], self.rank_multiple
+        )
+
     def state_dict(self):
-        """Return whether the layers were factorised."""
-        return {"done": self.done}
+        """Return whether the layers were factorised, and their ranks."""
+        return {"done": self.done, "ranks": self.ranks}
 
     def load_state_dict(self, state):
-        """Restore whether the layers were factorised."""
+        """Restore whether the layers were factorised, and their ranks."""
         self.done = bool(state["done"])
+        self.ranks = dict(state.get("ranks", {}))  # older checkpoints: none
+
+
+def _thresholds(variance, points):
+    """``{point: threshold}`` from one threshold or one per point."""
+    if not isinstance(variance, dict):
+        check_number("variance", variance, 0, 1, open_low=True, open_high=True)
+        return {point: variance for point in points}
+    check_keys("variance", variance, points)
+    missing = [point for point in points if point not in variance]
+    if missing:
+        raise ValueError(
+            f"variance: no threshold for the point(s) {missing}; give one "
+            f"for each of {points}, or a single number"
+        )
+    return {
+        point: check_number(
+            f"variance.{point}",
+            variance[point],
+            0,
+            1,
+            open_low=True,
+            open_high=True,
+        )
+        for point in points
+    }
