@@ -31,6 +31,7 @@ Authors
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -51,7 +52,6 @@ DENSE = {
     "decoder_head_sparsity": 0.0,
     "decoder_layer_sparsity": 0.0,
 }
-#: name -> (method label of the row, overrides of whisper_prune.yaml).
 #: The fine-tuning budget every fine-tuned row gets.
 BUDGET = {"number_of_epochs": 2}
 #: Our encoder compression: 45% of its FFN units and 20% of its heads
@@ -62,6 +62,26 @@ OURS = {**BUDGET}
 WHOLE = {**OURS, "decoder_layer_sparsity": 0.5, "embedding_rank": 192}
 #: Learning from the dense teacher alone (no transcripts in the loss).
 KD = {**OURS, "label_weight": 0.0}
+#: LiteASR (compress.py, whisper_lite_asr.yaml) at one explained-variance
+#: threshold for both kinds of matrix: 0.98 removes 32.8% of tiny.en's
+#: encoder (benchmarks/results/whisper_lite_asr_tiny.json), the size of
+#: ours. Its test set is ours; dev is all 121 dev utterances as ours.
+LITE_ASR = {
+    "variance": 0.98,
+    "dev_utterances": 121,
+    "calibration_epochs": 1,
+}
+#: LiteASR's own calibration: 100 utterances, no training.
+LITE_ASR_ONLY = {**LITE_ASR, "train_utterances": 100, "number_of_epochs": 1}
+#: Then our budget: all 593 training utterances (calibration on them too),
+#: 2 fine-tuning epochs (compress.py: transcripts + encoder distillation).
+LITE_ASR_FT = {
+    **LITE_ASR,
+    "train_utterances": 593,
+    "number_of_epochs": 1 + BUDGET["number_of_epochs"],
+}
+#: name -> (method label of the row, overrides[, script, hparams file]);
+#: the script and hparams default to train.py and whisper_prune.yaml.
 CONFIGS = {
     "dense-zero-shot": ("dense", {**DENSE, "number_of_epochs": 0}),
     "dense-ft": ("dense-ft", {**DENSE, **BUDGET}),
@@ -88,6 +108,18 @@ CONFIGS = {
         "whole-model-kd-uniform",
         {**WHOLE, **KD, "allocation": "uniform"},
     ),
+    "lite-asr": (
+        "lite-asr",
+        LITE_ASR_ONLY,
+        "compress.py",
+        "whisper_lite_asr.yaml",
+    ),
+    "lite-asr+ft": (
+        "lite-asr+ft",
+        LITE_ASR_FT,
+        "compress.py",
+        "whisper_lite_asr.yaml",
+    ),
 }
 
 
@@ -105,11 +137,12 @@ def run(model, name, seed, work, threads):
     output = work / model / name / str(seed)
     results = output / "results.json"
     if not results.exists():
-        _, overrides = CONFIGS[name]
+        _, overrides, *recipe = CONFIGS[name]
+        script, hparams = recipe or ("train.py", "whisper_prune.yaml")
         command = [
             sys.executable,
-            "train.py",
-            "hparams/whisper_prune.yaml",
+            script,
+            f"hparams/{hparams}",
             f"--data_folder={SHARED}",
             f"--whisper_source={whisper_source(model)}",
             f"--output_folder={output}",
@@ -124,7 +157,37 @@ def run(model, name, seed, work, threads):
             )
         if done.returncode != 0:
             raise RuntimeError(f"{name} seed {seed} failed: see {output}")
-    return json.loads(results.read_text())
+    result = json.loads(results.read_text())
+    # compress.py's names and parts (its decoder is the dense one).
+    result.setdefault("valid_WER", result.get("dev_WER"))
+    result.setdefault("decoder_params", None)
+    return result
+
+
+def dense_summary(model, work):
+    """The ``dense`` entry of a model: zero-shot and fine-tuned test WER
+    (mean over the seeds run), its encoder and decoder parameters."""
+    zero_shot = finished(work / model / "dense-zero-shot")
+    tuned = finished(work / model / "dense-ft")
+    return {
+        "wer_zero_shot": zero_shot[0]["WER"],
+        "wer_finetuned": (
+            round(statistics.mean(r["WER"] for r in tuned), 2)
+            if tuned
+            else None
+        ),
+        "finetuned_seeds": len(tuned),
+        "encoder_params": zero_shot[0]["encoder_params"],
+        "decoder_params": zero_shot[0]["decoder_params"],
+    }
+
+
+def finished(folder):
+    """The ``results.json`` of every finished seed under ``folder``."""
+    return [
+        json.loads(path.read_text())
+        for path in sorted(folder.glob("*/results.json"))
+    ]
 
 
 def e2e_times(folders, wavs, repeats):
@@ -207,9 +270,12 @@ def main():
     start = time.time()
     times = e2e_times(folders, wavs, args.speed_repeats)
     speed_seconds = time.time() - start
+    dense = dense_summary(args.model, args.work)
     rows = []
     for (name, seed), result in results.items():
-        method, overrides = CONFIGS[name]
+        if result["decoder_params"] is None:  # compress.py: dense decoder
+            result["decoder_params"] = dense["decoder_params"]
+        method, overrides, *_ = CONFIGS[name]
         rows.append(
             {
                 "model": args.model,
@@ -233,6 +299,7 @@ def main():
         )
     report = {
         **started,
+        "dense": {args.model: dense},
         "speed": {
             "utterances": len(wavs),
             "repeats": args.speed_repeats,

@@ -248,6 +248,14 @@ def main(argv):
             "dev_utterances": len(valid),
             "test_utterances": len(test),
             "train_seconds": round(train_seconds, 1),
+            "budget": {  # the fine-tuning's (calibration has lr 0)
+                "utterance_steps": len(train)
+                * (hparams["number_of_epochs"] - hparams["calibration_epochs"]),
+                "cpu_minutes": round(
+                    train_seconds / 60 * torch.get_num_threads(), 1
+                ),
+                "threads": torch.get_num_threads(),
+            },
             "export_folder": exported["folder"],
         }
         with open(hparams["results_file"], "w", encoding="utf-8") as handle:
