@@ -15,7 +15,11 @@ process: ``sb_prune.core.profiling.measure_latency``) and writes
      "wer_finetuned", "encoder_params", "decoder_params"}},
      "rows": [{"model", "method", "seed", "encoder_params",
      "decoder_params", "wer", "valid_wer", "e2e_speedup",
-     "budget": {"utterance_steps", "cpu_minutes"}, "overrides"}]}
+     "budget": {"utterance_steps", "cpu_minutes"}, "overrides"}],
+     "best": {"encoder", "whole"}, "settings_tried": {"encoder", "whole"}}
+
+``best`` is the method chosen for each target on the dev speakers (never
+on test), among ``settings_tried`` methods.
 
 Runs already finished (their ``results.json`` exists) are not run again,
 so an interrupted benchmark resumes. ``--jobs`` runs that many recipes at
@@ -182,6 +186,35 @@ def dense_summary(model, work):
     }
 
 
+def chosen_on_dev(rows, dense):
+    """The method of each target chosen on dev, and how many were tried.
+
+    Encoder methods (decoder untouched, >= 30% of the encoder removed)
+    and whole-model methods (decoder compressed too) compete on their
+    mean dev WER; dense and LiteASR rows are references, not candidates.
+    """
+    kinds = {"encoder": {}, "whole": {}}
+    for row in rows:
+        if row["method"].startswith(("dense", "lite-asr")):
+            continue
+        if row["decoder_params"] < dense["decoder_params"]:
+            kind = "whole"
+        elif row["encoder_params"] <= 0.7 * dense["encoder_params"]:
+            kind = "encoder"
+        else:
+            continue
+        kinds[kind].setdefault(row["method"], []).append(row["valid_wer"])
+    return {
+        "best": {
+            kind: min(tried, key=lambda m: statistics.mean(tried[m]))
+            if tried
+            else None
+            for kind, tried in kinds.items()
+        },
+        "settings_tried": {kind: len(tried) for kind, tried in kinds.items()},
+    }
+
+
 def finished(folder):
     """The ``results.json`` of every finished seed under ``folder``."""
     return [
@@ -300,6 +333,7 @@ def main():
     report = {
         **started,
         "dense": {args.model: dense},
+        **chosen_on_dev(rows, dense),
         "speed": {
             "utterances": len(wavs),
             "repeats": args.speed_repeats,

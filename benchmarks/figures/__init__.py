@@ -12,7 +12,15 @@ Authors
 import json
 from pathlib import Path
 
-from . import adaptive_dropout, federated, i3d, schedules, speed, whisper
+from . import (
+    adaptive_dropout,
+    federated,
+    i3d,
+    schedules,
+    speed,
+    whisper,
+    whisper_accuracy,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -20,6 +28,7 @@ BLOCKS = {
     "whisper_dense": whisper.dense,
     "whisper_compress": whisper.compress,
     "whisper_recipe": whisper.recipe,
+    "whisper_accuracy": whisper_accuracy.main,
     "speed_cpu": speed.cpu,
     "ad_compress": adaptive_dropout.compress,
     "ad_from_scratch": adaptive_dropout.from_scratch,

@@ -1,0 +1,136 @@
+"""README block of the Whisper accuracy benchmark: every method's rows over
+their seeds against the same-budget dense model, and the issue's targets
+as the JSON decides them (``whisper_accuracy.json``).
+
+Authors
+ * sb_prune developers
+"""
+
+import statistics
+
+from .text import blocks, count, num, paragraph, percent, seeds, table
+
+
+def _groups(rows):
+    """``{(model, method): [rows by seed]}`` in the JSON's order."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["method"]), []).append(row)
+    return groups
+
+
+def _mean(rows, key):
+    return statistics.mean(row[key] for row in rows)
+
+
+def _budget(rows, key):
+    return statistics.mean(row["budget"][key] for row in rows)
+
+
+def _removed(rows, dense, parts):
+    """Fraction of ``parts``' parameters the rows removed (mean)."""
+    before = sum(dense[f"{part}_params"] for part in parts)
+    after = statistics.mean(
+        sum(row[f"{part}_params"] for part in parts) for row in rows
+    )
+    return 1 - after / before
+
+
+def _verdict(met):
+    return "met" if met else "missed"
+
+
+def main(results):
+    """The rows table and the targets, from whisper_accuracy.json."""
+    figures = results["whisper_accuracy"]
+    groups = _groups(figures["rows"])
+    table_rows = []
+    for (model, method), rows in groups.items():
+        dense = figures["dense"][model]
+        table_rows.append(
+            [
+                model,
+                method,
+                percent(_removed(rows, dense, ["encoder"])),
+                percent(_removed(rows, dense, ["encoder", "decoder"])),
+                seeds([row["wer"] for row in rows]),
+                num(_mean(rows, "wer")),
+                num(_mean(rows, "valid_wer")),
+                num(_mean(rows, "e2e_speedup")),
+                count(round(_budget(rows, "utterance_steps"))),
+                num(_budget(rows, "cpu_minutes"), 0),
+            ]
+        )
+    return blocks(
+        paragraph(
+            "Whisper tiny.en on the real Libri-Light speech, 4 held-out "
+            "test speakers (128 utterances); settings chosen on the dev "
+            "speakers' 121 utterances; fine-tuning on all 593 training "
+            "utterances packed into 30 s windows; e2e speed-up: dense "
+            "transcription time over the model's, greedy, batch 1, "
+            f"PyTorch, measured side by side on {figures['machine']} "
+            f"(`{figures['command']}`):"
+        ),
+        table(
+            [
+                "model",
+                "method",
+                "encoder removed",
+                "whole model removed",
+                "test WER per seed",
+                "mean",
+                "dev WER",
+                "e2e speed-up",
+                "utterance-steps",
+                "CPU min",
+            ],
+            table_rows,
+        ),
+        _targets(figures, groups),
+    )
+
+
+def _targets(figures, groups):
+    """The targets of tiny.en, decided from the JSON."""
+    dense = figures["dense"]["tiny.en"]
+    tuned = dense["wer_finetuned"]
+    parts = [
+        f"Dense tiny.en: {num(dense['wer_zero_shot'])}% zero-shot, "
+        f"{num(tuned)}% after the same fine-tuning "
+        f"({dense['finetuned_seeds']} seeds)."
+    ]
+    encoder = groups.get(("tiny.en", figures["best"]["encoder"]))
+    if encoder:
+        wer = _mean(encoder, "wer")
+        removed = _removed(encoder, dense, ["encoder"])
+        lite = groups.get(("tiny.en", "lite-asr+ft"))
+        parts.append(
+            f" Encoder target ({figures['best']['encoder']}): "
+            f"{percent(removed)} fewer encoder parameters "
+            f"({_verdict(removed >= 0.3)}: >= 30%), "
+            f"{num(wer)}% WER against {num(tuned + 1)} "
+            f"({_verdict(wer <= tuned + 1)}), e2e "
+            f"{num(_mean(encoder, 'e2e_speedup'))}x "
+            f"({_verdict(_mean(encoder, 'e2e_speedup') > 1)})"
+        )
+        if lite:
+            lite_wer = _mean(lite, "wer")
+            parts.append(
+                f", against lite-asr+ft {num(lite_wer)}% at "
+                f"{percent(_removed(lite, dense, ['encoder']))} "
+                f"({_verdict(wer < lite_wer)})"
+            )
+        parts.append(".")
+    whole = groups.get(("tiny.en", figures["best"]["whole"]))
+    if whole:
+        wer = _mean(whole, "wer")
+        removed = _removed(whole, dense, ["encoder", "decoder"])
+        speedup = _mean(whole, "e2e_speedup")
+        parts.append(
+            f" Whole-model target ({figures['best']['whole']}): "
+            f"{percent(removed)} fewer parameters "
+            f"({_verdict(removed >= 0.3)}), e2e {num(speedup)}x "
+            f"({_verdict(speedup >= 1.5)}: >= 1.5), {num(wer)}% WER "
+            f"against {num(tuned + 1.5)} ({_verdict(wer <= tuned + 1.5)})."
+        )
+    return paragraph(*parts)
