@@ -45,6 +45,8 @@ setup(
         "federated": ["flwr>=1.20"],
         "bench": ["nnconvexity"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
+        # Whisper exported for CTranslate2 and faster-whisper.
+        "ctranslate2": ["ctranslate2", "faster-whisper"],
         "test": [
             "pytest>=7.3",
             "pytest-xdist",
@@ -57,6 +59,8 @@ setup(
             "onnx",  # ONNX export, checked under ONNX Runtime
             "onnxruntime",
             "onnxscript",
+            "ctranslate2",  # Whisper exported for CTranslate2, run by
+            "faster-whisper",  # faster-whisper
             "setuptools>=61",  # tests/test_wheel.py builds the wheel offline
             "wheel",
         ],

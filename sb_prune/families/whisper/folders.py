@@ -261,8 +261,19 @@ def rebuild_decoder(whisper, structure):
     return _rebuild(whisper, structure, "decoder")
 
 
-def _stacks(whisper):
-    """``{part: stack}`` of the parts the model has (a lobe may lack one)."""
+def whisper_parts(whisper):
+    """The encoder and decoder a Whisper model has (a lobe may lack one).
+
+    Arguments
+    ---------
+    whisper : torch.nn.Module
+        See :func:`whisper_encoder`.
+
+    Returns
+    -------
+    dict
+        ``{part: stack}``, ``part`` in :data:`PARTS`.
+    """
     found = {}
     for part in PARTS:
         try:
@@ -317,7 +328,7 @@ def export_whisper(
             shutil.copy(path, out / path.name)
     weights = load_file(dense / "model.safetensors")
     summary, pruned = {"folder": str(out)}, []
-    for part, stack in _stacks(whisper).items():
+    for part, stack in whisper_parts(whisper).items():
         # Adaptive-dropout layers are for training: removed from a copy.
         stack = strip_adaptive_dropout(copy.deepcopy(stack))
         state = {k: v.detach().cpu() for k, v in stack.state_dict().items()}
@@ -365,6 +376,38 @@ def _prefix(weights, part):
     raise ValueError(f"model.safetensors holds no Whisper {part}")
 
 
+def load_exported_whisper(folder):
+    """The Whisper model of a folder written by :func:`export_whisper`.
+
+    Arguments
+    ---------
+    folder : str or pathlib.Path
+        The exported folder (or a dense Hugging Face Whisper folder).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``transformers``' ``WhisperForConditionalGeneration``, its pruned
+        parts rebuilt and loaded, in eval mode.
+    """
+    from transformers import WhisperForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the pruned parts are not in it
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(folder)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for part in PARTS:
+        weights, structure = part_files(part)
+        if (folder / structure).is_file():
+            stack = _rebuild(model, folder / structure, part)
+            stack.load_state_dict(torch.load(folder / weights))
+    return model.eval()
+
+
 def load_exported_encoder(folder):
     """The encoder of a folder written by :func:`export_whisper`.
 
@@ -378,16 +421,4 @@ def load_exported_encoder(folder):
     torch.nn.Module
         The Hugging Face ``WhisperEncoder``, pruned, in eval mode.
     """
-    from transformers import WhisperModel
-    from transformers.utils import logging as hf_logging
-
-    folder = Path(folder)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the encoder weights are not in it
-    try:
-        model = WhisperModel.from_pretrained(folder)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    encoder = rebuild_encoder(model, folder / ENCODER_STRUCTURE)
-    encoder.load_state_dict(torch.load(folder / ENCODER_WEIGHTS))
-    return encoder.eval()
+    return load_exported_whisper(folder).model.encoder

