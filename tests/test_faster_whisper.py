@@ -1,5 +1,6 @@
 """Compressed Whisper as CTranslate2: computed as in PyTorch, refusals."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sb_prune.deploy.whisper import export_whisper
 from sb_prune.families.whisper.faster_whisper import export_ctranslate2
 from sb_prune.importers.ctranslate2 import convert_whisper, read_model_bin
 from sb_prune.methods.criteria.criteria import find_members, make_criterion
+from sb_prune.methods.low_rank.embedding import LowRankEmbedding
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
 transformers = pytest.importorskip("transformers")
@@ -66,21 +68,22 @@ def dense_folder(model, folder):
 
 
 def prune(model, heads):
-    """FFN units by magnitude, a different count in each layer; with
-    ``heads``, one head of two in every attention block and a layer cut
-    in the encoder and the decoder."""
+    """FFN units by magnitude, a different count in each layer; heads
+    ``uniform`` (one of two in every block, and a layer cut in the encoder
+    and the decoder) or ``different`` (one or two by block)."""
     criterion = make_criterion("magnitude")
     kept = {}
     for index, member in enumerate(find_members(model, ["ffn"])):
         kept[member] = 9 + index
-    if heads:
-        kept.update((m, 1) for m in find_members(model, ["heads"]))
+    for index, member in enumerate(find_members(model, ["heads"])):
+        if heads == "uniform" or (heads == "different" and index % 2):
+            kept[member] = 1
     plan = {}
     for member, count in kept.items():
         order = criterion.score(member).argsort(descending=True)[:count]
         plan[member.path] = member.plan(order.sort().values)
     apply_plan(model, plan)
-    if heads:
+    if heads == "uniform":
         for part in ("encoder", "decoder"):
             stack = getattr(model.model, part)
             layers = list(range(len(stack.layers) - 1))
@@ -108,21 +111,28 @@ def greedy(model, features, steps):
     return tokens[len(PROMPT) :], torch.stack(scores)
 
 
-@pytest.mark.parametrize("heads", [False, True])
+@pytest.mark.parametrize("heads", ["dense", "uniform", "different"])
 def test_pruned_whisper_computes_in_ctranslate2_as_in_pytorch(tmp_path, heads):
-    """FFN units pruned to a different width in each layer (and, with
-    ``heads``, one head of two kept everywhere and a layer cut): the
-    exported folder converts; CTranslate2's encoder output matches
-    PyTorch's, and its greedy tokens are PyTorch's."""
+    """FFN units pruned to a different width in each layer; heads dense,
+    one of two kept in every block (and a layer cut), or different counts
+    by block (padded with zero heads): the exported folder converts;
+    CTranslate2's encoder output matches PyTorch's, its greedy tokens and
+    their scores are PyTorch's; int8 weights stay within 0.1."""
     model = peaked_whisper()
     dense = dense_folder(model, tmp_path / "dense")
     prune(model, heads)
     export_whisper(model, dense, tmp_path / "exported")
-    summary = export_ctranslate2(tmp_path / "exported", tmp_path / "ct2")
-    assert summary["encoder"]["layers"] == (2 if heads else 3)
-    assert summary["decoder"]["heads"] == (1 if heads else 2)
+    pad = heads == "different"
+    summary = export_ctranslate2(
+        tmp_path / "exported", tmp_path / "ct2", pad_heads=pad
+    )
+    assert summary["encoder"]["layers"] == (2 if heads == "uniform" else 3)
+    assert summary["decoder"]["heads"] == (1 if heads == "uniform" else 2)
     assert summary["decoder"]["head_dim"] == 8
-    in_memory = export_ctranslate2(dense, tmp_path / "mem", whisper=model)
+    assert summary["decoder"]["zero_heads"] == (2 if pad else 0)
+    in_memory = export_ctranslate2(
+        dense, tmp_path / "mem", whisper=model, pad_heads=pad
+    )
     assert in_memory["encoder"] == summary["encoder"]
     _, variables = read_model_bin(tmp_path / "ct2" / "model.bin")
     widths = [
@@ -130,19 +140,24 @@ def test_pruned_whisper_computes_in_ctranslate2_as_in_pytorch(tmp_path, heads):
         for part in ("encoder", "decoder")
         for index in range(summary[part]["layers"])
     ]
-    assert widths == ([9, 10, 12] if heads else [9, 10, 11, 12, 13])
-    export_ctranslate2(dense, tmp_path / "int8", model, quantization="int8")
+    assert widths == (
+        [9, 10, 12] if heads == "uniform" else [9, 10, 11, 12, 13]
+    )
+    export_ctranslate2(
+        dense, tmp_path / "int8", model, quantization="int8", pad_heads=pad
+    )
     _, variables = read_model_bin(tmp_path / "int8" / "model.bin")
     assert variables["decoder/layer_0/ffn/linear_0/weight"].dtype == np.int8
     torch.manual_seed(3)
     features = torch.randn(2, 8, 20)
     with torch.no_grad():
         expected = model.model.encoder(features).last_hidden_state
-    for folder in ("ct2", "mem"):
+    for folder, atol in (("ct2", 1e-5), ("mem", 1e-5), ("int8", 0.1)):
         ct2 = ctranslate2.models.Whisper(str(tmp_path / folder), device="cpu")
-        encoded = ct2.encode(storage(features))
-        got = torch.from_numpy(np.array(encoded))
-        assert torch.allclose(got, expected, atol=1e-5)
+        got = torch.from_numpy(np.array(ct2.encode(storage(features))))
+        assert torch.allclose(got, expected, atol=atol)
+        if folder == "int8":
+            continue
         for index in range(2):
             result = ct2.generate(
                 storage(features[index : index + 1]),
@@ -164,14 +179,23 @@ def test_structures_ctranslate2_cannot_hold_are_refused(tmp_path):
     dense = dense_folder(model, tmp_path / "dense")
     layers = model.model.encoder.layers
     apply_plan(layers[1].self_attn, {"": {"heads": torch.tensor([0])}})
-    with pytest.raises(ValueError, match="layers.1.self_attn: 1, layers.2"):
+    with pytest.raises(
+        ValueError, match="self_attn: 1, layers.2.self_attn: 2 "
+    ):
         export_ctranslate2(dense, tmp_path / "heads", whisper=model)
     model = peaked_whisper()
     decoder = model.model.decoder
     decoder.layers[0].fc2 = LowRankLinear.from_linear(decoder.layers[0].fc2, 4)
     with pytest.raises(ValueError, match="decoder layers.0.fc2: a LowRank"):
         export_ctranslate2(dense, tmp_path / "low", whisper=model)
-    assert not (tmp_path / "heads").exists()
+    model = peaked_whisper()
+    decoder = model.model.decoder
+    decoder.embed_tokens = LowRankEmbedding.from_embedding(
+        decoder.embed_tokens, 4
+    )
+    with pytest.raises(ValueError, match="embed_tokens: a LowRankEmbedding"):
+        export_ctranslate2(dense, tmp_path / "table", whisper=model)
+    assert not any((tmp_path / n).exists() for n in ("heads", "low", "table"))
 
 
 def transcripts(folder, audio, compute_type):
@@ -267,3 +291,68 @@ def test_real_pruned_whisper_in_ctranslate2_and_faster_whisper(tmp_path):
                 [plain_words(references[path.stem])],
             )
         assert stats.summarize("error_rate") < 20.0
+
+
+def test_export_refuses_ctranslate2_for_runs_of_other_models(tmp_path, capsys):
+    """``sb-prune export --ctranslate2`` of a run that is not Whisper's."""
+    from sb_prune.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "hyperparams.yaml").write_text(
+        "modules:\n  lin: !new:torch.nn.Linear [2, 2]\n"
+    )
+    argv = ["export", "--source", str(run), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as raised:
+        main([*argv, "--ctranslate2", "int8"])
+    assert raised.value.code == 2
+    assert "--ctranslate2 writes Whisper models" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exported_whisper_run_runs_in_faster_whisper(
+    whisper_tiny_en, tmp_path, capsys
+):
+    """The README's Whisper recipe run (one pruning step of FFN units and
+    heads in the encoder, allocated globally: blocks keep different head
+    counts), then ``sb-prune export --ctranslate2 --pad-heads``: on a
+    test utterance, CTranslate2's encoder output is WhisperASR's on the
+    exported folder, and faster-whisper transcribes it."""
+    from speechbrain.inference.ASR import WhisperASR
+    from test_upstream_whisper import ONE_STEP
+    from upstream.runs import (
+        distillation_fragment,
+        run_whisper,
+        whisper_data,
+        write_whisper_recipe,
+    )
+
+    from sb_prune.cli import main
+
+    pytest.importorskip("faster_whisper", reason="faster-whisper not here")
+    if not (SHARED / "librilight").is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    data = whisper_data(
+        SHARED / "librilight", tmp_path / "csv", train=2, dev=1, test=1
+    )
+    script = write_whisper_recipe(
+        tmp_path / "recipe", distillation_fragment(ONE_STEP)
+    )
+    run_whisper(script, whisper_tiny_en, tmp_path / "run", data, threads=1)
+    out = tmp_path / "exported"
+    argv = ["export", "--source", str(tmp_path / "run"), "--out", str(out)]
+    capsys.readouterr()
+    assert main([*argv, "--ctranslate2", "--pad-heads"]) == 0
+    encoder = json.loads(capsys.readouterr().out)["ctranslate2"]["encoder"]
+    assert encoder["zero_heads"] > 0 and encoder["heads"] <= 6
+    asr = WhisperASR.from_hparams(source=str(out), savedir=str(out))
+    with open(data["test_csv"][0], newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    wav = row["wav"].replace("$data_root", data["data_folder"])
+    mel = asr.mods.whisper._get_mel(asr.load_audio(wav).unsqueeze(0))
+    with torch.no_grad():
+        expected = asr.mods.whisper.forward_encoder(mel)
+    ct2 = ctranslate2.models.Whisper(str(out / "ctranslate2"), device="cpu")
+    got = torch.from_numpy(np.array(ct2.encode(storage(mel))))
+    assert torch.allclose(got, expected, atol=1e-3)
+    assert transcripts(out / "ctranslate2", [wav], "float32")[0].strip()

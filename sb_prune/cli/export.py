@@ -35,6 +35,24 @@ def add_arguments(parser):
         "sb_prune[onnx])",
     )
     parser.add_argument(
+        "--ctranslate2",
+        nargs="?",
+        const="float32",
+        default=None,
+        metavar="WEIGHTS",
+        help="Whisper runs: also write ctranslate2/, the model for "
+        "CTranslate2 and faster-whisper, its weights float32 (default) or "
+        "int8, float16... (needs the ctranslate2 extra: pip install "
+        "sb_prune[ctranslate2])",
+    )
+    parser.add_argument(
+        "--pad-heads",
+        action="store_true",
+        help="with --ctranslate2: attention blocks of the encoder (or "
+        "decoder) that kept different head counts get zero heads up to "
+        "the largest (exact; CTranslate2 holds one count per stack)",
+    )
+    parser.add_argument(
         "--search",
         default=None,
         help="encoder-decoder runs: the hparams key of the beam searcher "
@@ -52,5 +70,15 @@ def main(args):
         torchscript=args.torchscript,
         search=args.search,
         onnx=args.onnx,
+        ctranslate2=_ctranslate2_options(args),
     )
     print(json.dumps(summary, indent=2))
+
+
+def _ctranslate2_options(args):
+    """``export_ctranslate2``'s options from the command line, or None."""
+    if args.ctranslate2 is None:
+        if args.pad_heads:
+            raise ValueError("export: --pad-heads goes with --ctranslate2")
+        return None
+    return {"quantization": args.ctranslate2, "pad_heads": args.pad_heads}

@@ -138,6 +138,7 @@ def export_pretrained(
     torchscript=False,
     search=None,
     onnx=False,
+    ctranslate2=None,
 ):
     """Write a SpeechBrain pretrained-model folder from a recipe run.
 
@@ -162,6 +163,12 @@ def export_pretrained(
     onnx : bool
         Also write ``ctc_encoder.onnx`` (batch 1, any length; see
         :mod:`sb_prune.deploy.onnx`), checked under ONNX Runtime.
+    ctranslate2 : dict, optional
+        For an encoder-decoder Whisper run: also write the folder's
+        ``ctranslate2/``, for CTranslate2 and faster-whisper, with these
+        options of
+        :func:`sb_prune.families.whisper.faster_whisper.export_ctranslate2`
+        (``quantization``, ``pad_heads``).
 
     Returns
     -------
@@ -180,7 +187,14 @@ def export_pretrained(
                 f"encoders; {run_folder} is a Whisper run, exported for "
                 "WhisperASR only"
             )
-        return export_whisper_run(run_folder, out_folder, min_key, search)
+        return export_whisper_run(
+            run_folder, out_folder, min_key, search, ctranslate2
+        )
+    if ctranslate2 is not None:
+        raise ValueError(
+            f"export: --ctranslate2 writes Whisper models; {run_folder} is "
+            "not a run of SpeechBrain's Whisper recipe"
+        )
     hparams = read_hparams(run_folder, "--source")
     text = (run_folder / "hyperparams.yaml").read_text(encoding="utf-8")
     if search is None:

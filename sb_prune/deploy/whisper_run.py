@@ -46,6 +46,7 @@ from sb_prune.deploy.run_folders import (
     read_hparams,
     tokenizer_file,
 )
+from sb_prune.families.whisper.faster_whisper import export_ctranslate2
 from sb_prune.families.whisper.folders import (
     ENCODER_STRUCTURE,
     MAX_DECODE_RATIO,
@@ -139,7 +140,9 @@ def whisper_source(hparams_file):
     )
 
 
-def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
+def export_whisper_run(
+    run_folder, out_folder, min_key="WER", search=None, ctranslate2=None
+):
     """Write the model a Whisper recipe run tested as a pretrained folder.
 
     Arguments
@@ -154,13 +157,18 @@ def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
     search : str, optional
         An encoder-decoder run's searcher to decode with, its hparams key
         (default ``test_search``, else ``valid_search``).
+    ctranslate2 : dict, optional
+        An encoder-decoder run: also write ``<out_folder>/ctranslate2``
+        for CTranslate2 and faster-whisper, with these options of
+        :func:`~sb_prune.families.whisper.faster_whisper.export_ctranslate2`.
 
     Returns
     -------
     dict
         What was exported: the parameters (the Whisper's and a CTC
         head's), the encoder's and decoder's, the pruned parts, the
-        checkpoints loaded, the interface and the folder.
+        checkpoints loaded, the interface, the folder and the CTranslate2
+        model's layers and heads.
     """
     run_folder = Path(run_folder)
     hparams_file = run_folder / "hyperparams.yaml"
@@ -173,6 +181,12 @@ def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
     hparams = read_hparams(run_folder, "--source")
     whisper = hparams["modules"]["whisper"]
     if whisper.encoder_only:
+        if ctranslate2 is not None:
+            raise ValueError(
+                f"export: --ctranslate2 writes Whisper's encoder-decoder; "
+                f"{hparams_file} decodes with a CTC head, which "
+                "faster-whisper does not run"
+            )
         return _export_ctc(run_folder, hparams, source, out_folder, min_key)
     beam_size, max_decode_ratio = _decoding(hparams, hparams_file, search)
     averaged = load_evaluated_checkpoints(hparams, min_key)
@@ -187,6 +201,12 @@ def export_whisper_run(run_folder, out_folder, min_key="WER", search=None):
     summary["params"] = sum(p.numel() for p in whisper.parameters())
     summary["averaged_checkpoints"] = averaged
     summary["interface"] = "WhisperASR"
+    if ctranslate2 is not None:
+        summary["ctranslate2"] = export_ctranslate2(
+            out_folder,
+            Path(out_folder) / "ctranslate2",
+            **ctranslate2,
+        )
     return summary
 
 

@@ -17,9 +17,11 @@ blocks of the encoder one head count, and those of the decoder (self- and
 cross-attention) one: a model whose heads were pruned to the same count
 in every block of a stack exports (each block declares its head width,
 which CTranslate2 would otherwise take as the model width over the head
-count); different counts are refused (:func:`ctranslate2_heads`), as are
-low-rank factors (``LowRankLinear``, ``LowRankEmbedding``) and any layer
-CTranslate2's Whisper does not have (:data:`DENSE_WHISPER_MODULES`).
+count). Different counts (``CriterionPruning``'s ``allocation: global``)
+are refused, or with ``pad_heads`` padded with zero heads up to the
+stack's largest count (:func:`pad_heads_`: exact, but computed). Low-rank
+factors (``LowRankLinear``, ``LowRankEmbedding``) are refused, as is any
+layer CTranslate2's Whisper does not have (:data:`DENSE_WHISPER_MODULES`).
 
 Authors
  * sb_prune developers
@@ -29,6 +31,10 @@ import copy
 import json
 from pathlib import Path
 
+import torch
+
+from sb_prune.core.registry import qualified_name, spec_of
+from sb_prune.families.whisper import MODULE
 from sb_prune.families.whisper.folders import (
     PARTS,
     load_exported_whisper,
@@ -37,21 +43,26 @@ from sb_prune.families.whisper.folders import (
 from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
 
 #: The module types of a Whisper encoder and decoder that CTranslate2's
-#: Whisper holds (``transformers`` classes by their class names).
+#: Whisper holds, by qualified name.
 DENSE_WHISPER_MODULES = (
-    "WhisperEncoder",
-    "WhisperDecoder",
-    "WhisperEncoderLayer",
-    "WhisperDecoderLayer",
-    "WhisperAttention",
-    "WhisperPositionalEmbedding",
-    "GELUActivation",
-    "ModuleList",
-    "Linear",
-    "Conv1d",
-    "LayerNorm",
-    "Embedding",
-    "Dropout",
+    *(
+        MODULE + name
+        for name in (
+            "WhisperEncoder",
+            "WhisperDecoder",
+            "WhisperEncoderLayer",
+            "WhisperDecoderLayer",
+            "WhisperAttention",
+            "WhisperPositionalEmbedding",
+        )
+    ),
+    "transformers.activations.GELUActivation",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.conv.Conv1d",
+    "torch.nn.modules.normalization.LayerNorm",
+    "torch.nn.modules.sparse.Embedding",
+    "torch.nn.modules.dropout.Dropout",
 )
 #: What to do about the layers CTranslate2's Whisper cannot hold.
 _INSTEAD = {
@@ -67,8 +78,50 @@ _INSTEAD = {
 COPIED_FILES = ("tokenizer.json", "preprocessor_config.json")
 
 
-def ctranslate2_heads(part, stack):
-    """The head count and width a stack's attention blocks all share.
+def pad_heads_(attention, heads):
+    """Give a Whisper attention block zero heads up to ``heads``, in place.
+
+    A zero head scores every key alike and averages zero values: its
+    output, and the block's, are exactly what they were.
+
+    Arguments
+    ---------
+    attention : torch.nn.Module
+        A Hugging Face ``WhisperAttention``.
+    heads : int
+        Its new head count (at least the current one).
+
+    Example
+    -------
+    >>> import torch
+    >>> from transformers import WhisperConfig
+    >>> from transformers.models.whisper.modeling_whisper import (
+    ...     WhisperAttention,
+    ... )
+    >>> attention = WhisperAttention(8, 2, config=WhisperConfig()).eval()
+    >>> x = torch.randn(1, 5, 8)
+    >>> before = attention(x)[0]
+    >>> pad_heads_(attention, 3)
+    >>> attention.num_heads, attention.q_proj.weight.shape
+    (3, torch.Size([12, 8]))
+    >>> torch.allclose(attention(x)[0], before, atol=1e-6)
+    True
+    """
+    kept = attention.num_heads * attention.head_dim
+    old = {k: v.clone() for k, v in attention.state_dict().items()}
+    spec_of(attention).set_structure(attention, {"heads": heads})  # zeros
+    with torch.no_grad():
+        for name, value in attention.state_dict().items():
+            if name.startswith("out_proj.weight"):
+                value[:, :kept] = old[name]
+            elif name.startswith("out_proj"):
+                value.copy_(old[name])
+            else:
+                value[:kept] = old[name]
+
+
+def ctranslate2_heads(part, stack, pad=False):
+    """The head count and width that a stack's attention blocks all share.
 
     Arguments
     ---------
@@ -76,17 +129,20 @@ def ctranslate2_heads(part, stack):
         ``encoder`` or ``decoder``, for the messages.
     stack : torch.nn.Module
         A Hugging Face ``WhisperEncoder`` or ``WhisperDecoder``.
+    pad : bool
+        Blocks with fewer heads than the stack's largest count get zero
+        heads up to it (:func:`pad_heads_`, in place) instead of a refusal.
 
     Returns
     -------
     tuple of int
-        ``(heads, head_dim)``.
+        ``(heads, head_dim, zero heads added)``.
 
     Raises
     ------
     ValueError
-        A layer CTranslate2's Whisper does not hold, or attention blocks
-        with different head counts, named by path.
+        A layer CTranslate2's Whisper does not hold, or (without ``pad``)
+        attention blocks with different head counts, named by path.
 
     Example
     -------
@@ -101,14 +157,18 @@ def ctranslate2_heads(part, stack):
     ... )
     >>> encoder = WhisperEncoder(config)
     >>> ctranslate2_heads("encoder", encoder)
-    (2, 4)
-    >>> encoder.layers[1].self_attn.num_heads = 1
+    (2, 4, 0)
+    >>> pad_heads_(encoder.layers[1].self_attn, 3)
     >>> ctranslate2_heads("encoder", encoder)
     Traceback (most recent call last):
     ...
     ValueError: encoder: CTranslate2 gives all attention blocks of a \
 Whisper encoder one head count; these keep layers.0.self_attn: 2, \
-layers.1.self_attn: 1 (prune heads with the same count in every block)
+layers.1.self_attn: 3 (prune heads with the same count in every block: \
+CriterionPruning's allocation uniform; or pad_heads: sb-prune export \
+--pad-heads)
+    >>> ctranslate2_heads("encoder", encoder, pad=True)
+    (3, 4, 1)
     >>> encoder.layers[0].fc1 = torch.nn.Sequential()
     >>> ctranslate2_heads("encoder", encoder)
     Traceback (most recent call last):
@@ -116,25 +176,32 @@ layers.1.self_attn: 1 (prune heads with the same count in every block)
     ValueError: encoder layers.0.fc1: a Sequential, which CTranslate2's \
 Whisper does not have
     """
-    heads = {}
+    blocks = {}
     for path, module in stack.named_modules():
         name = type(module).__name__
-        if name not in DENSE_WHISPER_MODULES:
+        if qualified_name(type(module)) not in DENSE_WHISPER_MODULES:
             instead = _INSTEAD.get(name, "")
             raise ValueError(
                 f"{part} {path}: a {name}, which CTranslate2's Whisper does "
                 f"not have{'; ' if instead else ''}{instead}"
             )
         if name == "WhisperAttention":
-            heads[path] = (module.num_heads, module.head_dim)
-    if len(set(heads.values())) != 1:
-        kept = ", ".join(f"{path}: {n}" for path, (n, _) in heads.items())
+            blocks[path] = module
+    heads = max(block.num_heads for block in blocks.values())
+    added = sum(heads - block.num_heads for block in blocks.values())
+    if added and not pad:
+        kept = ", ".join(f"{p}: {b.num_heads}" for p, b in blocks.items())
         raise ValueError(
             f"{part}: CTranslate2 gives all attention blocks of a Whisper "
             f"{part} one head count; these keep {kept} (prune heads with "
-            "the same count in every block)"
+            "the same count in every block: CriterionPruning's allocation "
+            "uniform; or pad_heads: sb-prune export --pad-heads)"
         )
-    return next(iter(heads.values()))
+    for block in blocks.values():
+        if block.num_heads < heads:
+            pad_heads_(block, heads)
+    head_dims = {block.head_dim for block in blocks.values()}
+    return heads, head_dims.pop(), added
 
 
 def _declare_head_dims(spec, head_dims):
@@ -174,7 +241,9 @@ def _converter(folder, model, head_dims):
     return PrunedWhisperConverter(str(folder), copy_files=copied)
 
 
-def export_ctranslate2(folder, out_folder, whisper=None, quantization=None):
+def export_ctranslate2(
+    folder, out_folder, whisper=None, quantization=None, pad_heads=False
+):
     """Write a (pruned) Whisper as a CTranslate2 folder for faster-whisper.
 
     Arguments
@@ -195,17 +264,22 @@ def export_ctranslate2(folder, out_folder, whisper=None, quantization=None):
         CTranslate2's weight type (``int8``, ``float16``...; default: the
         weights' own, float32). faster-whisper's ``compute_type`` converts
         at load time either way.
+    pad_heads : bool
+        Where a stack's attention blocks keep different head counts, give
+        each zero heads up to the largest count (exact, but CTranslate2
+        computes them); default: refuse.
 
     Returns
     -------
     dict
-        The layer counts, head counts and head widths exported, and the
+        Per part, the layers, heads, head width and zero heads added; the
         folder.
 
     Raises
     ------
     ValueError
-        A structure CTranslate2 cannot hold (see :func:`ctranslate2_heads`).
+        A structure CTranslate2 cannot hold (see :func:`ctranslate2_heads`),
+        named by layer.
     """
     folder, out = Path(folder), Path(out_folder)
     if not (folder / "config.json").is_file():
@@ -226,25 +300,27 @@ def export_ctranslate2(folder, out_folder, whisper=None, quantization=None):
         for part, stack in whisper_parts(whisper).items():
             stack = strip_adaptive_dropout(copy.deepcopy(stack)).eval()
             setattr(model.model, part, stack)
-    decoder = model.model.decoder
-    model.proj_out.weight = decoder.embed_tokens.weight  # Whisper's tie
     summary = {"folder": str(out)}
     head_dims = {}
     for part in PARTS:
         stack = getattr(model.model, part)
-        heads, head_dims[part] = ctranslate2_heads(part, stack)
+        heads, head_dims[part], added = ctranslate2_heads(
+            part, stack, pad=pad_heads
+        )
         setattr(model.config, f"{part}_layers", len(stack.layers))
         setattr(model.config, f"{part}_attention_heads", heads)
         summary[part] = {
             "layers": len(stack.layers),
             "heads": heads,
             "head_dim": head_dims[part],
+            "zero_heads": added,
         }
     if (dense["decoder_layers"], dense["decoder_attention_heads"]) != (
         summary["decoder"]["layers"],
         summary["decoder"]["heads"],
     ):  # word alignment heads name dense heads: CTranslate2's default
         model.generation_config.alignment_heads = None
+    model.proj_out.weight = model.model.decoder.embed_tokens.weight  # tied
     _converter(folder, model, head_dims).convert(
         str(out), quantization=quantization
     )
