@@ -61,7 +61,7 @@ def dense_folder(model, folder):
         eos_token=SPECIAL[0],
         pad_token=SPECIAL[0],
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[1:]})
+    tokenizer.add_tokens(SPECIAL[1:], special_tokens=True)
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
@@ -134,6 +134,8 @@ def test_pruned_whisper_computes_in_ctranslate2_as_in_pytorch(tmp_path, heads):
         dense, tmp_path / "mem", whisper=model, pad_heads=pad
     )
     assert in_memory["encoder"] == summary["encoder"]
+    config = json.loads((tmp_path / "ct2" / "config.json").read_text())
+    assert config["lang_ids"] == [52]  # <|en|>, for language detection
     _, variables = read_model_bin(tmp_path / "ct2" / "model.bin")
     widths = [
         variables[f"{part}/layer_{index}/ffn/linear_0/weight"].shape[0]

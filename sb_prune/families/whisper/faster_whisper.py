@@ -204,6 +204,15 @@ Whisper does not have
     return heads, head_dims.pop(), added
 
 
+def _language_ids(tokenizer_file):
+    """``{token: id}`` of the language tokens of a Whisper tokenizer.json."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    added = json.loads(Path(tokenizer_file).read_text())["added_tokens"]
+    names = {f"<|{code}|>" for code in LANGUAGES}
+    return {t["content"]: t["id"] for t in added if t["content"] in names}
+
+
 def _declare_head_dims(spec, head_dims):
     """Give each attention spec of a Whisper spec its stack's head width."""
     from ctranslate2.specs.attention_spec import MultiHeadAttentionSpec
@@ -320,6 +329,11 @@ def export_ctranslate2(
         summary["decoder"]["heads"],
     ):  # word alignment heads name dense heads: CTranslate2's default
         model.generation_config.alignment_heads = None
+    if not getattr(model.generation_config, "lang_to_id", None):
+        # faster-whisper detects the language among these
+        model.generation_config.lang_to_id = _language_ids(
+            folder / "tokenizer.json"
+        )
     model.proj_out.weight = model.model.decoder.embed_tokens.weight  # tied
     _converter(folder, model, head_dims).convert(
         str(out), quantization=quantization
