@@ -241,7 +241,7 @@ def _converter(folder, model, head_dims):
         def load_model(self, model_class, model_name_or_path, **kwargs):
             return model
 
-        def _load(self):
+        def _load(self):  # Converter.convert builds the spec with it
             spec = super()._load()
             _declare_head_dims(spec, head_dims)
             return spec
@@ -290,6 +290,13 @@ def export_ctranslate2(
         A structure CTranslate2 cannot hold (see :func:`ctranslate2_heads`),
         named by layer.
     """
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "export_ctranslate2 needs ctranslate2: pip install "
+            "sb_prune[ctranslate2]"
+        ) from error
     folder, out = Path(folder), Path(out_folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -303,7 +310,7 @@ def export_ctranslate2(
         raise FileExistsError(
             f"{out} exists; export_ctranslate2 writes a new folder"
         )
-    dense = json.loads((folder / "config.json").read_text())
+    original = json.loads((folder / "config.json").read_text())
     model = load_exported_whisper(folder)
     if whisper is not None:
         for part, stack in whisper_parts(whisper).items():
@@ -324,9 +331,10 @@ def export_ctranslate2(
             "head_dim": head_dims[part],
             "zero_heads": added,
         }
-    if (dense["decoder_layers"], dense["decoder_attention_heads"]) != (
-        summary["decoder"]["layers"],
-        summary["decoder"]["heads"],
+    decoder = summary["decoder"]
+    if decoder["zero_heads"] or (decoder["layers"], decoder["heads"]) != (
+        original["decoder_layers"],
+        original["decoder_attention_heads"],
     ):  # word alignment heads name dense heads: CTranslate2's default
         model.generation_config.alignment_heads = None
     if not getattr(model.generation_config, "lang_to_id", None):
