@@ -266,6 +266,12 @@ def main():
         "--work", type=Path, default=ROOT / "benchmarks" / "out" / "whisper"
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--train_only",
+        action="store_true",
+        help="run the configurations only (no timing, no JSON): the "
+        "timing of a final run then sees every model side by side",
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
@@ -287,6 +293,8 @@ def main():
                 ),
             )
         )
+    if args.train_only:
+        return
     dense_folder = args.work / args.model / "dense-zero-shot"
     dense_folder = sorted(dense_folder.glob("*/exported"))[0]
     test_csv = dense_folder.parent / "test.csv"
