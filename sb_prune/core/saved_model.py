@@ -78,6 +78,8 @@ def load_exported(model, folder):
     with open(os.path.join(folder, STRUCTURE_FILE)) as handle:
         restore(model, json.load(handle))
     device = next(model.parameters()).device
-    state = torch.load(os.path.join(folder, MODEL_FILE), map_location=device)
+    state = torch.load(
+        os.path.join(folder, MODEL_FILE), map_location=device, weights_only=True
+    )
     model.load_state_dict(state)
     return model

@@ -136,7 +136,7 @@ class WeightChangeTracker(PruningHook):
             raise FileNotFoundError(
                 f"The weight file {path} named by the checkpoint is missing"
             )
-        return torch.load(path, map_location="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     def on_fit_start(self, brain):
         """Save theta_0 on a fresh start; reload it after a resume."""

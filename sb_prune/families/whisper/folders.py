@@ -389,5 +389,6 @@ def load_exported_encoder(folder):
     finally:
         hf_logging.set_verbosity(verbosity)
     encoder = rebuild_encoder(model, folder / ENCODER_STRUCTURE)
-    encoder.load_state_dict(torch.load(folder / ENCODER_WEIGHTS))
+    weights = torch.load(folder / ENCODER_WEIGHTS, weights_only=True)
+    encoder.load_state_dict(weights)
     return encoder.eval()
