@@ -36,6 +36,9 @@ from sb_prune.core.registry import (
 #: and a bound on what a record can make the placeholders allocate.
 MAX_SIZE = 2**16
 
+#: What a spec's ``set_structure`` raises on sizes its module cannot take.
+_RESIZE_ERRORS = (AttributeError, RuntimeError, TypeError, ValueError)
+
 
 def _structure_spec(module):
     spec = spec_of(module)
@@ -150,7 +153,7 @@ def restore(root, record):
         if current != spec:
             try:
                 handler.set_structure(module, spec)
-            except (TypeError, ValueError) as error:
+            except _RESIZE_ERRORS as error:
                 raise ValueError(
                     f"The structure record's entry for '{path}' does not fit "
                     f"its {name}: {error}"
