@@ -255,18 +255,24 @@ def check_strings(key, values):
     Traceback (most recent call last):
     ...
     ValueError: scope must be a list of non-empty strings, got ['a', 3]
+    >>> check_strings("modules", {"ffn1": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: modules must be a list of non-empty strings, got {'ffn1': 1}
     """
     if isinstance(values, str):
         values = [values]
-    try:
-        values = list(values)
-    except TypeError:
-        values = None
-    if not values or not all(isinstance(v, str) and v for v in values):
+    strings = None
+    if not isinstance(values, dict):
+        try:
+            strings = list(values)
+        except TypeError:
+            pass
+    if not strings or not all(isinstance(v, str) and v for v in strings):
         raise ValueError(
             f"{key} must be a list of non-empty strings, got {values!r}"
         )
-    return values
+    return strings
 
 
 def check_bool(key, value):
