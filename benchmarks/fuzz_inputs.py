@@ -12,8 +12,8 @@ Kinds of input (a seeded ``random.Random`` draws them):
 
 * ``structure record``: the record of a tiny Conformer (low-rank and
   adaptive-dropout layers included), mutated: keys missing or added,
-  sizes negative, huge, of the wrong type, type names unknown, entries
-  that are not mappings; given to ``restore``;
+  sizes negative, huge, of the wrong type, lists of sizes, type names
+  unknown, entries that are not mappings; given to ``restore``;
 * ``structure file``: an exported folder's ``structure.json``, truncated
   or with bytes changed; loaded by ``load_exported``;
 * ``model.bin``: a small CTranslate2 file (``write_model_bin`` of the
@@ -105,7 +105,9 @@ def _mutate_entry(rng, entry):
     entry = copy.deepcopy(entry)
     sizes = [key for key in entry if key != "type"]
     key = rng.choice(sizes)
-    how = rng.choice(["drop", "extra", "huge", "negative", "wrong", "type"])
+    how = rng.choice(
+        ["drop", "extra", "huge", "negative", "wrong", "list", "type"]
+    )
     if how == "drop":
         key = rng.choice(sizes + ["type"])
         del entry[key]
@@ -118,6 +120,9 @@ def _mutate_entry(rng, entry):
         entry[key] = -rng.randint(1, 2**40)
     elif how == "wrong":
         entry[key] = rng.choice(HOSTILE)
+    elif how == "list":
+        size = rng.choice([0, 1, 4, MAX_SIZE // 2, MAX_SIZE])
+        entry[key] = [size] * rng.randint(0, 64)
     else:
         key = "type"
         entry[key] = rng.choice(

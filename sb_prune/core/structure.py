@@ -15,6 +15,13 @@ resizes tensors to the recorded sizes with placeholder values (the
 checkpoint load fills them), so a module can grow back to an older, larger
 structure as well as shrink.
 
+A record is data read from files (checkpoints, exported folders): before
+any tensor is resized, :func:`restore` checks that it maps module paths to
+entries holding a ``type`` name and the sizes that type records, each a
+whole number in ``[0, MAX_SIZE]`` (or a list of them, of that sum at
+most), so a corrupt or hostile record ends in a ValueError naming the
+module, never in an allocation without bound.
+
 Authors
  * sb_prune developers
 """
@@ -173,15 +180,16 @@ def _checked_entry(path, entry):
         if key != "type" and not _is_size(value, lists=True):
             raise ValueError(
                 f"The structure record's entry for '{path}': {key} must be "
-                f"a whole number in [0, {MAX_SIZE}], a list of them or "
-                f"null, got {value!r}"
+                f"a whole number in [0, {MAX_SIZE}], a list of them (its sum "
+                f"at most {MAX_SIZE}) or null, got {value!r}"
             )
     return dict(entry)
 
 
 def _is_size(value, lists=False):
+    """Whether a recorded value is a size (or, with ``lists``, sizes)."""
     if lists and isinstance(value, list):
-        return all(_is_size(v) for v in value)
+        return all(_is_size(v) for v in value) and sum(value) <= MAX_SIZE
     if value is None:
         return lists
     return (

@@ -62,6 +62,7 @@ class _Stream:
         self.left = os.fstat(handle.fileno()).st_size
 
     def take(self, size, what):
+        """The next ``size`` bytes (``what`` they hold, for the message)."""
         if size > self.left:
             raise ValueError(
                 f"{self.path}: {what} needs {size} bytes, {self.left} are "
@@ -71,11 +72,12 @@ class _Stream:
         return self.handle.read(size)
 
     def number(self, fmt, what):
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt), what))[
-            0
-        ]
+        """The next number, of ``struct`` format ``fmt``."""
+        data = self.take(struct.calcsize(fmt), what)
+        return struct.unpack("<" + fmt, data)[0]
 
     def string(self, what):
+        """The next string: its length with the final NUL, then UTF-8."""
         data = self.take(self.number("H", what), what)
         try:
             return data[:-1].decode("utf-8")
@@ -83,6 +85,7 @@ class _Stream:
             raise ValueError(f"{self.path}: {what} is not UTF-8") from None
 
     def array(self, name):
+        """The next variable's array (after its name)."""
         shape = [
             self.number("I", f"the shape of {name}")
             for _ in range(self.number("B", f"the rank of {name}"))
