@@ -2,10 +2,12 @@
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
 from speechbrain.lobes.models.transformer.TransformerLM import TransformerLM
@@ -153,3 +155,37 @@ def tiny_whisper(seed=0, encoder_layers=2):
             if name.endswith("bias"):
                 param.normal_()
     return model
+
+
+#: Data type codes of CTranslate2's model.bin.
+CODES = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
+
+
+def write_model_bin(path, variables, spec="WhisperSpec", version=6, code=None):
+    """A model.bin in CTranslate2's layout (float arrays as float16).
+
+    ``code`` overrides every variable's data type code. Written for the
+    tests of ``read_model_bin``; ``benchmarks/fuzz_inputs.py`` mutates its
+    files.
+    """
+
+    def string(text):
+        data = text.encode()
+        return struct.pack("<H", len(data) + 1) + data + b"\0"
+
+    blob = struct.pack("<I", version) + string(spec) + struct.pack("<I", 3)
+    blob += struct.pack("<I", len(variables))
+    for name, value in variables.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            value = value.astype(np.float16)
+        blob += string(name) + struct.pack("<B", value.ndim)
+        blob += b"".join(struct.pack("<I", d) for d in value.shape)
+        dtype = code if code is not None else CODES[value.dtype.type]
+        blob += struct.pack("<BI", dtype, value.nbytes) + value.tobytes()
+    aliases = {"decoder/projection/weight": "decoder/embeddings/weight"}
+    aliases = {a: t for a, t in aliases.items() if t in variables}
+    blob += struct.pack("<I", len(aliases))
+    for alias, target in aliases.items():
+        blob += string(alias) + string(target)
+    Path(path).write_bytes(blob)

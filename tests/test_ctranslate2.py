@@ -1,12 +1,11 @@
 """Whisper from CTranslate2: the reader, the name mapping, real weights."""
 
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_whisper
+from helpers import tiny_whisper, write_model_bin
 
 from sb_prune.importers.ctranslate2 import (
     convert_whisper,
@@ -79,34 +78,6 @@ def ct2_variables(model):
             linear(f"{hf}.fc1", f"{ct}/ffn/linear_0")
             linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
     return out
-
-
-CODES = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
-
-
-def write_model_bin(path, variables, spec="WhisperSpec", version=6, code=None):
-    """A model.bin in CTranslate2's layout (written for this test)."""
-
-    def string(text):
-        data = text.encode()
-        return struct.pack("<H", len(data) + 1) + data + b"\0"
-
-    blob = struct.pack("<I", version) + string(spec) + struct.pack("<I", 3)
-    blob += struct.pack("<I", len(variables))
-    for name, value in variables.items():
-        value = np.asarray(value)
-        if value.dtype.kind == "f":
-            value = value.astype(np.float16)
-        blob += string(name) + struct.pack("<B", value.ndim)
-        blob += b"".join(struct.pack("<I", d) for d in value.shape)
-        dtype = code if code is not None else CODES[value.dtype.type]
-        blob += struct.pack("<BI", dtype, value.nbytes) + value.tobytes()
-    aliases = {"decoder/projection/weight": "decoder/embeddings/weight"}
-    aliases = {a: t for a, t in aliases.items() if t in variables}
-    blob += struct.pack("<I", len(aliases))
-    for alias, target in aliases.items():
-        blob += string(alias) + string(target)
-    Path(path).write_bytes(blob)
 
 
 def test_converted_weights_compute_what_the_original_computes(tmp_path):

@@ -26,13 +26,13 @@ Authors
 """
 
 import contextlib
-import json
 import logging
 
 from speechbrain.utils.checkpoints import ckpt_recency
 from speechbrain.utils.distributed import ddp_broadcast, if_main_process
 
 from sb_prune.core.registry import spec_of
+from sb_prune.core.structure import read_record
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ def read_structure(checkpoint):
     path = checkpoint.paramfiles.get(STRUCTURE_KEY)
     if path is None:
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return read_record(path)
 
 
 def has_low_rank(root):

@@ -31,6 +31,8 @@ from importlib.metadata import entry_points
 
 import torch
 
+from sb_prune.core.validation import check_int
+
 #: The criterion groups a spec can belong to (``decoder_layers``: the
 #: layers of a decoder's stack; ``layers``: those of an encoder's).
 CRITERION_GROUPS = ("ffn", "heads", "layers", "decoder_layers")
@@ -41,6 +43,9 @@ FAMILY_ENTRY_POINTS = "sb_prune.model_families"
 #: The family of the types registered by :func:`register`.
 USER_FAMILY = "your own"
 
+#: The most layers a structure record may give a stack (it grows by copies
+#: of its last layer): far above any speech encoder's tens of layers.
+MAX_LAYERS = 1024
 _SPECS = {}
 _FAMILIES = {}
 _builtins_loaded = False
@@ -750,7 +755,7 @@ def _keep_layers(stack, layers, after_cut):
 
 def _set_layer_count(stack, spec, after_cut):
     layers = list(stack.layers)
-    wanted = spec["layers"]
+    wanted = check_int("layers", spec["layers"], 1, MAX_LAYERS)
     while len(layers) < wanted:
         layers.append(copy.deepcopy(layers[-1]))
     stack.layers = type(stack.layers)(layers[:wanted])

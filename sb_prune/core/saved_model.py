@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from sb_prune.core.structure import describe, restore
+from sb_prune.core.structure import describe, read_record, restore
 
 MODEL_FILE = "model.ckpt"
 STRUCTURE_FILE = "structure.json"
@@ -74,10 +74,24 @@ def load_exported(model, folder):
     -------
     torch.nn.Module
         ``model``, reshaped and loaded in place.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if the record or the tensors do not fit the model
+        (see :func:`sb_prune.core.structure.restore`).
     """
-    with open(os.path.join(folder, STRUCTURE_FILE)) as handle:
-        restore(model, json.load(handle))
+    structure = os.path.join(folder, STRUCTURE_FILE)
+    record = read_record(structure)
+    try:
+        restore(model, record)
+    except ValueError as error:
+        raise ValueError(f"{structure}: {error}") from error
     device = next(model.parameters()).device
-    state = torch.load(os.path.join(folder, MODEL_FILE), map_location=device)
-    model.load_state_dict(state)
+    path = os.path.join(folder, MODEL_FILE)
+    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit {structure}: {error}") from None
     return model

@@ -15,9 +15,20 @@ resizes tensors to the recorded sizes with placeholder values (the
 checkpoint load fills them), so a module can grow back to an older, larger
 structure as well as shrink.
 
+A record is data read from files (checkpoints, exported folders): before
+any tensor is resized, :func:`restore` checks that it maps module paths to
+entries holding a ``type`` name and the sizes that type records, each a
+whole number in ``[0, MAX_SIZE]`` (or a list of them, of that sum at
+most), so a corrupt or hostile record ends in a ValueError naming the
+module, never in an allocation without bound.
+
 Authors
  * sb_prune developers
 """
+
+import json
+import numbers
+from pathlib import Path
 
 from sb_prune.core.registry import (
     how_to_register,
@@ -26,6 +37,14 @@ from sb_prune.core.registry import (
     spec_of,
     type_matches,
 )
+
+#: The largest size a record may hold: above any group of a speech model
+#: (feed-forward blocks have thousands of units, stacks tens of layers),
+#: and a bound on what a record can make the placeholders allocate.
+MAX_SIZE = 2**16
+
+#: What a spec's ``set_structure`` raises on sizes its module cannot take.
+_RESIZE_ERRORS = (AttributeError, RuntimeError, TypeError, ValueError)
 
 
 def _structure_spec(module):
@@ -100,9 +119,14 @@ def restore(root, record):
     >>> root["ffn"].ffn[0]
     Linear(in_features=4, out_features=3, bias=True)
     """
+    if not isinstance(record, dict):
+        raise ValueError(
+            "A structure record maps module paths to entries, got a "
+            f"{type(record).__name__}"
+        )
     changed = False
     for path in sorted(record, key=lambda p: (p.count(".") if p else -1, p)):
-        spec = dict(record[path])
+        spec = _checked_entry(path, record[path])
         expected_type = spec.pop("type")
         name = _named(expected_type)
         try:
@@ -131,10 +155,63 @@ def restore(root, record):
                 "a module type sb_prune has no spec for: "
                 + how_to_register(expected_type.rsplit(".", 1)[-1])
             )
-        if handler.get_structure(module) != spec:
-            handler.set_structure(module, spec)
+        current = handler.get_structure(module)
+        _check_keys(path, spec, current)
+        if current != spec:
+            try:
+                handler.set_structure(module, spec)
+            except _RESIZE_ERRORS as error:
+                raise ValueError(
+                    f"The structure record's entry for '{path}' does not fit "
+                    f"its {name}: {error}"
+                ) from error
             changed = True
     return changed
+
+
+def _checked_entry(path, entry):
+    """A copy of a record's entry, its type name and sizes checked."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        raise ValueError(
+            f"The structure record's entry for '{path}' must be a mapping "
+            f"with a type name (key: type), got {entry!r}"
+        )
+    for key, value in entry.items():
+        if key != "type" and not _is_size(value, lists=True):
+            raise ValueError(
+                f"The structure record's entry for '{path}': {key} must be "
+                f"a whole number in [0, {MAX_SIZE}], a list of them (its sum "
+                f"at most {MAX_SIZE}) or null, got {value!r}"
+            )
+    return dict(entry)
+
+
+def _is_size(value, lists=False):
+    """Whether a recorded value is a size (or, with ``lists``, sizes)."""
+    if lists and isinstance(value, list):
+        return all(_is_size(v) for v in value) and sum(value) <= MAX_SIZE
+    if value is None:
+        return lists
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_SIZE
+    )
+
+
+def _check_keys(path, spec, current):
+    """The recorded sizes must be those the module's type records."""
+    if set(spec) != set(current):
+        raise ValueError(
+            f"The structure record's entry for '{path}' has the sizes "
+            f"{sorted(spec)}; its type records {sorted(current)}"
+        )
+    for key, value in spec.items():
+        if isinstance(value, list) != isinstance(current[key], list):
+            raise ValueError(
+                f"The structure record's entry for '{path}': {key} must be "
+                f"like {current[key]!r}, got {value!r}"
+            )
 
 
 def _named(type_name):
@@ -146,12 +223,56 @@ def _named(type_name):
 def _replace(root, path, module, expected_type, spec):
     """Build the recorded type in place of ``module`` if its spec can."""
     builder = getattr(spec_named(expected_type), "replaces", None)
-    new = builder(module, spec) if builder is not None else None
+    try:
+        new = builder(module, spec) if builder is not None else None
+    except KeyError as missing:
+        raise ValueError(
+            f"The structure record's entry for '{path}' has no {missing}"
+        ) from None
     if new is None or not path:
         return module
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent), name, new)
     return new
+
+
+def read_record(path):
+    """Read a structure record from its JSON file.
+
+    Arguments
+    ---------
+    path : str or pathlib.Path
+        The file (``structure.json``, ``<part>_structure.json``, the
+        structure file of a checkpoint).
+
+    Returns
+    -------
+    dict
+        The record (:func:`restore` checks its entries).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "structure.json"
+    >>> _ = path.write_text('{"ffn": {"type": "FFN", "hidden": 3}}')
+    >>> read_record(path)
+    {'ffn': {'type': 'FFN', 'hidden': 3}}
+    >>> _ = path.write_text('{"ffn": {"type": "FF')
+    >>> read_record(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: .../structure.json is not a structure record: ...
+    """
+    try:
+        record = json.loads(Path(path).read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a structure record: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{path} is not a structure record: it holds a "
+            f"{type(record).__name__}, not a mapping of module paths"
+        )
+    return record
 
 
 def summarize(record):

@@ -8,7 +8,9 @@ Authors
  * sb_prune developers
 """
 
+import math
 import numbers
+import os
 
 
 def check_keys(section, options, allowed):
@@ -125,10 +127,18 @@ def check_number(
     Traceback (most recent call last):
     ...
     ValueError: weight must be a number >= 0, got '1e-3'
+    >>> check_number("ramp_epochs", float("inf"), low=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: ramp_epochs must be a finite number >= 0, got inf
     """
     bounds = _describe_bounds(low, high, open_low, open_high)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{key} must be a number{bounds}, got {value!r}")
+    if math.isinf(value):
+        raise ValueError(
+            f"{key} must be a finite number{bounds}, got {value!r}"
+        )
     too_low = low is not None and (value <= low if open_low else value < low)
     too_high = high is not None and (
         value >= high if open_high else value > high
@@ -245,15 +255,84 @@ def check_strings(key, values):
     Traceback (most recent call last):
     ...
     ValueError: scope must be a list of non-empty strings, got ['a', 3]
+    >>> check_strings("modules", {"ffn1": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: modules must be a list of non-empty strings, got {'ffn1': 1}
     """
     if isinstance(values, str):
         values = [values]
-    try:
-        values = list(values)
-    except TypeError:
-        values = None
-    if not values or not all(isinstance(v, str) and v for v in values):
+    strings = None
+    if not isinstance(values, dict):
+        try:
+            strings = list(values)
+        except TypeError:
+            pass
+    if not strings or not all(isinstance(v, str) and v for v in strings):
         raise ValueError(
             f"{key} must be a list of non-empty strings, got {values!r}"
         )
-    return values
+    return strings
+
+
+def check_bool(key, value):
+    """Return ``value`` if it is ``True`` or ``False``.
+
+    Arguments
+    ---------
+    key : str
+        The YAML key, for the message.
+    value : object
+        What the YAML gave.
+
+    Returns
+    -------
+    bool
+        The value.
+
+    Example
+    -------
+    >>> check_bool("save_states", True)
+    True
+    >>> check_bool("save_states", "yes")
+    Traceback (most recent call last):
+    ...
+    ValueError: save_states must be true or false, got 'yes'
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def check_string(key, value, optional=False):
+    """Return ``value`` if it is a non-empty string (a name or a path).
+
+    Arguments
+    ---------
+    key : str
+        The YAML key, for the message.
+    value : object
+        What the YAML gave; a ``pathlib.Path`` counts as a string.
+    optional : bool
+        Whether ``None`` (YAML's ``null``) is valid too.
+
+    Returns
+    -------
+    str or os.PathLike or None
+        The value.
+
+    Example
+    -------
+    >>> check_string("student", "model")
+    'model'
+    >>> check_string("student", 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: student must be a non-empty string, got 3
+    >>> check_string("encoder", None, optional=True)
+    """
+    if optional and value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError(f"{key} must be a non-empty string, got {value!r}")
+    return value

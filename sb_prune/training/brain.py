@@ -47,7 +47,7 @@ from sb_prune.core.checkpoints import (
     read_structure,
 )
 from sb_prune.core.inplace import ResizeJournal
-from sb_prune.core.structure import describe, restore
+from sb_prune.core.structure import describe, read_record, restore
 from sb_prune.training.auxiliary import auxiliary_loss_scale
 from sb_prune.training.hooks import PruningHook
 from sb_prune.training.speechbrain_api import load_first, rewrap_distributed
@@ -101,8 +101,7 @@ class _StructureRecoverable:
     @mark_as_loader
     def _load(self, path, end_of_epoch):
         del end_of_epoch
-        with open(path, encoding="utf-8") as handle:
-            changed = self.brain.restore_structure(json.load(handle))
+        changed = self.brain.restore_structure(read_record(path))
         if changed:
             self.brain.check_hook_states(os.path.dirname(path))
 

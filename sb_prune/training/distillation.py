@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from sb_prune.core.encoders import layer_stacks
-from sb_prune.core.validation import check_int, check_number
+from sb_prune.core.validation import check_int, check_number, check_string
 from sb_prune.training.auxiliary import attach_auxiliary_loss
 from sb_prune.training.hooks import PruningHook
 
@@ -177,7 +177,7 @@ class Distillation(PruningHook):
                 f"teacher must be a torch module, got {type(teacher).__name__}"
             )
         self.teacher = teacher.eval().requires_grad_(False)
-        self.student = student
+        self.student = check_string("student", student)
         self.hidden_weight = check_number("hidden_weight", hidden_weight, 0)
         self.logits_weight = check_number("logits_weight", logits_weight, 0)
         self.temperature = check_number(

@@ -44,7 +44,7 @@ from sb_prune.analysis.convexity.hidden_states import pooled_layer_states
 from sb_prune.analysis.convexity.layers import layerwise_convexity
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.importance import Importance
-from sb_prune.core.validation import check_int
+from sb_prune.core.validation import check_bool, check_int, check_string
 from sb_prune.training.hooks import PruningHook
 
 logger = logging.getLogger(__name__)
@@ -287,6 +287,17 @@ class ConvexityScoring(PruningHook, Importance):
         check_int("seed", seed, 0)
         if max_per_class is not None:
             check_int("max_per_class", max_per_class, 2)
+        for key, value in [
+            ("csv_file", csv_file),
+            ("label_column", label_column),
+            ("output_folder", output_folder),
+            ("audio_column", audio_column),
+        ]:
+            check_string(key, value)
+        check_string("encoder", encoder, optional=True)
+        check_string("data_root", data_root, optional=True)
+        check_bool("at_fit_start", at_fit_start)
+        check_bool("save_states", save_states)
         self.csv_file = csv_file
         self.label_column = label_column
         self.output_folder = output_folder

@@ -23,12 +23,12 @@ import torch
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from sb_prune.analysis.importance.units import (
-    GRANULARITIES,
+    check_unit_options,
     find_units,
     snapshot,
     weight_change,
 )
-from sb_prune.core.validation import check_choice, check_int, check_number
+from sb_prune.core.validation import check_int, check_number, check_string
 from sb_prune.training.hooks import PruningHook
 
 logger = logging.getLogger(__name__)
@@ -77,16 +77,15 @@ class WeightChangeTracker(PruningHook):
         name=None,
     ):
         super().__init__(name)
-        check_choice("granularity", granularity, GRANULARITIES)
         # A negative value reads "snapshot_every must be >= 0"; a
         # fraction is then refused as not an integer.
         check_number("snapshot_every", snapshot_every, low=0)
         check_int("snapshot_every", snapshot_every, minimum=0)
-        self.unit_options = dict(
-            granularity=granularity, layers=layers, modules=modules, units=units
+        self.unit_options = check_unit_options(
+            granularity, layers, modules, units
         )
         self.snapshot_every = snapshot_every
-        self.folder = folder
+        self.folder = check_string("folder", folder, optional=True)
         self.files = {}
         self.history = []
         self.initial = None
@@ -136,7 +135,7 @@ class WeightChangeTracker(PruningHook):
             raise FileNotFoundError(
                 f"The weight file {path} named by the checkpoint is missing"
             )
-        return torch.load(path, map_location="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     def on_fit_start(self, brain):
         """Save theta_0 on a fresh start; reload it after a resume."""

@@ -43,6 +43,7 @@ from sb_prune.core.validation import (
     check_choices,
     check_int,
     check_number,
+    check_strings,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,51 @@ def _check_layers(layers):
     return [check_int("layers", index, minimum=0) for index in layers]
 
 
+def check_unit_options(
+    granularity="both", layers=None, modules=None, units=None
+):
+    """Check the options of :func:`find_units` that need no model.
+
+    Arguments
+    ---------
+    granularity, layers, modules, units
+        See :func:`find_units`.
+
+    Returns
+    -------
+    dict
+        The options, ``layers``, ``modules`` and each unit's paths as lists.
+
+    Example
+    -------
+    >>> options = check_unit_options("layer", layers=1, units={"a": "0"})
+    >>> options["layers"], options["units"]
+    ([1], {'a': ['0']})
+    >>> check_unit_options(units=["0"])
+    Traceback (most recent call last):
+    ...
+    ValueError: units must map unit names to module paths, got ['0']
+    """
+    check_choice("granularity", granularity, GRANULARITIES)
+    if modules is not None:
+        modules = check_strings("modules", modules)
+    if units is not None:
+        if not isinstance(units, dict):
+            raise ValueError(
+                f"units must map unit names to module paths, got {units!r}"
+            )
+        units = {
+            name: check_strings(f"units.{name}", paths)
+            for name, paths in units.items()
+        }
+    return dict(
+        granularity=granularity,
+        layers=_check_layers(layers),
+        modules=modules,
+        units=units,
+    )
+
+
 def find_units(root, granularity="both", layers=None, modules=None, units=None):
     """Name the units whose importance is measured.
 
@@ -123,16 +169,12 @@ def find_units(root, granularity="both", layers=None, modules=None, units=None):
     ...
     ValueError: modules: unknown ['ffn3']; choose from ['attention', ...]
     """
-    if units:
-        named = {
-            name: [paths] if isinstance(paths, str) else list(paths)
-            for name, paths in units.items()
-        }
-        return _check_paths(root, named)
-    check_choice("granularity", granularity, GRANULARITIES)
+    options = check_unit_options(granularity, layers, modules, units)
+    if options["units"]:
+        return _check_paths(root, options["units"])
     path, encoder = find_layer_stack(root, key="importance encoder")
     n_layers = len(encoder.layers)
-    indices = _check_layers(layers)
+    indices = options["layers"]
     if indices is None:
         indices = list(range(n_layers))
     bad = [i for i in indices if i >= n_layers]

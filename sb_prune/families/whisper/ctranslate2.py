@@ -22,6 +22,7 @@ Authors
 """
 
 import json
+import math
 import os
 import re
 import shutil
@@ -47,17 +48,64 @@ _DTYPES = {
 }
 
 
-def _read(handle, fmt):
-    size = struct.calcsize(fmt)
-    data = handle.read(size)
-    if len(data) != size:
-        raise ValueError("model.bin ends early: the file is truncated")
-    return struct.unpack("<" + fmt, data)[0]
+class _Stream:
+    """An open ``model.bin``: no read reaches past the end of the file.
 
+    Every size the file declares is checked against the bytes left before
+    anything is read or allocated, so a corrupt or hostile file ends in a
+    ValueError naming it.
+    """
 
-def _read_string(handle):
-    size = _read(handle, "H")
-    return handle.read(size)[:-1].decode("utf-8")
+    def __init__(self, handle, path):
+        self.handle = handle
+        self.path = path
+        self.left = os.fstat(handle.fileno()).st_size
+
+    def take(self, size, what):
+        """The next ``size`` bytes (``what`` they hold, for the message)."""
+        if size > self.left:
+            raise ValueError(
+                f"{self.path}: {what} needs {size} bytes, {self.left} are "
+                "left: the file is truncated or corrupt"
+            )
+        self.left -= size
+        return self.handle.read(size)
+
+    def number(self, fmt, what):
+        """The next number, of ``struct`` format ``fmt``."""
+        data = self.take(struct.calcsize(fmt), what)
+        return struct.unpack("<" + fmt, data)[0]
+
+    def string(self, what):
+        """The next string: its length with the final NUL, then UTF-8."""
+        data = self.take(self.number("H", what), what)
+        try:
+            return data[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path}: {what} is not UTF-8") from None
+
+    def array(self, name):
+        """The next variable's array (after its name)."""
+        shape = [
+            self.number("I", f"the shape of {name}")
+            for _ in range(self.number("B", f"the rank of {name}"))
+        ]
+        code = self.number("B", f"the data type of {name}")
+        size = self.number("I", f"the byte count of {name}")
+        if code not in _DTYPES:
+            raise ValueError(
+                f"{self.path}: variable {name} has data type code {code}, "
+                f"which this reader does not know ({sorted(_DTYPES)}); "
+                "convert the model to float16 or float32"
+            )
+        dtype = np.dtype(_DTYPES[code])
+        if size != math.prod(shape) * dtype.itemsize:
+            raise ValueError(
+                f"{self.path}: variable {name} of shape {shape} and type "
+                f"{dtype} declares {size} bytes: the file is corrupt"
+            )
+        data = np.frombuffer(self.take(size, f"variable {name}"), dtype)
+        return data.reshape(shape)
 
 
 def read_model_bin(path):
@@ -74,35 +122,36 @@ def read_model_bin(path):
         The model specification (``WhisperSpec`` for Whisper).
     variables : dict
         ``{name: numpy array}``, aliases resolved.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        Naming the file, if it is not a model.bin this reader knows, or is
+        truncated or corrupt (declared sizes are checked against the
+        file's length before anything is allocated).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No CTranslate2 model file {path}")
     with open(path, "rb") as handle:
-        version = _read(handle, "I")
+        stream = _Stream(handle, path)
+        version = stream.number("I", "the binary version")
         if version not in BINARY_VERSIONS:
             raise ValueError(
                 f"{path}: CTranslate2 binary version {version}; this reader "
                 f"knows {list(BINARY_VERSIONS)}"
             )
-        spec = _read_string(handle)
-        _read(handle, "I")  # the spec's revision
+        spec = stream.string("the model specification")
+        stream.number("I", "the specification's revision")
         variables = {}
-        for _ in range(_read(handle, "I")):
-            name = _read_string(handle)
-            shape = [_read(handle, "I") for _ in range(_read(handle, "B"))]
-            code = _read(handle, "B")
-            size = _read(handle, "I")
-            if code not in _DTYPES:
-                raise ValueError(
-                    f"{path}: variable {name} has data type code {code}, "
-                    f"which this reader does not know ({sorted(_DTYPES)}); "
-                    "convert the model to float16 or float32"
-                )
-            data = np.frombuffer(handle.read(size), dtype=_DTYPES[code])
-            variables[name] = data.reshape(shape)
-        for _ in range(_read(handle, "I")):
-            alias, target = _read_string(handle), _read_string(handle)
+        for _ in range(stream.number("I", "the number of variables")):
+            name = stream.string("a variable name")
+            variables[name] = stream.array(name)
+        for _ in range(stream.number("I", "the number of aliases")):
+            alias = stream.string("an alias")
+            target = stream.string(f"the target of alias {alias}")
             if target not in variables:
                 raise ValueError(
                     f"{path}: alias {alias} names {target}, which the file "

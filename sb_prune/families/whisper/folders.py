@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from sb_prune.core.structure import describe, restore
+from sb_prune.core.structure import describe, read_record, restore
 from sb_prune.core.validation import check_int, check_number
 from sb_prune.families.whisper import whisper_stack
 from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
@@ -215,7 +215,7 @@ def whisper_encoder(whisper):
 
 def _rebuild(whisper, structure, part):
     if not isinstance(structure, dict):
-        structure = json.loads(Path(structure).read_text())
+        structure = read_record(structure)
     stack = whisper_stack(whisper, part)
     restore(stack, structure)
     return stack
@@ -404,7 +404,9 @@ def load_exported_whisper(folder):
         weights, structure = part_files(part)
         if (folder / structure).is_file():
             stack = _rebuild(model, folder / structure, part)
-            stack.load_state_dict(torch.load(folder / weights))
+            stack.load_state_dict(
+                torch.load(folder / weights, weights_only=True)
+            )
     return model.eval()
 
 

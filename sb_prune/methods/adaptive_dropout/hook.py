@@ -4,7 +4,7 @@ Authors
  * sb_prune developers
 """
 
-from sb_prune.core.validation import check_int, check_number
+from sb_prune.core.validation import check_bool, check_int, check_number
 from sb_prune.methods.adaptive_dropout.layer import AdaptiveDropout
 from sb_prune.methods.adaptive_dropout.plan import adaptive_dropout_plan
 from sb_prune.training.hooks import PruningHook, check_epochs, prune_by_plan
@@ -90,6 +90,7 @@ class AdaptiveDropoutPruning(PruningHook):
             )
         if prune_every_n_steps is not None:
             check_int("prune_every_n_steps", prune_every_n_steps, minimum=1)
+        check_bool("prune_every_epoch", prune_every_epoch)
         self.regularization_weight = regularization_weight
         self.target_start = target_start
         self.target_end = target_end

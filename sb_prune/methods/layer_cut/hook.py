@@ -10,7 +10,7 @@ import torch
 
 from sb_prune.core.encoders import find_layer_stack
 from sb_prune.core.importance import Importance, Members
-from sb_prune.core.validation import check_int
+from sb_prune.core.validation import check_int, check_string
 from sb_prune.methods.layer_cut.rules import (
     SCORED_RULES,
     check_rule,
@@ -134,6 +134,8 @@ class LayerCut(PruningHook):
         self.tolerance = tolerance
         if encoder is None:
             encoder = getattr(scoring, "encoder", None)
+        else:
+            check_string("encoder", encoder)
         self.encoder = encoder
         self.decision = None
         self._members = []

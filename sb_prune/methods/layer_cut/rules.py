@@ -173,6 +173,13 @@ def check_rule(rule, n_layers=None, fraction=None, tolerance=0.0):
     Traceback (most recent call last):
     ...
     ValueError: fraction must be a number in (0, 1], got '0.5'
+
+    A value the rule does not read must be valid too:
+
+    >>> check_rule("peak", fraction=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: fraction must be in (0, 1], got 2
     """
     check_choice("rule", rule, RULES)
     if rule in COUNTED_RULES:
@@ -183,8 +190,10 @@ def check_rule(rule, n_layers=None, fraction=None, tolerance=0.0):
                 f"{error} (rule '{rule}': a cut that keeps no layer removes "
                 "every encoder layer)"
             ) from None
-    if rule == "fraction":
+    if rule == "fraction" or fraction is not None:
         check_number("fraction", fraction, 0, 1, open_low=True)
+    if n_layers is not None:
+        check_int("n_layers", n_layers, minimum=1)
     check_number("tolerance", tolerance, low=0)
 
 

@@ -17,6 +17,7 @@ from sb_prune.core.validation import (
     check_int,
     check_keys,
     check_number,
+    check_string,
 )
 from sb_prune.methods.low_rank.activations import (
     OutputStatistics,
@@ -96,8 +97,12 @@ class LowRankCompression(PruningHook):
     ):
         super().__init__(name)
         self.schedule = checked_schedule(schedule)
-        self.export_folder = export_folder
-        self.export_module = export_module
+        self.export_folder = check_string(
+            "export_folder", export_folder, optional=True
+        )
+        self.export_module = check_string(
+            "export_module", export_module, optional=True
+        )
         self.cost_table = None
         if cost_table is not None:
             self.cost_table = load_cost_table(cost_table)

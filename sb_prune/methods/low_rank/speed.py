@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from sb_prune.core.profiling import measure_latency
+from sb_prune.core.validation import check_string
 from sb_prune.methods.low_rank.layer import rank_for_compression
 
 
@@ -102,10 +103,16 @@ def load_cost_table(table):
     """
     if isinstance(table, dict):
         return table
-    path = Path(table)
+    path = Path(check_string("cost_table", table))
     if not path.is_file():
         raise ValueError(f"cost_table: no file {str(path)!r}")
-    return json.loads(path.read_text())
+    try:
+        table = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cost_table: {path} is not JSON: {error}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"cost_table: {path} holds no table")
+    return table
 
 
 def fastest_rank(table, in_features, out_features):
