@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Recipe for fine-tuning and compressing a pretrained Whisper on real speech.
 
-The whole Whisper (encoder and decoder) is fine-tuned on the transcripts
-with the negative log-likelihood of its own decoder (teacher forcing),
-while the ``prune_hooks`` of the hparams file compress it: a frozen copy of
-the dense model (the teacher) is distilled into it
+The whole Whisper (encoder and decoder) is fine-tuned, on the transcripts
+with the negative log-likelihood of its own decoder (teacher forcing;
+weighted by ``label_weight``, 0 by default), while the ``prune_hooks`` of
+the hparams file compress it: a frozen copy of the dense model (the
+teacher) is distilled into it
 (``sb_prune.hooks.Distillation``: hidden states of every layer and the
 output distribution), and ``CriterionPruning`` hooks remove encoder and
 decoder FFN units, heads or decoder layers in many small steps
-(``sb_prune.schedules.Gradual``). With the sparsities at 0 the same recipe
-fine-tunes the dense model with the same budget (the baseline). With
+(``sb_prune.schedules.Gradual``). With the sparsities at 0 and ``label_weight``
+1 the same recipe fine-tunes the dense model with the same budget (the
+baseline). With
 ``freeze_decoder`` only the encoder learns (the decoder's NLL still
 reaches it, through the frozen decoder).
 
