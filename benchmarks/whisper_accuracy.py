@@ -27,6 +27,11 @@ once, each with ``--threads`` torch threads.
 
 Usage: python benchmarks/whisper_accuracy.py --model tiny.en
        --configs dense-ft ours --seeds 1 2 [--jobs 2] [--json PATH]
+       [--train_only | --finished_only]
+
+(``--train_only`` runs without timing, so that several invocations can
+share the machine; ``--finished_only`` then times and reports the
+finished runs side by side.)
 
 Authors
  * sb_prune developers
@@ -47,6 +52,8 @@ from common import provenance
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "LibriSpeech" / "whisper"
 SHARED = ROOT.parent / "shared" / "data" / "librilight"
+#: What a finished run writes.
+RESULTS = "results.json"
 
 #: No compression: every sparsity of whisper_prune.yaml at 0, learning
 #: from the transcripts (from the teacher alone it would learn nothing).
@@ -138,7 +145,7 @@ def whisper_source(model):
 def run(model, name, seed, work, threads):
     """Run one configuration (or reuse its finished run); its results."""
     output = work / model / name / str(seed)
-    results = output / "results.json"
+    results = output / RESULTS
     if not results.exists():
         _, overrides, *recipe = CONFIGS[name]
         script, hparams = recipe or ("train.py", "whisper_prune.yaml")
@@ -266,6 +273,12 @@ def main():
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
+        "--finished_only",
+        action="store_true",
+        help="time and report the finished runs among --configs x --seeds "
+        "(run nothing)",
+    )
+    parser.add_argument(
         "--train_only",
         action="store_true",
         help="run the configurations only (no timing, no JSON): the "
@@ -282,6 +295,12 @@ def main():
     if "dense-zero-shot" in args.configs:  # deterministic: one seed
         jobs = [j for j in jobs if j[0] != "dense-zero-shot"]
         jobs.insert(0, ("dense-zero-shot", args.seeds[0]))
+    if args.finished_only:
+        jobs = [
+            (name, seed)
+            for name, seed in jobs
+            if (args.work / args.model / name / str(seed) / RESULTS).exists()
+        ]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = dict(
             zip(
