@@ -85,6 +85,18 @@ class ASR(sb_prune.PruningBrain):
             self.wer_metric.append(batch.id, words, targets)
         return loss
 
+    def on_fit_start(self):
+        """Recover, then start the training clock where the run left it."""
+        super().on_fit_start()
+        newest = self.checkpointer.find_checkpoint()
+        meta = newest.meta if newest else {}
+        self.seconds_before = meta.get("train_seconds", 0.0)
+        self.fit_started = time.time()
+
+    def train_seconds(self):
+        """Seconds of training of the whole run, resumed parts included."""
+        return self.seconds_before + time.time() - self.fit_started
+
     def on_stage_start(self, stage, epoch):
         """A WER metric for the test stage."""
         if stage == sb.Stage.TEST:
@@ -105,7 +117,11 @@ class ASR(sb_prune.PruningBrain):
                 valid_stats={"loss": stage_loss},
             )
             self.checkpointer.save_and_keep_only(
-                meta={"loss": stage_loss}, min_keys=["loss"]
+                meta={
+                    "loss": stage_loss,
+                    "train_seconds": self.train_seconds(),
+                },
+                min_keys=["loss"],
             )
         else:
             self.wer = self.wer_metric.summarize("error_rate")
@@ -219,7 +235,6 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    start = time.time()
     brain.fit(
         hparams["epoch_counter"],
         sets["train"],
@@ -227,7 +242,7 @@ def main(argv):
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
-    train_minutes = (time.time() - start) / 60
+    train_minutes = brain.train_seconds() / 60
     wers = {}
     for name in ("dev", "test"):
         brain.test_set = name
