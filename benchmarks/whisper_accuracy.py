@@ -174,6 +174,16 @@ def run(model, name, seed, work, threads):
     return result
 
 
+def budget(result):
+    """A run's budget; CPU minutes None where a resumed run lost them (the
+    recipe counted only its last part before they were carried in the
+    checkpoints)."""
+    spent = dict(result["budget"])
+    if spent["utterance_steps"] and not spent["cpu_minutes"]:
+        spent["cpu_minutes"] = None
+    return spent
+
+
 def dense_summary(model, work):
     """The ``dense`` entry of a model: zero-shot and fine-tuned test WER
     (mean over the seeds run), its encoder and decoder parameters."""
@@ -346,7 +356,7 @@ def main():
                 "wer": result["WER"],
                 "valid_wer": result["valid_WER"],
                 "e2e_speedup": round(times["dense"] / times[(name, seed)], 3),
-                "budget": result["budget"],
+                "budget": budget(result),
                 "overrides": overrides,
             }
         )

@@ -27,6 +27,14 @@ def _budget(rows, key):
     return statistics.mean(row["budget"][key] for row in rows)
 
 
+def _cpu_minutes(rows):
+    """Mean CPU minutes, or n/a where a run did not measure them."""
+    minutes = [row["budget"]["cpu_minutes"] for row in rows]
+    if any(m is None for m in minutes):
+        return "n/a"
+    return num(statistics.mean(minutes), 0)
+
+
 def _removed(rows, dense, parts):
     """Fraction of ``parts``' parameters the rows removed (mean)."""
     before = sum(dense[f"{part}_params"] for part in parts)
@@ -34,6 +42,10 @@ def _removed(rows, dense, parts):
         sum(row[f"{part}_params"] for part in parts) for row in rows
     )
     return 1 - after / before
+
+
+def _seeds(n):
+    return f"{n} seed{'s' if n > 1 else ''}"
 
 
 def _verdict(met):
@@ -58,7 +70,7 @@ def main(results):
                 num(_mean(rows, "valid_wer")),
                 num(_mean(rows, "e2e_speedup")),
                 count(round(_budget(rows, "utterance_steps"))),
-                num(_budget(rows, "cpu_minutes"), 0),
+                _cpu_minutes(rows),
             ]
         )
     return blocks(
@@ -97,7 +109,9 @@ def _targets(figures, groups):
     parts = [
         f"Dense tiny.en: {num(dense['wer_zero_shot'])}% zero-shot, "
         f"{num(tuned)}% after the same fine-tuning "
-        f"({dense['finetuned_seeds']} seeds)."
+        f"({_seeds(dense['finetuned_seeds'])}). Settings chosen on dev "
+        f"among {figures['settings_tried']['encoder']} encoder and "
+        f"{figures['settings_tried']['whole']} whole-model ones."
     ]
     encoder = groups.get(("tiny.en", figures["best"]["encoder"]))
     if encoder:
