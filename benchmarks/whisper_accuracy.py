@@ -118,6 +118,10 @@ CONFIGS = {
         "whole-model-kd-uniform",
         {**KD, "decoder_layer_sparsity": 0.5, "embedding_rank": 192},
     ),
+    "whole-kd-layers": (
+        "whole-model-kd-uniform-layers-only",
+        {**KD, "decoder_layer_sparsity": 0.5},
+    ),
     "lite-asr": (
         "lite-asr",
         LITE_ASR_ONLY,
