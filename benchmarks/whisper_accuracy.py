@@ -210,14 +210,18 @@ def chosen_on_dev(rows, dense):
     """The method of each target chosen on dev, and how many were tried.
 
     Encoder methods (decoder untouched, >= 30% of the encoder removed)
-    and whole-model methods (decoder compressed too) compete on their
-    mean dev WER; dense and LiteASR rows are references, not candidates.
+    and whole-model methods (decoder compressed too, >= 30% of the whole
+    model removed) compete on their mean dev WER; dense and LiteASR rows
+    are references, smaller cuts ablations, not candidates.
     """
     kinds = {"encoder": {}, "whole": {}}
+    total = dense["encoder_params"] + dense["decoder_params"]
     for row in rows:
         if row["method"].startswith(("dense", "lite-asr")):
             continue
         if row["decoder_params"] < dense["decoder_params"]:
+            if row["encoder_params"] + row["decoder_params"] > 0.7 * total:
+                continue
             kind = "whole"
         elif row["encoder_params"] <= 0.7 * dense["encoder_params"]:
             kind = "encoder"
