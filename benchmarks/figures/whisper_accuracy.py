@@ -99,13 +99,67 @@ def main(results):
             table_rows,
         ),
         _targets(figures, groups),
+        _why(figures, groups),
     )
+
+
+def _why(figures, groups):
+    """What the rows say about the misses."""
+    dense = figures["dense"]["tiny.en"]
+    labels = groups[("tiny.en", "taylor-gradual-distil")]
+    teacher = groups[("tiny.en", figures["best"]["encoder"])]
+    whole = groups[("tiny.en", figures["best"]["whole"])]
+    lite = groups[("tiny.en", "lite-asr")]
+    return paragraph(
+        "Why: with 2 epochs of 2 hours of speech, a 30% cut of tiny.en's "
+        "encoder does not recover. Learning from the teacher alone with "
+        "the same cut in every layer did better on dev than learning from "
+        "the transcripts too with budgets allocated globally "
+        f"({num(_mean(teacher, 'valid_wer'))} against "
+        f"{num(_mean(labels, 'valid_wer'))}; two changes at once, one "
+        "seed of the second), and fine-tuning on this speech helps dense "
+        f"little ({num(dense['wer_zero_shot'])} -> "
+        f"{num(dense['wer_finetuned'])}). The whole model's decoder cut "
+        "to 2 layers with a rank-192 token table does not survive this "
+        f"budget at all ({num(_mean(whole, 'wer'))}% WER), so its speed-up "
+        "is that of a model that stops early. LiteASR at the same size "
+        f"without training ({percent(_removed(lite, dense, ['encoder']))} "
+        f"fewer encoder parameters) loops to the token limit "
+        f"({num(_mean(lite, 'wer'))}% WER; its dev WER is the recipe's "
+        "first 16 dev utterances); LiteASR with our fine-tuning at that "
+        "size was not run: compress.py trains on unpacked utterances (593 "
+        "encoder windows an epoch against our 345) after a calibration "
+        "epoch, about 2.5 times our CPU budget."
+    )
+
+
+def _timing_noise(rows, dense):
+    """The e2e speed-ups of rows with dense's shapes (1 but for noise)."""
+    return [
+        row["e2e_speedup"]
+        for row in rows
+        if row["encoder_params"] == dense["encoder_params"]
+        and row["decoder_params"] == dense["decoder_params"]
+    ]
+
+
+def _faster(speedup, noise, target):
+    """Verdict on a speed-up: above ``target`` and above the noise."""
+    if speedup <= target:
+        return "missed"
+    if speedup <= max(noise):
+        return (
+            "not shown: dense-shaped models time at "
+            f"{num(min(noise))}-{num(max(noise))}x"
+        )
+    return "met"
 
 
 def _targets(figures, groups):
     """The targets of tiny.en, decided from the JSON."""
     dense = figures["dense"]["tiny.en"]
     tuned = dense["wer_finetuned"]
+    noise = _timing_noise(figures["rows"], dense)
     parts = [
         f"Dense tiny.en: {num(dense['wer_zero_shot'])}% zero-shot, "
         f"{num(tuned)}% after the same fine-tuning "
@@ -125,7 +179,7 @@ def _targets(figures, groups):
             f"{num(wer)}% WER against {num(tuned + 1)} "
             f"({_verdict(wer <= tuned + 1)}), e2e "
             f"{num(_mean(encoder, 'e2e_speedup'))}x "
-            f"({_verdict(_mean(encoder, 'e2e_speedup') > 1)})"
+            f"({_faster(_mean(encoder, 'e2e_speedup'), noise, 1)})"
         )
         if lite:
             lite_wer = _mean(lite, "wer")
@@ -144,7 +198,7 @@ def _targets(figures, groups):
             f" Whole-model target ({figures['best']['whole']}): "
             f"{percent(removed)} fewer parameters "
             f"({_verdict(removed >= 0.3)}), e2e {num(speedup)}x "
-            f"({_verdict(speedup >= 1.5)}: >= 1.5), {num(wer)}% WER "
+            f"({_faster(speedup, noise, 1.5)}: >= 1.5), {num(wer)}% WER "
             f"against {num(tuned + 1.5)} ({_verdict(wer <= tuned + 1.5)})."
         )
     return paragraph(*parts)
