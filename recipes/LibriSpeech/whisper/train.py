@@ -9,11 +9,10 @@ teacher) is distilled into it
 (``sb_prune.hooks.Distillation``: hidden states of every layer and the
 output distribution), and ``CriterionPruning`` hooks remove encoder and
 decoder FFN units, heads or decoder layers in many small steps
-(``sb_prune.schedules.Gradual``). With the sparsities at 0 and ``label_weight``
-1 the same recipe fine-tunes the dense model with the same budget (the
-baseline). With
-``freeze_decoder`` only the encoder learns (the decoder's NLL still
-reaches it, through the frozen decoder).
+(``sb_prune.schedules.Gradual``). With the sparsities at 0 and
+``label_weight`` 1 the same recipe fine-tunes the dense model with the
+same budget (the baseline). With ``freeze_decoder`` only the encoder
+learns (the decoder's NLL still reaches it, through the frozen decoder).
 
 Whisper reads 30 s windows whatever the utterance's length, so training
 windows pack consecutive utterances of a chapter
