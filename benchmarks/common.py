@@ -8,6 +8,7 @@ Authors
 """
 
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -105,8 +106,16 @@ def apply_keep_ratios(model, ratios, seed=0):
             adl.set_logits(logits)
 
 
-def run_recipe(hparams, output, common, **overrides):
-    """Run the Whisper compression recipe; return its results.json.
+def run_recipe(
+    hparams,
+    output,
+    common,
+    script="compress.py",
+    log=None,
+    threads=None,
+    **overrides,
+):
+    """Run a script of the Whisper recipe; return its results.json.
 
     Arguments
     ---------
@@ -116,6 +125,13 @@ def run_recipe(hparams, output, common, **overrides):
         Its ``output_folder``.
     common, overrides : dict
         Command-line overrides (``overrides`` win).
+    script : str
+        ``compress.py`` (the encoder) or ``train.py`` (the whole model).
+    log : str or pathlib.Path, optional
+        Write the run's output there as it runs (default: kept in memory,
+        its end in the error of a failed run).
+    threads : int, optional
+        The run's ``OMP_NUM_THREADS``.
 
     Returns
     -------
@@ -125,16 +141,32 @@ def run_recipe(hparams, output, common, **overrides):
     options = {**common, **overrides, "output_folder": output}
     command = [
         sys.executable,
-        "compress.py",
+        script,
         f"hparams/{hparams}",
         "--noprogressbar",
         *[f"--{key}={value}" for key, value in options.items()],
     ]
-    done = subprocess.run(
-        command, cwd=WHISPER_RECIPE, capture_output=True, text=True
-    )
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    if log is None:
+        done = subprocess.run(
+            command, cwd=WHISPER_RECIPE, env=env, capture_output=True, text=True
+        )
+        failure = done.stderr[-3000:]
+    else:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as handle:
+            done = subprocess.run(
+                command,
+                cwd=WHISPER_RECIPE,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        failure = f"{script} failed: see {log}"
     if done.returncode != 0:
-        raise RuntimeError(done.stderr[-3000:])
+        raise RuntimeError(failure)
     results_file = options.get("results_file", Path(output) / "results.json")
     return json.loads(Path(results_file).read_text())
 

@@ -39,19 +39,14 @@ Authors
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import provenance
+from common import REPO, provenance, run_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "LibriSpeech" / "whisper"
-SHARED = ROOT.parent / "shared" / "data" / "librilight"
+SHARED = REPO.parent / "shared" / "data" / "librilight"
 #: What a finished run writes.
 RESULTS = "results.json"
 
@@ -150,28 +145,25 @@ def run(model, name, seed, work, threads):
     """Run one configuration (or reuse its finished run); its results."""
     output = work / model / name / str(seed)
     results = output / RESULTS
-    if not results.exists():
+    if results.exists():
+        result = json.loads(results.read_text())
+    else:
         _, overrides, *recipe = CONFIGS[name]
         script, hparams = recipe or ("train.py", "whisper_prune.yaml")
-        command = [
-            sys.executable,
-            script,
-            f"hparams/{hparams}",
-            f"--data_folder={SHARED}",
-            f"--whisper_source={whisper_source(model)}",
-            f"--output_folder={output}",
-            f"--seed={seed}",
-            "--noprogressbar",
-        ] + [f"--{key}={value}" for key, value in overrides.items()]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        output.mkdir(parents=True, exist_ok=True)
-        with open(output / "stdout.txt", "w") as log:
-            done = subprocess.run(
-                command, cwd=RECIPE, env=env, stdout=log, stderr=log
-            )
-        if done.returncode != 0:
-            raise RuntimeError(f"{name} seed {seed} failed: see {output}")
-    result = json.loads(results.read_text())
+        common = {
+            "data_folder": SHARED,
+            "whisper_source": whisper_source(model),
+            "seed": seed,
+        }
+        result = run_recipe(
+            hparams,
+            output,
+            common,
+            script=script,
+            log=output / "stdout.txt",
+            threads=threads,
+            **overrides,
+        )
     # compress.py's names and parts (its decoder is the dense one).
     result.setdefault("valid_WER", result.get("dev_WER"))
     result.setdefault("decoder_params", None)
@@ -287,7 +279,7 @@ def main():
     parser.add_argument("--speed_utterances", type=int, default=8)
     parser.add_argument("--speed_repeats", type=int, default=3)
     parser.add_argument(
-        "--work", type=Path, default=ROOT / "benchmarks" / "out" / "whisper"
+        "--work", type=Path, default=REPO / "benchmarks" / "out" / "whisper"
     )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
