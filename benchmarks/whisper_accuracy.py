@@ -117,6 +117,12 @@ CONFIGS = {
         "whole-model-kd-uniform-layers-only",
         {**KD, "decoder_layer_sparsity": 0.5},
     ),
+    # The budget ablation: dense and ours with twice the epochs.
+    "dense-ft-4ep": ("dense-ft-4-epochs", {**DENSE, "number_of_epochs": 4}),
+    "ours-kd-4ep": (
+        "taylor-gradual-kd-uniform-4-epochs",
+        {**KD, "number_of_epochs": 4},
+    ),
     "lite-asr": (
         "lite-asr",
         LITE_ASR_ONLY,
@@ -204,12 +210,15 @@ def chosen_on_dev(rows, dense):
     Encoder methods (decoder untouched, >= 30% of the encoder removed)
     and whole-model methods (decoder compressed too, >= 30% of the whole
     model removed) compete on their mean dev WER; dense and LiteASR rows
-    are references, smaller cuts ablations, not candidates.
+    are references, smaller cuts and other budgets than ``BUDGET``
+    ablations, not candidates.
     """
     kinds = {"encoder": {}, "whole": {}}
     total = dense["encoder_params"] + dense["decoder_params"]
     for row in rows:
         if row["method"].startswith(("dense", "lite-asr")):
+            continue
+        if row["overrides"]["number_of_epochs"] != BUDGET["number_of_epochs"]:
             continue
         if row["decoder_params"] < dense["decoder_params"]:
             if row["encoder_params"] + row["decoder_params"] > 0.7 * total:
