@@ -129,3 +129,52 @@ def test_compressed_whisper_decodes_under_onnx_runtime_as_in_pytorch(
         assert scores.shape == tuple(expected_scores.shape)
         assert np.abs(scores - expected_scores.numpy()).max() <= 1e-4
     assert len(lengths) > 1  # stops on the end of text and on the limit
+
+
+def test_pruned_real_whisper_transcribes_under_onnx_runtime(
+    whisper_tiny_en, tmp_path
+):
+    """Real tiny.en, 5% of its FFN units pruned by magnitude and one head
+    of three attention blocks (encoder self-, decoder self- and
+    cross-attention), exported as a folder then for ONNX Runtime: on two
+    real utterances, the ONNX transcriber gives WhisperASR's exact tokens
+    and words."""
+    folder = SHARED / "librilight" / "1h" / "0" / "clean"
+    if not folder.is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    from speechbrain.inference.ASR import WhisperASR
+
+    from sb_prune.families.whisper.folders import export_whisper
+    from sb_prune.families.whisper.onnx_greedy import (
+        export_whisper_onnx,
+        onnx_whisper_transcriber,
+    )
+
+    dense = whisper_tiny_en
+    asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
+    lobe = asr.mods.whisper
+    criterion = make_criterion("magnitude")
+    plan = {}
+    for member in find_members(lobe, ["ffn"]):
+        order = criterion.score(member).argsort(descending=True)
+        plan[member.path] = member.plan(order[: member.count * 95 // 100])
+    for index, member in enumerate(find_members(lobe, ["heads"])):
+        if index in (0, 6, 9):  # encoder 0, decoder 1 self, 2 cross
+            order = criterion.score(member).argsort(descending=True)
+            plan[member.path] = member.plan(order[:-1].sort().values)
+    apply_plan(lobe, plan)
+    export_whisper(lobe, dense, tmp_path / "pruned")
+    summary = export_whisper_onnx(tmp_path / "pruned")
+    assert summary["encoder"]["heads"] == [5, 6, 6, 6]
+    assert summary["decoder"]["self_heads"] == [6, 5, 6, 6]
+    assert summary["decoder"]["cross_heads"] == [6, 6, 5, 6]
+    assert summary["rules"]["prompt"] == list(asr.mods.decoder.initial_tokens)
+    transcribe = onnx_whisper_transcriber(tmp_path / "pruned", threads=1)
+    for path in sorted(folder.rglob("*.flac"))[:2]:
+        wav = asr.load_audio(str(path))
+        expected_words, expected_tokens = asr.transcribe_batch(
+            wav.unsqueeze(0), torch.tensor([1.0])
+        )
+        words, tokens = transcribe(wav)
+        assert tokens == [int(t) for t in expected_tokens[0]]
+        assert words == expected_words[0]

@@ -26,7 +26,6 @@ Authors
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +206,40 @@ class _FrontEnd:
         return Whisper.log_mel_spectrogram(self, padded)
 
 
+def export_asr_onnx(asr, out_folder, atol=1e-4):
+    """Write a loaded ``WhisperASR``'s graphs, rules and tokenizer.
+
+    Arguments
+    ---------
+    asr : speechbrain.inference.ASR.WhisperASR
+        The model (its lobe ``asr.mods.whisper``, pruned or not, and its
+        searcher ``asr.mods.decoder``).
+    out_folder : str or pathlib.Path
+        Where to write (created if missing).
+    atol : float
+        Largest difference allowed between ONNX Runtime and PyTorch.
+
+    Returns
+    -------
+    dict
+        :func:`export_whisper_graphs`'s summary, ``rules`` and ``folder``.
+    """
+    out = Path(out_folder)
+    lobe = asr.mods.whisper.eval()
+    summary = export_whisper_graphs(lobe.model, out, atol)
+    rules = greedy_rules(
+        lobe,
+        asr.mods.decoder,
+        getattr(asr.hparams, "normalized_transcripts", False),
+    )
+    (out / DECODING_FILE).write_text(json.dumps(rules))
+    np.save(out / MEL_FILE, lobe._mel_filters.numpy())
+    lobe.tokenizer.save_pretrained(str(out))
+    summary["rules"] = rules
+    summary["folder"] = str(out)
+    return summary
+
+
 def export_whisper_onnx(folder, out_folder=None, atol=1e-4):
     """Write a Whisper folder's graphs and greedy rules for ONNX Runtime.
 
@@ -223,30 +256,17 @@ def export_whisper_onnx(folder, out_folder=None, atol=1e-4):
     Returns
     -------
     dict
-        :func:`export_whisper_graphs`'s summary, ``rules`` and ``folder``.
+        See :func:`export_asr_onnx`.
     """
     from speechbrain.inference.ASR import WhisperASR
 
     folder = Path(folder).resolve()
-    out = Path(out_folder) if out_folder else folder / ONNX_FOLDER
     asr = WhisperASR.from_hparams(
         source=str(folder),
         savedir=str(folder),
         overrides={"whisper_folder": str(folder)},
     )
-    lobe = asr.mods.whisper.eval()
-    summary = export_whisper_graphs(lobe.model, out, atol)
-    rules = greedy_rules(
-        lobe, asr.mods.decoder, asr.hparams.normalized_transcripts
-    )
-    (out / DECODING_FILE).write_text(json.dumps(rules))
-    np.save(out / MEL_FILE, lobe._mel_filters.numpy())
-    for path in folder.iterdir():  # the tokenizer's files
-        if path.is_file() and path.suffix in (".json", ".txt"):
-            shutil.copy(path, out / path.name)
-    summary["rules"] = rules
-    summary["folder"] = str(out)
-    return summary
+    return export_asr_onnx(asr, out_folder or folder / ONNX_FOLDER, atol=atol)
 
 
 def onnx_whisper_transcriber(folder, threads=None):
