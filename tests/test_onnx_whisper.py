@@ -136,17 +136,16 @@ def test_pruned_real_whisper_transcribes_under_onnx_runtime(
 ):
     """Real tiny.en, 5% of its FFN units pruned by magnitude and one head
     of three attention blocks (encoder self-, decoder self- and
-    cross-attention), exported as a folder then for ONNX Runtime: on two
-    real utterances, the ONNX transcriber gives WhisperASR's exact tokens
-    and words."""
+    cross-attention), exported for ONNX Runtime: on two real utterances,
+    the ONNX transcriber gives WhisperASR's exact tokens and words (the
+    exported folder is the in-memory model: test_whisper_export)."""
     folder = SHARED / "librilight" / "1h" / "0" / "clean"
     if not folder.is_dir():
         pytest.skip("real speech not here: ../shared/data (CI has it)")
     from speechbrain.inference.ASR import WhisperASR
 
-    from sb_prune.families.whisper.folders import export_whisper
     from sb_prune.families.whisper.onnx_greedy import (
-        export_whisper_onnx,
+        export_asr_onnx,
         onnx_whisper_transcriber,
     )
 
@@ -163,13 +162,12 @@ def test_pruned_real_whisper_transcribes_under_onnx_runtime(
             order = criterion.score(member).argsort(descending=True)
             plan[member.path] = member.plan(order[:-1].sort().values)
     apply_plan(lobe, plan)
-    export_whisper(lobe, dense, tmp_path / "pruned")
-    summary = export_whisper_onnx(tmp_path / "pruned")
+    summary = export_asr_onnx(asr, tmp_path / "onnx")
     assert summary["encoder"]["heads"] == [5, 6, 6, 6]
     assert summary["decoder"]["self_heads"] == [6, 5, 6, 6]
     assert summary["decoder"]["cross_heads"] == [6, 6, 5, 6]
     assert summary["rules"]["prompt"] == list(asr.mods.decoder.initial_tokens)
-    transcribe = onnx_whisper_transcriber(tmp_path / "pruned", threads=1)
+    transcribe = onnx_whisper_transcriber(tmp_path / "onnx", threads=1)
     for path in sorted(folder.rglob("*.flac"))[:2]:
         wav = asr.load_audio(str(path))
         expected_words, expected_tokens = asr.transcribe_batch(
