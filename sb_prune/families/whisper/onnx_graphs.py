@@ -113,7 +113,8 @@ class DecoderStep(torch.nn.Module):
     >>> config = WhisperConfig(
     ...     vocab_size=20, d_model=8, decoder_layers=1,
     ...     decoder_attention_heads=2, decoder_ffn_dim=16,
-    ...     max_target_positions=8,
+    ...     max_target_positions=8, pad_token_id=0, bos_token_id=0,
+    ...     eos_token_id=0, decoder_start_token_id=1,
     ... )
     >>> decoder = WhisperDecoder(config).eval()
     >>> states = torch.randn(1, 5, 8)
