@@ -176,3 +176,63 @@ def test_pruned_real_whisper_transcribes_under_onnx_runtime(
         words, tokens = transcribe(wav)
         assert tokens == [int(t) for t in expected_tokens[0]]
         assert words == expected_words[0]
+
+
+@pytest.mark.slow
+def test_exported_whisper_run_transcribes_under_onnx_runtime(
+    whisper_tiny_en, tmp_path, capsys
+):
+    """The README's Whisper recipe run (one pruning step of FFN units and
+    heads in the encoder, allocated globally: blocks keep different head
+    counts), then ``sb-prune export --onnx``: the folder's ``onnx/``
+    transcribes a test utterance with the exact tokens and normalised
+    words of WhisperASR decoding greedily (the run's folder decodes with
+    beam search, which the ONNX transcriber does not)."""
+    import csv
+    import json
+
+    from speechbrain.decoders.seq2seq import S2SWhisperGreedySearcher
+    from speechbrain.inference.ASR import WhisperASR
+    from test_upstream_whisper import ONE_STEP
+    from upstream.runs import (
+        distillation_fragment,
+        run_whisper,
+        whisper_data,
+        write_whisper_recipe,
+    )
+
+    from sb_prune.cli import main
+    from sb_prune.families.whisper.onnx_greedy import onnx_whisper_transcriber
+
+    if not (SHARED / "librilight").is_dir():
+        pytest.skip("real speech not here: ../shared/data (CI has it)")
+    data = whisper_data(
+        SHARED / "librilight", tmp_path / "csv", train=2, dev=1, test=1
+    )
+    script = write_whisper_recipe(
+        tmp_path / "recipe", distillation_fragment(ONE_STEP)
+    )
+    run_whisper(script, whisper_tiny_en, tmp_path / "run", data, threads=1)
+    out = tmp_path / "exported"
+    argv = ["export", "--source", str(tmp_path / "run"), "--out", str(out)]
+    capsys.readouterr()
+    assert main([*argv, "--onnx"]) == 0
+    summary = json.loads(capsys.readouterr().out)["onnx"]
+    heads = summary["encoder"]["heads"]
+    assert len(set(heads)) > 1 or max(heads) < 6
+    assert summary["rules"]["folder_beam_size"] == 2  # the run's test_search
+    asr = WhisperASR.from_hparams(source=str(out), savedir=str(out))
+    asr.mods.decoder = S2SWhisperGreedySearcher(  # ONNX: greedy
+        asr.mods.whisper,
+        min_decode_ratio=0.0,
+        max_decode_ratio=asr.mods.decoder.max_decode_ratio,
+    )
+    with open(data["test_csv"][0], newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    wav = asr.load_audio(row["wav"].replace("$data_root", data["data_folder"]))
+    expected_words, expected = asr.transcribe_batch(
+        wav.unsqueeze(0), torch.tensor([1.0])
+    )
+    words, tokens = onnx_whisper_transcriber(out, threads=1)(wav)
+    assert tokens == [int(t) for t in expected[0]]
+    assert words == expected_words[0]  # normalised, as the run scored them

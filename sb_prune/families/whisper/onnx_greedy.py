@@ -65,8 +65,9 @@ def greedy_rules(lobe, searcher, normalized_transcripts=False):
         decoded), ``suppress_first`` (nor at the first step), ``eos``,
         ``steps`` (most tokens), ``memory_limit`` (decoding stops once the
         prompt and the tokens decoded before the current one reach it),
-        ``normalized_transcripts`` and the front end's ``n_fft``,
-        ``hop_length``.
+        ``normalized_transcripts``, ``folder_beam_size`` (the beam width
+        the folder decodes with in PyTorch, None for greedy) and the front
+        end's ``n_fft``, ``hop_length``.
 
     Raises
     ------
@@ -74,6 +75,8 @@ def greedy_rules(lobe, searcher, normalized_transcripts=False):
         When the search is not one greedy decoding can reproduce.
     """
     from speechbrain.decoders.seq2seq import S2SWhisperGreedySearcher
+
+    beam_size = getattr(searcher, "beam_size", None)
 
     if lobe.is_multilingual and lobe.language is None:
         raise ValueError(
@@ -108,6 +111,7 @@ def greedy_rules(lobe, searcher, normalized_transcripts=False):
         - int(frames * searcher.min_decode_ratio),
         "memory_limit": searcher.max_attn_tokens - searcher.sample_begin,
         "normalized_transcripts": bool(normalized_transcripts),
+        "folder_beam_size": beam_size,
         "n_fft": lobe._n_fft,
         "hop_length": lobe._hop_length,
     }
@@ -235,6 +239,11 @@ def export_asr_onnx(asr, out_folder, atol=1e-4):
     (out / DECODING_FILE).write_text(json.dumps(rules))
     np.save(out / MEL_FILE, lobe._mel_filters.numpy())
     lobe.tokenizer.save_pretrained(str(out))
+    # save_pretrained leaves out the English normaliser's spellings, which
+    # normalize() reads from normalizer.json when the tokenizer loads.
+    spellings = getattr(lobe.tokenizer, "english_spelling_normalizer", None)
+    if spellings is not None:
+        (out / "normalizer.json").write_text(json.dumps(spellings))
     summary["rules"] = rules
     summary["folder"] = str(out)
     return summary
