@@ -238,19 +238,17 @@ def export_whisper_graphs(model, folder, atol=1e-4):
     encoder, decoder = core.encoder.eval(), core.decoder.eval()
     frames = 2 * encoder.config.max_source_positions
     layers = len(decoder.layers)
-    batch, new, past, length = (
-        torch.export.Dim.DYNAMIC,
-        torch.export.Dim.DYNAMIC,
-        torch.export.Dim.DYNAMIC,
-        torch.export.Dim.DYNAMIC,
+    # Free axes: batch, new tokens, cached tokens, encoder positions.
+    batch = new = past = length = torch.export.Dim.DYNAMIC
+    generator = torch.Generator().manual_seed(0)
+    mel = torch.randn(
+        2, encoder.config.num_mel_bins, frames, generator=generator
     )
-    mel = torch.randn(2, encoder.config.num_mel_bins, frames)
     with torch.no_grad():
         states = EncoderGraph(encoder)(mel)
     own_names = _names("self_", layers)
     cross_names = _names("cross_", layers)
     summary = {
-        "cross_kv": {},
         "encoder": {
             "layers": len(encoder.layers),
             "heads": [layer.self_attn.num_heads for layer in encoder.layers],
@@ -264,6 +262,7 @@ def export_whisper_graphs(model, folder, atol=1e-4):
                 layer.encoder_attn.num_heads for layer in decoder.layers
             ],
         },
+        "cross_kv": {},
     }
     specs = {
         "encoder": (
@@ -272,7 +271,7 @@ def export_whisper_graphs(model, folder, atol=1e-4):
             ({0: batch},),
             ["mel"],
             ["states"],
-            [(torch.randn(1, *mel.shape[1:]),)],
+            [(torch.randn(1, *mel.shape[1:], generator=generator),)],
         ),
         "cross_kv": (
             CrossKeysValues(decoder),
@@ -280,7 +279,7 @@ def export_whisper_graphs(model, folder, atol=1e-4):
             ({0: batch, 1: length},),
             ["states"],
             cross_names,
-            [(torch.randn(1, 7, states.shape[2]),)],
+            [(torch.randn(1, 7, states.shape[2], generator=generator),)],
         ),
         "decoder": (
             DecoderStep(decoder),
