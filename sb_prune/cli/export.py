@@ -30,9 +30,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--onnx",
         action="store_true",
-        help="also write ctc_encoder.onnx (batch 1, any length), checked "
-        "under ONNX Runtime (needs the onnx extra: pip install "
-        "sb_prune[onnx])",
+        help="also write ctc_encoder.onnx (batch 1, any length); Whisper "
+        "runs: onnx/, the encoder, the decoder with its key/value cache and "
+        "the greedy search's rules for ONNX Runtime; checked under ONNX "
+        "Runtime (needs the onnx extra: pip install sb_prune[onnx])",
     )
     parser.add_argument(
         "--ctranslate2",

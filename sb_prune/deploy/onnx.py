@@ -26,12 +26,13 @@ from sb_prune.deploy.torchscript import CTCEncoder, example_features
 ONNX_FILE = "ctc_encoder.onnx"
 
 
-def _onnx_program(module, args, kwargs=None, free_length=True):
-    """Export ``module`` called on ``args`` (the first one's axis 1 free)."""
-    dynamic = None
-    if free_length:
-        auto = torch.export.Dim.AUTO
-        dynamic = tuple({1: auto} if i == 0 else None for i in range(len(args)))
+def _onnx_program(module, args, kwargs=None, dynamic=None, names=None):
+    """Export ``module`` called on ``args``.
+
+    ``dynamic``: their free axes; ``names``: the graph's
+    ``(input_names, output_names)``.
+    """
+    inputs, outputs = names or (None, None)
     # The exporter prints its progress; keep the caller's output clean.
     with contextlib.redirect_stdout(io.StringIO()):
         return torch.onnx.export(
@@ -40,8 +41,49 @@ def _onnx_program(module, args, kwargs=None, free_length=True):
             kwargs=kwargs or None,
             dynamo=True,
             dynamic_shapes=dynamic,
+            input_names=inputs,
+            output_names=outputs,
             verbose=False,
         )
+
+
+def onnx_program(module, args, dynamic, input_names=None, output_names=None):
+    """Export a module to ONNX, naming the part that fails if it fails.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The module, in eval mode.
+    args : tuple
+        Example positional inputs.
+    dynamic : tuple
+        For each input, ``{axis: torch.export.Dim}`` of its free axes (or
+        None).
+    input_names, output_names : list of str, optional
+        The graph's names of its inputs and outputs.
+
+    Returns
+    -------
+    torch.onnx.ONNXProgram
+        The exported program (``.save(path)`` writes it).
+
+    Raises
+    ------
+    ValueError
+        Naming the deepest submodule that cannot be exported.
+    """
+    try:
+        return _onnx_program(
+            module, args, dynamic=dynamic, names=(input_names, output_names)
+        )
+    except Exception as error:
+        part = failing_part(module, args)
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error).strip())
+        message = message.splitlines()[0]
+        raise ValueError(
+            f"ONNX cannot export the model: the part that fails on its own "
+            f"is {part}. Exporter's error: {message}"
+        ) from error
 
 
 def failing_part(model, inputs):
@@ -109,13 +151,13 @@ def _called_below(module, calls, prefix=""):
 
 def _exports(module, args, kwargs):
     try:
-        _onnx_program(module, args, kwargs, free_length=False)
+        _onnx_program(module, args, kwargs)
     except Exception:  # noqa: BLE001 - any failure means "not exportable"
         return False
     return True
 
 
-def ort_session(path, threads=None):
+def ort_inference_session(path, threads=None):
     """An ONNX Runtime CPU session with torch's number of threads.
 
     Arguments
@@ -128,24 +170,75 @@ def ort_session(path, threads=None):
 
     Returns
     -------
-    callable
-        ``(*tensors) -> torch.Tensor``: the graph's first output.
+    onnxruntime.InferenceSession
+        The session.
     """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
+    return onnxruntime.InferenceSession(
         str(path), options, providers=["CPUExecutionProvider"]
     )
+
+
+def ort_session(path, threads=None):
+    """An ONNX Runtime CPU session as a function of tensors.
+
+    Arguments
+    ---------
+    path : str
+        The ``.onnx`` file.
+    threads : int, optional
+        See :func:`ort_inference_session`.
+
+    Returns
+    -------
+    callable
+        ``(*tensors) -> torch.Tensor``: the graph's first output.
+    """
+    return _outputs_of(ort_inference_session(path, threads), first=True)
+
+
+def _outputs_of(session, first=False):
+    """``(*tensors) -> outputs`` of a session (the first one only)."""
     names = [i.name for i in session.get_inputs()]
 
     def run(*tensors):
         feed = {n: t.detach().cpu().numpy() for n, t in zip(names, tensors)}
-        return torch.from_numpy(session.run(None, feed)[0])
+        outputs = [torch.from_numpy(o) for o in session.run(None, feed)]
+        return outputs[0] if first else outputs
 
     return run
+
+
+def ort_difference(path, module, inputs):
+    """The largest difference between ONNX Runtime and PyTorch.
+
+    Arguments
+    ---------
+    path : str
+        The ``.onnx`` file of ``module``.
+    module : torch.nn.Module
+        The module.
+    inputs : tuple
+        Positional inputs of both.
+
+    Returns
+    -------
+    float
+        Over all outputs, the largest absolute difference.
+    """
+    with torch.no_grad():
+        expected = module(*inputs)
+    if isinstance(expected, torch.Tensor):
+        expected = (expected,)
+    got = _outputs_of(ort_inference_session(path))(*inputs)
+    return max(
+        float((a - b).abs().max()) if a.numel() else 0.0
+        for a, b in zip(got, expected, strict=True)
+    )
 
 
 def export_onnx(model, path, inputs, check_inputs, atol=1e-4):
@@ -190,23 +283,12 @@ def export_onnx(model, path, inputs, check_inputs, atol=1e-4):
     True
     """
     model.eval()
-    try:
-        program = _onnx_program(model, inputs)
-    except Exception as error:
-        part = failing_part(model, inputs)
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error).strip())
-        message = message.splitlines()[0]
-        raise ValueError(
-            f"ONNX cannot export the model: the part that fails on its own "
-            f"is {part}. Exporter's error: {message}"
-        ) from error
+    frames = torch.export.Dim.AUTO
+    dynamic = tuple({1: frames} if i == 0 else None for i in range(len(inputs)))
+    program = onnx_program(model, inputs, dynamic)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
-    with torch.no_grad():
-        expected = model(*check_inputs)
-    difference = float(
-        (ort_session(path)(*check_inputs) - expected).abs().max()
-    )
+    difference = ort_difference(path, model, check_inputs)
     if difference > atol:
         raise ValueError(
             f"The ONNX graph differs from the model by {difference:.2e} "

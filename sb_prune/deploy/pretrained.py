@@ -162,7 +162,10 @@ def export_pretrained(
         ``test_search``; both are SpeechBrain recipes' names).
     onnx : bool
         Also write ``ctc_encoder.onnx`` (batch 1, any length; see
-        :mod:`sb_prune.deploy.onnx`), checked under ONNX Runtime.
+        :mod:`sb_prune.deploy.onnx`), checked under ONNX Runtime; for an
+        encoder-decoder Whisper run, the folder's ``onnx/`` (encoder,
+        decoder with its key/value cache, greedy rules: see
+        :mod:`sb_prune.families.whisper.onnx_greedy`).
     ctranslate2 : dict, optional
         For an encoder-decoder Whisper run: also write the folder's
         ``ctranslate2/``, for CTranslate2 and faster-whisper, with these
@@ -181,14 +184,14 @@ def export_pretrained(
     if _is_whisper_run(run_folder):
         from sb_prune.deploy.whisper_run import export_whisper_run
 
-        if torchscript or onnx:
+        if torchscript:
             raise ValueError(
-                "export: --torchscript and --onnx write CTC Transformer "
-                f"encoders; {run_folder} is a Whisper run, exported for "
-                "WhisperASR only"
+                "export: --torchscript writes CTC Transformer encoders; "
+                f"{run_folder} is a Whisper run (--onnx and --ctranslate2 "
+                "export it)"
             )
         return export_whisper_run(
-            run_folder, out_folder, min_key, search, ctranslate2
+            run_folder, out_folder, min_key, search, ctranslate2, onnx
         )
     if ctranslate2 is not None:
         raise ValueError(

@@ -141,7 +141,12 @@ def whisper_source(hparams_file):
 
 
 def export_whisper_run(
-    run_folder, out_folder, min_key="WER", search=None, ctranslate2=None
+    run_folder,
+    out_folder,
+    min_key="WER",
+    search=None,
+    ctranslate2=None,
+    onnx=False,
 ):
     """Write the model a Whisper recipe run tested as a pretrained folder.
 
@@ -161,6 +166,10 @@ def export_whisper_run(
         An encoder-decoder run: also write ``<out_folder>/ctranslate2``
         for CTranslate2 and faster-whisper, with these options of
         :func:`~sb_prune.families.whisper.faster_whisper.export_ctranslate2`.
+    onnx : bool
+        An encoder-decoder run: also write ``<out_folder>/onnx`` for ONNX
+        Runtime
+        (:func:`~sb_prune.families.whisper.onnx_greedy.export_whisper_onnx`).
 
     Returns
     -------
@@ -181,11 +190,11 @@ def export_whisper_run(
     hparams = read_hparams(run_folder, "--source")
     whisper = hparams["modules"]["whisper"]
     if whisper.encoder_only:
-        if ctranslate2 is not None:
+        if ctranslate2 is not None or onnx:
             raise ValueError(
-                f"export: --ctranslate2 writes Whisper's encoder-decoder; "
-                f"{hparams_file} decodes with a CTC head, which "
-                "faster-whisper does not run"
+                f"export: --ctranslate2 and --onnx write Whisper's "
+                f"encoder-decoder; {hparams_file} decodes with a CTC head, "
+                "which faster-whisper and the ONNX transcriber do not run"
             )
         return _export_ctc(run_folder, hparams, source, out_folder, min_key)
     beam_size, max_decode_ratio = _decoding(hparams, hparams_file, search)
@@ -207,6 +216,10 @@ def export_whisper_run(
             Path(out_folder) / "ctranslate2",
             **ctranslate2,
         )
+    if onnx:
+        from sb_prune.families.whisper.onnx_greedy import export_whisper_onnx
+
+        summary["onnx"] = export_whisper_onnx(out_folder)
     return summary
 
 
