@@ -61,12 +61,14 @@ def few_utterances(tmp_path_factory):
     return whisper_data(SHARED, folder, train=2, dev=1, test=2)
 
 
-def export(run, folder, capsys):
-    """``sb-prune export`` of a run: its printed summary."""
+def export(run, folder, capsys, *options):
+    """``sb-prune export`` of a run (with ``options``): its printed
+    summary."""
     from sb_prune.cli import main
 
     capsys.readouterr()
-    assert main(["export", "--source", str(run), "--out", str(folder)]) == 0
+    argv = ["export", "--source", str(run), "--out", str(folder), *options]
+    assert main(argv) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -125,7 +127,7 @@ def test_readme_edits_prune_test_resume_and_export(
     assert logged_tests(output) == [tested, tested]
 
     folder = tmp_path / "exported"
-    summary = export(output, folder, capsys)
+    summary = export(output, folder, capsys, "--onnx")
     assert summary["interface"] == "WhisperASR"
     assert summary["pruned"] == ["encoder"]
     assert summary["params"] == tested["params"]
@@ -133,6 +135,39 @@ def test_readme_edits_prune_test_resume_and_export(
     wer, encoder_params = exported_wer(folder, few_utterances)
     assert encoder_params == summary["encoder_params"]
     assert wer == tested["WER"]
+    onnx_transcribes_as_greedy_whisper_asr(
+        folder, summary["onnx"], few_utterances
+    )
+
+
+def onnx_transcribes_as_greedy_whisper_asr(folder, summary, data):
+    """The ``onnx/`` of an exported run (its blocks keep different head
+    counts) transcribes the first test utterance with the exact tokens and
+    normalised words of WhisperASR decoding greedily (the run's folder
+    decodes with beam search, which the ONNX transcriber does not)."""
+    from speechbrain.decoders.seq2seq import S2SWhisperGreedySearcher
+    from speechbrain.inference.ASR import WhisperASR
+
+    from sb_prune.families.whisper.onnx_greedy import onnx_whisper_transcriber
+
+    heads = summary["encoder"]["heads"]
+    assert len(set(heads)) > 1 or max(heads) < 6
+    assert summary["rules"]["folder_beam_size"] == 2  # the run's test_search
+    asr = WhisperASR.from_hparams(source=str(folder), savedir=str(folder))
+    asr.mods.decoder = S2SWhisperGreedySearcher(
+        asr.mods.whisper,
+        min_decode_ratio=0.0,
+        max_decode_ratio=asr.mods.decoder.max_decode_ratio,
+    )
+    with open(data["test_csv"][0], newline="") as handle:
+        row = next(csv.DictReader(handle))
+    wav = asr.load_audio(row["wav"].replace("$data_root", data["data_folder"]))
+    expected_words, expected = asr.transcribe_batch(
+        wav.unsqueeze(0), torch.tensor([1.0])
+    )
+    words, tokens = onnx_whisper_transcriber(folder, threads=1)(wav)
+    assert tokens == [int(t) for t in expected[0]]
+    assert words == expected_words[0]  # normalised, as the run scored them
 
 
 def test_export_names_the_file_of_a_run_without_its_whisper(tmp_path, capsys):
