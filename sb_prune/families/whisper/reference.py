@@ -219,8 +219,8 @@ def _attend(query, key, value, heads, causal=False):
 class CTranslate2Whisper:
     """Whisper's forward pass from the variables of a CTranslate2 model.
 
-    One utterance at a time, float32, no key/value cache: a yardstick, not
-    a fast decoder.
+    One utterance at a time, float32, self-attention recomputed over all
+    the tokens at each step: a yardstick, not a fast decoder.
 
     Arguments
     ---------
@@ -269,7 +269,7 @@ class CTranslate2Whisper:
 
     def __init__(self, variables, config, tokenizer):
         self.weights = {
-            name: torch.as_tensor(value).float()
+            name: torch.tensor(value, dtype=torch.float32)
             for name, value in variables.items()
             if value.ndim and value.dtype.kind == "f"
         }
