@@ -108,9 +108,12 @@ def test_low_rank_token_table_scores_like_the_dense_one_and_exports(
     wav = sorted(folder.rglob("*.flac"))[0]
     expected = asr.transcribe_file(str(wav))[0].words
 
-    def transcribe(lobe):
+    def transcribe(lobe):  # as the folders decode
         search = S2SWhisperGreedySearcher(
-            lobe, min_decode_ratio=0.0, max_decode_ratio=0.15
+            lobe,
+            min_decode_ratio=0.0,
+            max_decode_ratio=asr.mods.decoder.max_decode_ratio,
+            suppress_tokens=list(asr.mods.decoder.suppress_tokens),
         )
         asr.mods.whisper, asr.mods.decoder = lobe, search
         return asr.transcribe_file(str(wav))[0].words

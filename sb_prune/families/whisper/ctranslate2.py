@@ -32,7 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sb_prune.families.whisper.folders import whisper_asr_hparams
+from sb_prune.families.whisper.folders import (
+    suppressed_tokens,
+    whisper_asr_hparams,
+)
 
 #: Whisper's English spelling map (OpenAI, MIT: see THIRD_PARTY.md).
 ENGLISH_SPELLING = Path(__file__).with_name("english_spelling.json")
@@ -433,7 +436,11 @@ def convert_whisper(source, out_folder, beam_size=None):
         is_multilingual=config.vocab_size >= 51865,
     ).save_pretrained(out)
     (out / "hyperparams.yaml").write_text(
-        whisper_asr_hparams(out.resolve(), beam_size=beam_size)
+        whisper_asr_hparams(
+            out.resolve(),
+            beam_size=beam_size,
+            suppress_tokens=config.suppress_tokens,
+        )
     )
     encoder = sum(
         v.numel() for k, v in state.items() if k.startswith("model.encoder.")
@@ -484,7 +491,9 @@ def hugging_face_whisper(source, cache_folder):
         scratch = Path(f"{target}.{os.getpid()}.tmp")
         convert_whisper(source, scratch)
         (scratch / "hyperparams.yaml").write_text(
-            whisper_asr_hparams(target.resolve())
+            whisper_asr_hparams(
+                target.resolve(), suppress_tokens=suppressed_tokens(scratch)
+            )
         )
         try:
             os.rename(scratch, target)

@@ -3,11 +3,15 @@
 A folder holds a Hugging Face Whisper model (``config.json``,
 ``model.safetensors``, tokenizer and feature-extractor files) and a
 ``hyperparams.yaml`` for ``speechbrain.inference.ASR.WhisperASR``
-(:func:`whisper_asr_hparams`). :func:`export_whisper` writes a compressed
-model's folder: each pruned part (encoder, decoder) has its weights in
-``<part>.ckpt`` at their pruned shapes and its structure record in
-``<part>_structure.json``; ``model.safetensors`` holds the rest, with the
-parts that kept their shapes (fine-tuned or not). The ``hyperparams.yaml``
+(:func:`whisper_asr_hparams`), which decodes as Whisper does (checked
+token for token against :mod:`sb_prune.families.whisper.reference`): the
+model's suppressed tokens, at most 224 tokens, and each utterance's
+features computed alone, in a batch too (sb_prune's lobe).
+:func:`export_whisper` writes a compressed model's folder: each pruned
+part (encoder, decoder) has its weights in ``<part>.ckpt`` at their pruned
+shapes and its structure record in ``<part>_structure.json``;
+``model.safetensors`` holds the rest, with the parts that kept their
+shapes (fine-tuned or not). The ``hyperparams.yaml``
 builds the Whisper lobe, reshapes its pruned parts to their records
 (:func:`rebuild_encoder`, :func:`rebuild_decoder`) and lets the pretrainer
 load their checkpoints::
@@ -23,6 +27,7 @@ Authors
 import copy
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import torch
@@ -64,12 +69,14 @@ _GREEDY = """\
 decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher
     model: !ref <whisper>
     min_decode_ratio: 0.0
-    max_decode_ratio: !ref <max_decode_ratio>"""
+    max_decode_ratio: !ref <max_decode_ratio>
+    suppress_tokens: !ref <suppress_tokens>"""
 _BEAM = """\
 decoder: !new:speechbrain.decoders.seq2seq.S2SWhisperBeamSearcher
     module: [!ref <whisper>]
     min_decode_ratio: 0.0
     max_decode_ratio: !ref <max_decode_ratio>
+    suppress_tokens: !ref <suppress_tokens>
     beam_size: {beam_size}"""
 _PRETRAINER = """\
 # The weights are in model.safetensors, which the Whisper lobe loads; a
@@ -92,7 +99,10 @@ language: english
 sample_rate: 16000
 max_decode_ratio: {max_decode_ratio}  # of the 1500 encoder frames
 normalized_transcripts: {normalized}  # transcribe_batch: normalised words
+# Never decoded (the model's config.json; -1: SpeechBrain's list).
+{suppress_tokens}
 
+# sb_prune's lobe: SpeechBrain's, each utterance's features alone.
 whisper: !new:{lobe}
     source: !ref <whisper_folder>
     save_path: !ref <whisper_folder>
@@ -110,28 +120,58 @@ modules:
 """
 
 
-#: The lobe of exported folders, and the one for a low-rank token table.
-LOBE = "speechbrain.integrations.huggingface.whisper.Whisper"
-FACTORED_LOBE = "sb_prune.nn.WhisperLobe"
+#: The lobe of the folders: SpeechBrain's, with each utterance's features
+#: computed alone and a low-rank token table scored through its factors
+#: (:class:`sb_prune.families.whisper.lobe.WhisperLobe`).
+FOLDER_LOBE = "sb_prune.nn.WhisperLobe"
 #: The lobes a Whisper recipe's hparams may build its ``whisper`` with:
 #: SpeechBrain's (1.x, then the 1.0 name that 1.1 redirects) and ours.
 WHISPER_LOBES = (
-    LOBE,
+    "speechbrain.integrations.huggingface.whisper.Whisper",
     "speechbrain.lobes.models.huggingface_transformers.whisper.Whisper",
-    FACTORED_LOBE,
+    FOLDER_LOBE,
 )
-#: Decoding stops after this fraction of the 1500 encoder frames: 225
-#: tokens, Whisper's own limit being 224.
-MAX_DECODE_RATIO = 0.15
+#: Whisper samples at most 224 tokens (half its 448 text positions).
+MAX_TOKENS = 224
+#: The searcher's fraction of the 1500 encoder frames that allows as many
+#: (SpeechBrain decodes ``int(1500 * ratio)`` steps).
+MAX_DECODE_RATIO = MAX_TOKENS / 1500
+
+
+def suppressed_tokens(folder):
+    """The tokens a Hugging Face Whisper folder's model never decodes.
+
+    Arguments
+    ---------
+    folder : str or pathlib.Path
+        It holds ``config.json``.
+
+    Returns
+    -------
+    list of int or None
+        Its ``suppress_tokens`` (Whisper's non-speech tokens and the
+        special tokens that are not text); None if it names none.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text('{"suppress_tokens": [1]}')
+    >>> suppressed_tokens(folder)
+    [1]
+    >>> shutil.rmtree(folder)
+    """
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return config.get("suppress_tokens") or None
 
 
 def whisper_asr_hparams(
     folder,
     beam_size=None,
     pruned=(),
-    lobe=LOBE,
     max_decode_ratio=MAX_DECODE_RATIO,
     normalized_transcripts=False,
+    suppress_tokens=None,
 ):
     """The ``hyperparams.yaml`` of a Whisper folder, for ``WhisperASR``.
 
@@ -145,9 +185,6 @@ def whisper_asr_hparams(
     pruned : tuple of str
         The parts rebuilt from ``<part>_structure.json`` and loaded from
         ``<part>.ckpt`` (see :func:`export_whisper`).
-    lobe : str
-        The Whisper lobe's class (:data:`FACTORED_LOBE` for a decoder with a
-        low-rank token table).
     max_decode_ratio : float
         The searcher's longest hypothesis, as a fraction of the encoder's
         frames.
@@ -155,6 +192,10 @@ def whisper_asr_hparams(
         ``WhisperASR.transcribe_batch`` returns the words of Whisper's
         English normaliser (as SpeechBrain's Whisper recipes score them)
         rather than the decoded text.
+    suppress_tokens : list of int, optional
+        The tokens never decoded (:func:`suppressed_tokens` of the
+        folder); default SpeechBrain's list of non-speech tokens, which
+        lacks ``<|nocaptions|>``.
 
     Returns
     -------
@@ -171,6 +212,9 @@ def whisper_asr_hparams(
     >>> text = whisper_asr_hparams("/m", max_decode_ratio=0.1)
     >>> "max_decode_ratio: 0.1 " in text, "transcripts: False" in text
     (True, True)
+    >>> "suppress_tokens: [1, 2]" in whisper_asr_hparams("/m", None, (), 0.1,
+    ...     suppress_tokens=[1, 2])
+    True
     """
     check_number("max_decode_ratio", max_decode_ratio, low=0, open_low=True)
     decoder = _GREEDY
@@ -188,11 +232,17 @@ def whisper_asr_hparams(
         )
     return _HPARAMS.format(
         folder=folder,
-        lobe=lobe,
+        lobe=FOLDER_LOBE,
         decoder=decoder,
         pretrainer=_PRETRAINER.format(rebuilds=rebuilds, loadables=loadables),
         max_decode_ratio=max_decode_ratio,
         normalized=bool(normalized_transcripts),
+        suppress_tokens=textwrap.fill(
+            str(list(suppress_tokens or [-1])),
+            width=76,
+            initial_indent="suppress_tokens: ",
+            subsequent_indent="    ",
+        ),
     )
 
 
@@ -353,15 +403,14 @@ def export_whisper(
         summary[f"{part}_params"] = sum(p.numel() for p in stack.parameters())
     weights = {key: value.contiguous() for key, value in weights.items()}
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    factored = any(hasattr(m, "logits") for m in whisper.modules())
     (out / "hyperparams.yaml").write_text(
         whisper_asr_hparams(
             out.resolve(),
             beam_size=beam_size,
             pruned=pruned,
-            lobe=FACTORED_LOBE if factored else LOBE,
             max_decode_ratio=max_decode_ratio,
             normalized_transcripts=normalized_transcripts,
+            suppress_tokens=suppressed_tokens(dense),
         )
     )
     summary["pruned"] = pruned
