@@ -24,12 +24,16 @@ Per row (model, runtime):
 * ``word_agreement``: 1 - word edit distance / words of PyTorch's
   transcripts of the same model (words upper-cased, punctuation removed).
 
+The dense model is also timed a second time as if it were compressed
+(``dense (control)``): its ``e2e_speedup`` should be 1, and how far it is
+shows what the timings of this machine can tell apart.
+
 The issue's targets: ``word_agreement >= 0.99`` for faster-whisper in
 float32; ``e2e_speedup >= 0.8 x ideal_e2e`` in float32 and int8.
 
 Usage:
     python benchmarks/whisper_runtime.py --work /work/runs/acc \
-        --utterances 10 --repeats 5 --threads 1 \
+        --exports /tmp/exports --utterances 8 --repeats 5 --threads 1 \
         --json benchmarks/results/whisper_runtime.json
 
 Authors
@@ -54,6 +58,9 @@ COMPRESSED = {
     "whole-kd": "whole model: encoder as ours-kd, decoder 4 -> 2 layers, "
     "token table rank 192 (multiplied back to dense for CTranslate2)",
 }
+#: the dense model timed a second time, as if compressed: the spread of
+#: the timings of equal models on this machine
+CONTROL = "dense (control)"
 #: the issue's target ratio of measured to ideal speed-up
 OF_IDEAL = 0.8
 
@@ -172,6 +179,12 @@ def main():
         default=REPO / "benchmarks" / "out" / "whisper",
         help="whisper_accuracy.py's --work: the runs exported there",
     )
+    parser.add_argument(
+        "--exports",
+        type=Path,
+        help="where the CTranslate2 exports are written (default: "
+        "<work>/runtime)",
+    )
     parser.add_argument("--utterances", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -183,25 +196,31 @@ def main():
     from sb_prune.families.whisper.macs import transcription_macs
 
     dense, audio = test_audio(args.work, args.utterances)
-    folders = {"dense": dense}
+    # the dense model twice: how far apart equal models time here
+    folders = {"dense": dense, CONTROL: dense}
     for name in COMPRESSED:
         folders[name] = args.work / MODEL / name / "1" / "exported"
-    transcripts, macs, functions = {}, {}, {}
+    exports = args.exports or args.work / "runtime"
+    transcripts, counts, functions = {}, {}, {}
     for runtime, runner in RUNTIMES.items():
         for name, folder in folders.items():
-            out = args.work / "runtime" / name
+            out = exports / folder.parent.parent.name  # the configuration
             out.mkdir(parents=True, exist_ok=True)
             transcribe, model, prompt = runner(folder, out, args.threads)
             found = [transcribe(signal) for signal in audio]
             transcripts[name, runtime] = [text for text, _ in found]
-            encoder_decoder = [
+            macs = [
                 transcription_macs(model, prompt, tokens) for _, tokens in found
             ]
-            macs[name, runtime] = sum(m["total"] for m in encoder_decoder)
+            counts[name, runtime] = {
+                "macs": sum(m["total"] for m in macs),
+                "encoder_macs": sum(m["encoder"] for m in macs),
+                "tokens": sum(tokens for _, tokens in found),
+            }
             functions[name, runtime] = partial(
                 lambda t: [t(signal) for signal in audio], transcribe
             )
-            print(f"{name:<10}{runtime:<22}{macs[name, runtime]:>16,} MACs")
+            print(f"{name:<16}{runtime:<22}{counts[name, runtime]}")
     times = measure(functions, args.repeats)
     rows = []
     for name, runtime in functions:
@@ -211,7 +230,9 @@ def main():
                 "method": name,
                 "runtime": runtime,
                 "ideal_e2e": round(
-                    macs["dense", runtime] / macs[name, runtime], 3
+                    counts["dense", runtime]["macs"]
+                    / counts[name, runtime]["macs"],
+                    3,
                 ),
                 "e2e_speedup": round(
                     times["dense", runtime] / times[name, runtime], 3
@@ -224,12 +245,12 @@ def main():
                     4,
                 ),
                 "seconds": round(times[name, runtime], 3),
-                "macs": macs[name, runtime],
+                **counts[name, runtime],
             }
         )
         row = rows[-1]
         print(
-            f"{name:<10}{runtime:<22}ideal {row['ideal_e2e']:.3f}  "
+            f"{name:<16}{runtime:<22}ideal {row['ideal_e2e']:.3f}  "
             f"measured {row['e2e_speedup']:.3f}  agreement "
             f"{row['word_agreement']:.4f}  {row['seconds']:.2f} s"
         )
@@ -262,7 +283,7 @@ def targets(rows):
     targets."""
     met = {}
     for row in rows:
-        if row["method"] == "dense" or row["runtime"] == "pytorch":
+        if row["method"] in ("dense", CONTROL) or row["runtime"] == "pytorch":
             continue
         key = f"{row['method']} {row['runtime']}"
         met[key] = {
