@@ -127,8 +127,9 @@ def tiny_ssl_model(name, layers, seed=0):
     return getattr(transformers, model_name)(config).eval()
 
 
-def tiny_whisper(seed=0, encoder_layers=2):
-    """A random Whisper of width 16, 2 decoder layers (non-zero biases)."""
+def tiny_whisper(seed=0, encoder_layers=2, max_source_positions=10):
+    """A random Whisper of width 16, 2 decoder layers (non-zero biases);
+    its encoder reads ``2 x max_source_positions`` frames."""
     import transformers
 
     config = transformers.WhisperConfig(
@@ -141,7 +142,7 @@ def tiny_whisper(seed=0, encoder_layers=2):
         decoder_attention_heads=2,
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
-        max_source_positions=10,
+        max_source_positions=max_source_positions,
         max_target_positions=12,
         pad_token_id=50,
         bos_token_id=50,

@@ -18,6 +18,8 @@ SHOWN = [
     ("whisper_dense", ["wer_dense"]),
     ("whisper_dense", ["convexity", "fsdd_speaker", "scores", 2]),
     ("whisper_compress", ["rows", 2, "WER"]),
+    ("whisper_compress", ["rows", 2, "ideal_ratio"]),
+    ("whisper_runtime", ["rows", 2, "e2e_speedup"]),
     ("speed_cpu", ["runs", "fp32", "criterion_0.5", "latency_ratio_b1"]),
     ("ad_compress_whole_set", ["settings", 0, "wer", "mean"]),
     ("ad_compress_subset", ["rows", 0, "wer"]),

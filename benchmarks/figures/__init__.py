@@ -20,6 +20,7 @@ from . import (
     speed,
     whisper,
     whisper_accuracy,
+    whisper_runtime,
 )
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -29,6 +30,7 @@ BLOCKS = {
     "whisper_compress": whisper.compress,
     "whisper_recipe": whisper.recipe,
     "whisper_accuracy": whisper_accuracy.main,
+    "whisper_runtime": whisper_runtime.main,
     "speed_cpu": speed.cpu,
     "ad_compress": adaptive_dropout.compress,
     "ad_from_scratch": adaptive_dropout.from_scratch,

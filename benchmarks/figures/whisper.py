@@ -172,7 +172,8 @@ def compress(results):
             f"({span([r['train_seconds'] / 60 for r in tuned], 0)} CPU "
             "minutes); encoder speed-up measured side by side on "
             f"{figures['machine']}, 30 s input, ideal = dense MACs / MACs "
-            f"(`{figures['command']}`):"
+            "with the attention products (recounted after the run: the "
+            f"JSON's `macs_note`; `{figures['command']}`):"
         ),
         table(
             [
