@@ -2,7 +2,7 @@
 
 For each Whisper folder (one ``WhisperASR`` loads: ``convert_whisper``'s
 dense one, ``export_whisper``'s compressed one), writes its ONNX folder
-(``sb_prune.families.whisper.onnx_greedy.export_whisper_onnx``, into a
+(``sb_prune.deploy.whisper_onnx.export_whisper_onnx``, into a
 temporary folder), then transcribes the first utterances of a recipe
 run's ``test.csv`` with ``WhisperASR`` (PyTorch, the folder's searcher)
 and with ``onnx_whisper_transcriber`` (ONNX Runtime, greedy). Prints, per
@@ -35,7 +35,7 @@ def agreement(folder, rows, out):
     from speechbrain.utils.metric_stats import ErrorRateStats
 
     from sb_prune.data.real_speech import plain_words
-    from sb_prune.families.whisper.onnx_greedy import (
+    from sb_prune.deploy.whisper_onnx import (
         export_whisper_onnx,
         onnx_whisper_transcriber,
     )

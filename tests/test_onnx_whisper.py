@@ -15,11 +15,11 @@ from sb_prune.methods.low_rank.layer import LowRankLinear
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("transformers")
 
-from sb_prune.families.whisper.onnx_graphs import (  # noqa: E402
-    export_whisper_graphs,
-)
-from sb_prune.families.whisper.onnx_greedy import (  # noqa: E402
+from sb_prune.deploy.whisper_onnx import (  # noqa: E402
     OnnxWhisperGreedy,
+)
+from sb_prune.deploy.whisper_onnx_graphs import (  # noqa: E402
+    export_whisper_graphs,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -144,7 +144,7 @@ def test_pruned_real_whisper_transcribes_under_onnx_runtime(
         pytest.skip("real speech not here: ../shared/data (CI has it)")
     from speechbrain.inference.ASR import WhisperASR
 
-    from sb_prune.families.whisper.onnx_greedy import (
+    from sb_prune.deploy.whisper_onnx import (
         export_asr_onnx,
         onnx_whisper_transcriber,
     )

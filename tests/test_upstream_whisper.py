@@ -148,7 +148,7 @@ def onnx_transcribes_as_greedy_whisper_asr(folder, summary, data):
     from speechbrain.decoders.seq2seq import S2SWhisperGreedySearcher
     from speechbrain.inference.ASR import WhisperASR
 
-    from sb_prune.families.whisper.onnx_greedy import onnx_whisper_transcriber
+    from sb_prune.deploy.whisper_onnx import onnx_whisper_transcriber
 
     heads = summary["encoder"]["heads"]
     assert len(set(heads)) > 1 or max(heads) < 6

@@ -165,7 +165,7 @@ def export_pretrained(
         :mod:`sb_prune.deploy.onnx`), checked under ONNX Runtime; for an
         encoder-decoder Whisper run, the folder's ``onnx/`` (encoder,
         decoder with its key/value cache, greedy rules: see
-        :mod:`sb_prune.families.whisper.onnx_greedy`).
+        :mod:`sb_prune.deploy.whisper_onnx`).
     ctranslate2 : dict, optional
         For an encoder-decoder Whisper run: also write the folder's
         ``ctranslate2/``, for CTranslate2 and faster-whisper, with these

@@ -169,7 +169,7 @@ def export_whisper_run(
     onnx : bool
         An encoder-decoder run: also write ``<out_folder>/onnx`` for ONNX
         Runtime
-        (:func:`~sb_prune.families.whisper.onnx_greedy.export_whisper_onnx`).
+        (:func:`~sb_prune.deploy.whisper_onnx.export_whisper_onnx`).
 
     Returns
     -------
@@ -217,7 +217,7 @@ def export_whisper_run(
             **ctranslate2,
         )
     if onnx:
-        from sb_prune.families.whisper.onnx_greedy import export_whisper_onnx
+        from sb_prune.deploy.whisper_onnx import export_whisper_onnx
 
         summary["onnx"] = export_whisper_onnx(out_folder)
     return summary

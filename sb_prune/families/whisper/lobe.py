@@ -17,6 +17,8 @@ same outputs for one utterance and a dense decoder) with two changes:
 
 Hparams files swap the class: ``!new:sb_prune.nn.WhisperLobe``; the
 folders sb_prune writes for ``WhisperASR`` build it.
+:class:`WhisperFeatures` computes the same features without the model (for
+runtimes that hold only graphs and constants).
 
 Authors
  * sb_prune developers
@@ -107,3 +109,34 @@ class WhisperLobe(Whisper):
             attn = last.reshape(-1, *last.shape[2:])
         logits = table.logits(states.last_hidden_state).float()
         return logits, attn, states.past_key_values
+
+
+class WhisperFeatures:
+    """SpeechBrain's Whisper log-mel of one utterance, from constants.
+
+    The lobe's own padding to 30 s and log-mel, without its model: what a
+    runtime holding only graphs (ONNX) feeds the encoder.
+
+    Arguments
+    ---------
+    mel_filters : torch.Tensor
+        ``(n_mels, n_fft // 2 + 1)``, the lobe's ``_mel_filters``.
+    n_fft, hop_length : int
+        The lobe's ``_n_fft`` and ``_hop_length``.
+
+    Example
+    -------
+    >>> features = WhisperFeatures(torch.rand(80, 201), 400, 160)
+    >>> features(torch.randn(16000)).shape
+    torch.Size([1, 80, 3000])
+    """
+
+    def __init__(self, mel_filters, n_fft, hop_length):
+        self._mel_filters = mel_filters
+        self._n_fft = n_fft
+        self._hop_length = hop_length
+
+    def __call__(self, wav):
+        """``(1, n_mels, 3000)`` features of a 1-D 16 kHz ``wav``."""
+        padded = Whisper.pad_or_trim(self, wav.float().reshape(1, -1))
+        return Whisper.log_mel_spectrogram(self, padded)

@@ -3,7 +3,7 @@
 :func:`export_whisper_onnx` loads a folder that SpeechBrain's
 ``WhisperASR`` loads (one written by
 :func:`~sb_prune.families.whisper.folders.export_whisper`, pruned or
-dense), writes its graphs (:mod:`sb_prune.families.whisper.onnx_graphs`)
+dense), writes its graphs (:mod:`sb_prune.deploy.whisper_onnx_graphs`)
 and the rules of the folder's greedy search (:func:`greedy_rules`: the
 prompt, the suppressed tokens, the stop rules of SpeechBrain's
 ``S2SWhisperGreedySearcher``) in ``decoding.json``, with the mel filters
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sb_prune.deploy.onnx import ort_inference_session
-from sb_prune.families.whisper.onnx_graphs import (
+from sb_prune.deploy.whisper_onnx_graphs import (
     GRAPHS,
     export_whisper_graphs,
 )
@@ -194,22 +194,6 @@ class OnnxWhisperGreedy:
         return tokens, np.stack(scores)
 
 
-class _FrontEnd:
-    """SpeechBrain's Whisper log-mel, from stored constants."""
-
-    def __init__(self, folder, rules):
-        self._n_fft = rules["n_fft"]
-        self._hop_length = rules["hop_length"]
-        self._mel_filters = torch.from_numpy(np.load(Path(folder) / MEL_FILE))
-
-    def __call__(self, wav):
-        from speechbrain.integrations.huggingface.whisper import Whisper
-
-        # The lobe's own methods, on these constants.
-        padded = Whisper.pad_or_trim(self, wav.float().reshape(1, -1))
-        return Whisper.log_mel_spectrogram(self, padded)
-
-
 def export_asr_onnx(asr, out_folder, atol=1e-4):
     """Write a loaded ``WhisperASR``'s graphs, rules and tokenizer.
 
@@ -299,12 +283,18 @@ def onnx_whisper_transcriber(folder, threads=None):
     """
     from transformers import AutoTokenizer
 
+    from sb_prune.families.whisper.lobe import WhisperFeatures
+
     folder = Path(folder)
     if not (folder / DECODING_FILE).is_file():
         folder = folder / ONNX_FOLDER
     rules = json.loads((folder / DECODING_FILE).read_text())
     greedy = OnnxWhisperGreedy(folder, rules, threads)
-    front_end = _FrontEnd(folder, rules)
+    front_end = WhisperFeatures(
+        torch.from_numpy(np.load(Path(folder) / MEL_FILE)),
+        rules["n_fft"],
+        rules["hop_length"],
+    )
     # As SpeechBrain's Whisper lobe loads it.
     tokenizer = AutoTokenizer.from_pretrained(
         str(folder), bos_token="<|startoftranscript|>"
