@@ -51,6 +51,7 @@ from sb_prune.core.inplace import ResizeJournal
 from sb_prune.core.structure import describe, read_record, restore
 from sb_prune.training.auxiliary import auxiliary_loss_scale
 from sb_prune.training.hooks import PruningHook
+from sb_prune.training.random_state import RandomState
 from sb_prune.training.speechbrain_api import (
     load_first,
     rewrap_distributed,
@@ -86,6 +87,10 @@ def unwrap(module):
         if not isinstance(inner, torch.nn.Module):
             return module
         module = inner
+
+
+#: The recoverable name of the random generators' state in checkpoints.
+RANDOM_STATE_KEY = "sb_prune_random_state"
 
 
 @register_checkpoint_hooks
@@ -254,6 +259,10 @@ class PruningBrain(sb.Brain):
         load_first(self.checkpointer, STRUCTURE_KEY)
         # A save cut short must leave no folder taken for a checkpoint.
         write_meta_last(self.checkpointer)
+        # A resumed run draws the numbers the uninterrupted one would have.
+        self.checkpointer.add_recoverable(
+            RANDOM_STATE_KEY, RandomState(), optional_load=True
+        )
         for hook in self.prune_hooks:
             self.checkpointer.add_recoverable(
                 hook.checkpoint_name, _HookRecoverable(hook), optional_load=True
