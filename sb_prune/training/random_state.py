@@ -13,6 +13,7 @@ Authors
  * sb_prune developers
 """
 
+import functools
 import random
 
 import numpy as np
@@ -81,7 +82,8 @@ def _rank_and_count():
     return 0, 1
 
 
-@register_checkpoint_hooks
+# Saved on every process: each sends its state to the main one, which writes.
+@functools.partial(register_checkpoint_hooks, save_on_main_only=False)
 class RandomState:
     """A recoverable for every process's generator states.
 
