@@ -279,7 +279,7 @@ def draw(kind, rng, seconds):
     if kind == "save":
         return str(rng.randint(1, 4))
     if kind == "export":
-        return str(rng.randint(1, 3))
+        return str(rng.randint(1, 2))
     if kind == "timer":
         return f"{rng.uniform(0.35, 0.8) * seconds:.2f}"
     return "1"
