@@ -62,7 +62,9 @@ def run_two_processes(script, folder):
     The master listens on a free port (:func:`free_port`). Returns what
     ranks 0 and 1 saved in ``folder/rank0.pt`` and ``folder/rank1.pt``.
     """
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
+    # The checkout's sb_prune, not an installed copy of another checkout.
+    path = os.pathsep.join([str(HERE), str(HERE.parent)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     subprocess.run(
         [
             sys.executable,

@@ -68,6 +68,22 @@ def test_resume_restores_structure_and_parameters(tmp_path):
     assert len(resumed.losses) == 1
 
 
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path):
+    # Adaptive-dropout masks draw from the global generator: the resumed
+    # run must draw what the uninterrupted one did after its checkpoint.
+    whole = make_brain(tmp_path / "whole", epochs=3)
+    fit(whole)
+    cut = make_brain(tmp_path / "cut", epochs=2)
+    fit(cut)
+    torch.rand(100)  # the numbers a crashed process drew after its save
+    resumed = make_brain(tmp_path / "cut", epochs=3)
+    fit(resumed)
+    (record, params), (new_record, new_params) = state(whole), state(resumed)
+    assert new_record == record
+    for key, value in params.items():
+        assert torch.equal(new_params[key], value), key
+
+
 def test_checkpoint_average_keeps_one_structure(tmp_path):
     brain = make_brain(tmp_path, epochs=3)
     fit(brain)

@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from sb_prune.core.atomic import complete_or_absent
 from sb_prune.core.structure import describe, read_record, restore
 
 MODEL_FILE = "model.ckpt"
@@ -29,7 +30,8 @@ def export_model(model, folder):
     model : torch.nn.Module
         The (pruned) model.
     folder : str
-        Created if missing.
+        Written whole or not at all (an existing folder is replaced:
+        see :func:`sb_prune.core.atomic.complete_or_absent`).
 
     Returns
     -------
@@ -50,10 +52,10 @@ def export_model(model, folder):
     >>> fresh.ffn[0].out_features
     2
     """
-    os.makedirs(folder, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(folder, MODEL_FILE))
-    with open(os.path.join(folder, STRUCTURE_FILE), "w") as handle:
-        json.dump(describe(model), handle, indent=1)
+    with complete_or_absent(folder) as scratch:
+        torch.save(model.state_dict(), scratch / MODEL_FILE)
+        with open(scratch / STRUCTURE_FILE, "w") as handle:
+            json.dump(describe(model), handle, indent=1)
     return folder
 
 

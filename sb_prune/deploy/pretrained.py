@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from speechbrain.utils.distributed import run_on_main
 
+from sb_prune.core.atomic import complete_or_absent
 from sb_prune.core.structure import describe, restore
 from sb_prune.deploy.hparams_subset import dump, keep_keys, load, tagged
 from sb_prune.deploy.run_folders import (
@@ -149,7 +150,8 @@ def export_pretrained(
         ``hyperparams.yaml``, ``save/`` with checkpoints and a SentencePiece
         tokenizer).
     out_folder : str
-        The folder to write (created if missing).
+        The folder to write, whole or not at all (an existing one is
+        replaced: see :func:`sb_prune.core.atomic.complete_or_absent`).
     min_key : str
         The checkpoint metric the recipe selected on.
     torchscript : bool
@@ -214,39 +216,49 @@ def export_pretrained(
         strip_adaptive_dropout(module)
     record = describe(torch.nn.ModuleDict(modules))
     document = _exported_document(text, hparams, modules, record, search)
-    out_folder.mkdir(parents=True, exist_ok=True)
-    (out_folder / "hyperparams.yaml").write_text(
+    with complete_or_absent(out_folder) as scratch:
+        summary = _write_exported(
+            scratch, run_folder, hparams, modules, document, torchscript, onnx
+        )
+    summary.update(
+        averaged_checkpoints=averaged,
+        interface=_interface(hparams),
+        folder=str(out_folder),
+    )
+    return summary
+
+
+def _write_exported(out, run_folder, hparams, modules, document, ts, onnx):
+    """Write an exported folder's files into ``out``; return its figures."""
+    (out / "hyperparams.yaml").write_text(
         f"{_FROM_PREFIX}{Path(run_folder).resolve()}{_FROM_SUFFIX}\n"
         "# the pruned structure (sb_prune_rebuild) and the inference keys of\n"
         f"# speechbrain.inference.ASR.{_interface(hparams)}.\n" + dump(document)
     )
     for name in _weight_files(hparams):
-        torch.save(hparams[name].state_dict(), out_folder / f"{name}.ckpt")
-    save_normalizer(hparams["normalize"], out_folder / "normalize.ckpt")
-    shutil.copy(tokenizer_file(run_folder), out_folder / "tokenizer.ckpt")
+        torch.save(hparams[name].state_dict(), out / f"{name}.ckpt")
+    save_normalizer(hparams["normalize"], out / "normalize.ckpt")
+    shutil.copy(tokenizer_file(run_folder), out / "tokenizer.ckpt")
     summary = {
         "params": sum(
             p.numel() for m in modules.values() for p in m.parameters()
         ),
-        "averaged_checkpoints": averaged,
-        "interface": _interface(hparams),
-        "folder": str(out_folder),
     }
-    if torchscript:
+    if ts:
         from sb_prune.deploy.torchscript import (
             compare_latency,
             trace_ctc_encoder,
         )
 
         traced, model = trace_ctc_encoder(hparams)
-        traced.save(str(out_folder / TORCHSCRIPT))
+        traced.save(str(out / TORCHSCRIPT))
         summary["torchscript"] = compare_latency(
             traced, model, hparams["n_mels"]
         )
     if onnx:
         from sb_prune.deploy.onnx import ONNX_FILE, export_ctc_onnx
 
-        summary["onnx"] = export_ctc_onnx(hparams, out_folder / ONNX_FILE)
+        summary["onnx"] = export_ctc_onnx(hparams, out / ONNX_FILE)
     return summary
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sb_prune.core.atomic import complete_or_absent
 from sb_prune.deploy.onnx import ort_inference_session
 from sb_prune.deploy.whisper_onnx_graphs import (
     GRAPHS,
@@ -212,24 +213,24 @@ def export_asr_onnx(asr, out_folder, atol=1e-4):
     dict
         :func:`export_whisper_graphs`'s summary, ``rules`` and ``folder``.
     """
-    out = Path(out_folder)
     lobe = asr.mods.whisper.eval()
-    summary = export_whisper_graphs(lobe.model, out, atol)
-    rules = greedy_rules(
-        lobe,
-        asr.mods.decoder,
-        getattr(asr.hparams, "normalized_transcripts", False),
-    )
-    (out / DECODING_FILE).write_text(json.dumps(rules))
-    np.save(out / MEL_FILE, lobe._mel_filters.numpy())
-    lobe.tokenizer.save_pretrained(str(out))
-    # save_pretrained leaves out the English normaliser's spellings, which
-    # normalize() reads from normalizer.json when the tokenizer loads.
-    spellings = getattr(lobe.tokenizer, "english_spelling_normalizer", None)
-    if spellings is not None:
-        (out / "normalizer.json").write_text(json.dumps(spellings))
+    with complete_or_absent(Path(out_folder)) as out:
+        summary = export_whisper_graphs(lobe.model, out, atol)
+        rules = greedy_rules(
+            lobe,
+            asr.mods.decoder,
+            getattr(asr.hparams, "normalized_transcripts", False),
+        )
+        (out / DECODING_FILE).write_text(json.dumps(rules))
+        np.save(out / MEL_FILE, lobe._mel_filters.numpy())
+        lobe.tokenizer.save_pretrained(str(out))
+        # save_pretrained leaves out the English normaliser's spellings, which
+        # normalize() reads from normalizer.json when the tokenizer loads.
+        spellings = getattr(lobe.tokenizer, "english_spelling_normalizer", None)
+        if spellings is not None:
+            (out / "normalizer.json").write_text(json.dumps(spellings))
     summary["rules"] = rules
-    summary["folder"] = str(out)
+    summary["folder"] = str(out_folder)
     return summary
 
 

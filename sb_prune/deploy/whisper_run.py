@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from ruamel.yaml.comments import TaggedScalar
 
+from sb_prune.core.atomic import complete_or_absent
 from sb_prune.deploy.hparams_subset import dump, keep_keys, load, tagged
 from sb_prune.deploy.run_folders import (
     load_evaluated_checkpoints,
@@ -51,7 +52,7 @@ from sb_prune.families.whisper.folders import (
     ENCODER_STRUCTURE,
     MAX_DECODE_RATIO,
     WHISPER_LOBES,
-    export_whisper,
+    write_whisper_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,27 +200,31 @@ def export_whisper_run(
         return _export_ctc(run_folder, hparams, source, out_folder, min_key)
     beam_size, max_decode_ratio = _decoding(hparams, hparams_file, search)
     averaged = load_evaluated_checkpoints(hparams, min_key)
-    summary = export_whisper(
-        whisper,
-        source,
-        out_folder,
-        beam_size=beam_size,
-        max_decode_ratio=max_decode_ratio,
-        normalized_transcripts=bool(hparams.get("normalized_transcripts")),
-    )
+    out = Path(out_folder)
+    with complete_or_absent(out) as scratch:  # ctranslate2/ included
+        summary = write_whisper_folder(
+            whisper,
+            source,
+            scratch,
+            out.resolve(),
+            beam_size=beam_size,
+            max_decode_ratio=max_decode_ratio,
+            normalized_transcripts=bool(hparams.get("normalized_transcripts")),
+        )
+        if ctranslate2 is not None:
+            summary["ctranslate2"] = export_ctranslate2(
+                scratch, scratch / "ctranslate2", **ctranslate2
+            )
+            summary["ctranslate2"]["folder"] = str(out / "ctranslate2")
+        if onnx:
+            from sb_prune.deploy.whisper_onnx import export_whisper_onnx
+
+            summary["onnx"] = export_whisper_onnx(scratch)
+            summary["onnx"]["folder"] = str(out / "onnx")
+    summary["folder"] = str(out)
     summary["params"] = sum(p.numel() for p in whisper.parameters())
     summary["averaged_checkpoints"] = averaged
     summary["interface"] = "WhisperASR"
-    if ctranslate2 is not None:
-        summary["ctranslate2"] = export_ctranslate2(
-            out_folder,
-            Path(out_folder) / "ctranslate2",
-            **ctranslate2,
-        )
-    if onnx:
-        from sb_prune.deploy.whisper_onnx import export_whisper_onnx
-
-        summary["onnx"] = export_whisper_onnx(out_folder)
     return summary
 
 
@@ -269,20 +274,24 @@ def _export_ctc(run_folder, hparams, source, out_folder, min_key):
         )
     averaged = load_evaluated_checkpoints(hparams, min_key)
     out = Path(out_folder)
-    summary = export_whisper(hparams["whisper"], source, out)
-    torch.save(hparams["model"].state_dict(), out / "model.ckpt")
-    shutil.copy(tokenizer_file(run_folder), out / "tokenizer.ckpt")
-    document = _encoder_asr_document(
-        hparams_file.read_text(encoding="utf-8"),
-        out.resolve(),
-        pruned="encoder" in summary["pruned"],
-    )
-    (out / "hyperparams.yaml").write_text(
-        f"# Exported by sb_prune from {run_folder.resolve()} for\n"
-        "# speechbrain.inference.ASR.EncoderASR: the Whisper encoder of this\n"
-        "# folder (if it moves, pass overrides={'whisper_folder': <path>}),\n"
-        "# then the run's blocks.\n" + dump(document)
-    )
+    with complete_or_absent(out) as scratch:
+        summary = write_whisper_folder(
+            hparams["whisper"], source, scratch, out.resolve()
+        )
+        torch.save(hparams["model"].state_dict(), scratch / "model.ckpt")
+        shutil.copy(tokenizer_file(run_folder), scratch / "tokenizer.ckpt")
+        document = _encoder_asr_document(
+            hparams_file.read_text(encoding="utf-8"),
+            out.resolve(),
+            pruned="encoder" in summary["pruned"],
+        )
+        (scratch / "hyperparams.yaml").write_text(
+            f"# Exported by sb_prune from {run_folder.resolve()} for\n"
+            "# speechbrain.inference.ASR.EncoderASR: the Whisper encoder of "
+            "this\n# folder (if it moves, pass overrides={'whisper_folder': "
+            "<path>}),\n# then the run's blocks.\n" + dump(document)
+        )
+    summary["folder"] = str(out)
     summary["params"] = sum(
         p.numel()
         for key in ("whisper", "model")

@@ -16,9 +16,10 @@ Authors
 """
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
+
+from sb_prune.core.atomic import complete_or_absent
 
 #: Whisper base's ``model.bin``, in order: (package, file in the package).
 WHISPER_BASE_PARTS = (
@@ -109,18 +110,13 @@ def join_model_parts(parts, files, folder):
         return str(folder)
     sources = [package_file(*part) for part in parts]
     companions = [package_file(*entry) for entry in files]
-    scratch = Path(f"{folder}.{os.getpid()}.tmp")
-    scratch.mkdir(parents=True, exist_ok=True)
-    with open(scratch / "model.bin", "wb") as joined:
-        for source in sources:
-            with open(source, "rb") as part:
-                shutil.copyfileobj(part, joined)
-    for companion in companions:
-        shutil.copy(companion, scratch / companion.name)
-    try:
-        os.rename(scratch, folder)
-    except OSError:  # another process renamed its copy first
-        shutil.rmtree(scratch)
+    with complete_or_absent(folder, replace=False) as scratch:
+        with open(scratch / "model.bin", "wb") as joined:
+            for source in sources:
+                with open(source, "rb") as part:
+                    shutil.copyfileobj(part, joined)
+        for companion in companions:
+            shutil.copy(companion, scratch / companion.name)
     return str(folder)
 
 

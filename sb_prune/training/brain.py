@@ -40,6 +40,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import if_main_process
 
+from sb_prune.core.atomic import write_file
 from sb_prune.core.checkpoints import (
     STRUCTURE_KEY,
     StructureGuard,
@@ -50,7 +51,12 @@ from sb_prune.core.inplace import ResizeJournal
 from sb_prune.core.structure import describe, read_record, restore
 from sb_prune.training.auxiliary import auxiliary_loss_scale
 from sb_prune.training.hooks import PruningHook
-from sb_prune.training.speechbrain_api import load_first, rewrap_distributed
+from sb_prune.training.random_state import RandomState
+from sb_prune.training.speechbrain_api import (
+    load_first,
+    rewrap_distributed,
+    write_meta_last,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +89,10 @@ def unwrap(module):
         module = inner
 
 
+#: The recoverable name of the random generators' state in checkpoints.
+RANDOM_STATE_KEY = "sb_prune_random_state"
+
+
 @register_checkpoint_hooks
 class _StructureRecoverable:
     """Saves the structure record; on load, reshapes the model first."""
@@ -93,10 +103,8 @@ class _StructureRecoverable:
     @mark_as_saver
     def _save(self, path):
         if if_main_process():
-            tmp = f"{path}.tmp"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(describe(self.brain.unwrapped_modules()), handle)
-            os.replace(tmp, path)
+            record = describe(self.brain.unwrapped_modules())
+            write_file(path, lambda tmp: tmp.write_text(json.dumps(record)))
 
     @mark_as_loader
     def _load(self, path, end_of_epoch):
@@ -249,6 +257,12 @@ class PruningBrain(sb.Brain):
         )
         # The structure must be restored before anything else is loaded.
         load_first(self.checkpointer, STRUCTURE_KEY)
+        # A save cut short must leave no folder taken for a checkpoint.
+        write_meta_last(self.checkpointer)
+        # A resumed run draws the numbers the uninterrupted one would have.
+        self.checkpointer.add_recoverable(
+            RANDOM_STATE_KEY, RandomState(), optional_load=True
+        )
         for hook in self.prune_hooks:
             self.checkpointer.add_recoverable(
                 hook.checkpoint_name, _HookRecoverable(hook), optional_load=True

@@ -1,6 +1,6 @@
 """The one place where sb_prune uses SpeechBrain's private API.
 
-SpeechBrain 1.1 has no public way to do four things sb_prune needs:
+SpeechBrain 1.1 has no public way to do five things sb_prune needs:
 
 * run code between the training and the validation part of an epoch
   (pruning must happen before validation, so the checkpoint saved after
@@ -11,6 +11,12 @@ SpeechBrain 1.1 has no public way to do four things sb_prune needs:
 * load the structure record before every other recoverable (the Checkpointer
   loads in insertion order, kept in ``Checkpointer.recoverables``):
   :func:`load_first`;
+* write a checkpoint's meta file ``CKPT.yaml`` last: the Checkpointer
+  writes it first, then the recoverables, and takes any folder holding it
+  for a checkpoint, so a process killed while saving left one that the
+  next run recovered and failed on (missing or truncated files):
+  :func:`write_meta_last` redirects ``Checkpointer._save_checkpoint_metafile``
+  to a scratch file renamed into place when the save is done;
 * copy ``InputNormalization`` statistics between models and save them as a
   file (:func:`copy_normalizer_statistics`, :func:`save_normalizer`: its
   saver and statistics accessors are private).
@@ -24,10 +30,13 @@ Authors
 """
 
 import inspect
+import os
 
 import speechbrain as sb
 from speechbrain.processing.features import InputNormalization
 from speechbrain.utils.checkpoints import Checkpointer
+
+from sb_prune.core.atomic import scratch_path
 
 #: The Brain method PruningBrain overrides to run hooks after the training
 #: part of each epoch, before validation.
@@ -40,6 +49,12 @@ _EXPECTED = {
     (InputNormalization, "_save"): ["self", "path"],
     (InputNormalization, "_statistics_dict"): ["self"],
     (InputNormalization, "_load_statistics_dict"): ["self", "state"],
+    (Checkpointer, "_save_checkpoint_metafile"): [
+        "self",
+        "fpath",
+        "meta_to_include",
+        "end_of_epoch",
+    ],
 }
 
 
@@ -67,6 +82,12 @@ def check_private_api():
             )
     if f"self.{TRAIN_EPOCH_METHOD}(" not in inspect.getsource(sb.Brain.fit):
         problems.append(f"Brain.fit no longer calls {TRAIN_EPOCH_METHOD}")
+    saving = inspect.getsource(Checkpointer.save_checkpoint)
+    if "self._save_checkpoint_metafile(" not in saving:
+        problems.append(
+            "Checkpointer.save_checkpoint no longer calls "
+            "_save_checkpoint_metafile"
+        )
     checkpointer = Checkpointer("unused")
     if not isinstance(getattr(checkpointer, "recoverables", None), dict):
         problems.append("Checkpointer.recoverables is no longer a dict")
@@ -112,6 +133,57 @@ def load_first(checkpointer, name):
     recoverables = checkpointer.recoverables
     first = recoverables.pop(name)
     checkpointer.recoverables = {name: first, **recoverables}
+
+
+def write_meta_last(checkpointer):
+    """Make a Checkpointer write each checkpoint's ``CKPT.yaml`` last.
+
+    A checkpoint folder is then complete or not a checkpoint at all: a
+    save interrupted before its end leaves a folder without ``CKPT.yaml``,
+    which the Checkpointer never lists (so never recovers nor deletes).
+    The instance's ``save_checkpoint`` and ``_save_checkpoint_metafile``
+    are wrapped; the class is not touched.
+
+    Arguments
+    ---------
+    checkpointer : speechbrain.utils.checkpoints.Checkpointer
+        The Checkpointer.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> checkpointer = Checkpointer(tempfile.mkdtemp())
+    >>> checkpointer.add_recoverable("model", torch.nn.Linear(1, 1))
+    >>> write_meta_last(checkpointer)
+    >>> def crash(obj, path):
+    ...     raise OSError("killed")
+    >>> checkpointer.custom_save_hooks["model"] = crash
+    >>> checkpointer.save_checkpoint()
+    Traceback (most recent call last):
+    ...
+    OSError: killed
+    >>> checkpointer.list_checkpoints()
+    []
+    """
+    save_meta = checkpointer._save_checkpoint_metafile
+    save = checkpointer.save_checkpoint
+    pending = []
+
+    def save_meta_aside(fpath, *args, **kwargs):
+        scratch = scratch_path(fpath)
+        pending.append((scratch, fpath))
+        return save_meta(scratch, *args, **kwargs)
+
+    def save_checkpoint(*args, **kwargs):
+        pending.clear()
+        checkpoint = save(*args, **kwargs)
+        for scratch, fpath in pending:
+            os.replace(scratch, fpath)
+        pending.clear()
+        return checkpoint
+
+    checkpointer._save_checkpoint_metafile = save_meta_aside
+    checkpointer.save_checkpoint = save_checkpoint
 
 
 def copy_normalizer_statistics(source, target):

@@ -48,6 +48,7 @@ from sb_prune.analysis import BrainEvaluator
 from sb_prune.analysis.importance.units import snapshot
 from sb_prune.asr.brain import ASR
 from sb_prune.asr.data import dataio_prepare, prepare_data
+from sb_prune.core.atomic import write_file
 from sb_prune.data.tokenizer import train_tokenizer
 from sb_prune.federated import (
     DropoutPolicy,
@@ -151,7 +152,7 @@ class Federation:
                 k: v.detach().clone()
                 for k, v in self.model.state_dict().items()
             }
-            torch.save(initial, init_file)
+            write_file(init_file, lambda tmp: torch.save(initial, tmp))
         if seed_file.exists():
             self.model.load_state_dict(torch.load(seed_file))
             return initial
@@ -165,7 +166,8 @@ class Federation:
             self.server_set,
             train_loader_kwargs=loader_opts,
         )
-        torch.save(self.model.state_dict(), seed_file)
+        state = self.model.state_dict()
+        write_file(seed_file, lambda tmp: torch.save(state, tmp))
         return initial
 
     def importance_scores(self, initial):
@@ -211,6 +213,9 @@ class Federation:
     def run_strategy(self, mode, scores, seed_state):
         """Federated training from the seed model with one policy."""
         hp = self.hparams
+        # The same random numbers for every strategy, whatever ran before
+        # (a seed model trained now or reloaded after an interruption).
+        sb.utils.seed_everything(hp["seed"], verbose=False)
         policy = DropoutPolicy(
             mode,
             client_size=hp["client_size"],

@@ -32,10 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sb_prune.families.whisper.folders import (
-    suppressed_tokens,
-    whisper_asr_hparams,
-)
+from sb_prune.core.atomic import complete_or_absent
+from sb_prune.families.whisper.folders import whisper_asr_hparams
 
 #: Whisper's English spelling map (OpenAI, MIT: see THIRD_PARTY.md).
 ENGLISH_SPELLING = Path(__file__).with_name("english_spelling.json")
@@ -375,7 +373,8 @@ def convert_whisper(source, out_folder, beam_size=None):
         A CTranslate2 Whisper folder (``model.bin``, ``config.json``,
         ``tokenizer.json``), e.g. a faster-whisper model.
     out_folder : str or pathlib.Path
-        The folder to write (created if missing).
+        The folder to write, whole or not at all (an existing one is
+        replaced: see :func:`sb_prune.core.atomic.complete_or_absent`).
     beam_size : int, optional
         The ``WhisperASR`` decoder: beam search of that width
         (SpeechBrain's ``S2SWhisperBeamSearcher``); default greedy.
@@ -385,10 +384,19 @@ def convert_whisper(source, out_folder, beam_size=None):
     dict
         The model's sizes and parameter counts (encoder, decoder).
     """
+    out = Path(out_folder)
+    with complete_or_absent(out) as scratch:
+        summary = _convert_into(source, scratch, out.resolve(), beam_size)
+    summary["folder"] = str(out)
+    return summary
+
+
+def _convert_into(source, out, location, beam_size):
+    """Write :func:`convert_whisper`'s files into the folder ``out``."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig, WhisperFeatureExtractor
 
-    source, out = Path(source), Path(out_folder)
+    source = Path(source)
     for name in ("model.bin", "config.json", "tokenizer.json"):
         if not (source / name).is_file():
             raise FileNotFoundError(
@@ -405,7 +413,6 @@ def convert_whisper(source, out_folder, beam_size=None):
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     state = whisper_state_dict(variables)
     config = whisper_config(variables, ct2_config, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     shared = {k: v for k, v in state.items() if k != "proj_out.weight"}
     save_file(
@@ -437,7 +444,7 @@ def convert_whisper(source, out_folder, beam_size=None):
     ).save_pretrained(out)
     (out / "hyperparams.yaml").write_text(
         whisper_asr_hparams(
-            out.resolve(),
+            location,
             beam_size=beam_size,
             suppress_tokens=config.suppress_tokens,
         )
@@ -450,7 +457,6 @@ def convert_whisper(source, out_folder, beam_size=None):
         "params": sum(v.numel() for v in shared.values()),
         "encoder_layers": config.encoder_layers,
         "d_model": config.d_model,
-        "folder": str(out),
     }
 
 
@@ -459,9 +465,9 @@ def hugging_face_whisper(source, cache_folder):
 
     For hparams files (``!apply:``, evaluated before the Whisper lobe is
     built): a Hugging Face folder is returned as is; a CTranslate2 folder
-    is converted once into ``cache_folder/whisper_hf`` (each process writes
-    its own temporary folder and renames it, so concurrent DDP processes
-    neither clash nor see a half-written folder).
+    is converted once into ``cache_folder/whisper_hf`` (through
+    :func:`sb_prune.core.atomic.complete_or_absent`: concurrent DDP
+    processes neither clash nor see a half-written folder).
 
     Arguments
     ---------
@@ -487,16 +493,7 @@ def hugging_face_whisper(source, cache_folder):
             "folder (config.json) nor a CTranslate2 one (model.bin)"
         )
     target = Path(cache_folder) / "whisper_hf"
-    if not (target / "hyperparams.yaml").is_file():
-        scratch = Path(f"{target}.{os.getpid()}.tmp")
-        convert_whisper(source, scratch)
-        (scratch / "hyperparams.yaml").write_text(
-            whisper_asr_hparams(
-                target.resolve(), suppress_tokens=suppressed_tokens(scratch)
-            )
-        )
-        try:
-            os.rename(scratch, target)
-        except OSError:  # another process renamed its copy first
-            shutil.rmtree(scratch)
+    if not target.is_dir():
+        with complete_or_absent(target, replace=False) as scratch:
+            _convert_into(source, scratch, target.resolve(), None)
     return str(target)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from sb_prune.core.atomic import complete_or_absent
 from sb_prune.core.registry import qualified_name, spec_of
 from sb_prune.families.whisper import MODULE
 from sb_prune.families.whisper.folders import (
@@ -264,7 +265,7 @@ def export_ctranslate2(
         dense one (e.g. from
         :func:`~sb_prune.families.whisper.ctranslate2.convert_whisper`).
     out_folder : str or pathlib.Path
-        The folder to write; it must not exist yet.
+        The folder to write, whole or not at all; it must not exist yet.
     whisper : torch.nn.Module, optional
         A model in memory (SpeechBrain's Whisper lobe or a Hugging Face
         Whisper) whose encoder and decoder replace the folder's
@@ -343,7 +344,8 @@ def export_ctranslate2(
             folder / "tokenizer.json"
         )
     model.proj_out.weight = model.model.decoder.embed_tokens.weight  # tied
-    _converter(folder, model, head_dims).convert(
-        str(out), quantization=quantization
-    )
+    with complete_or_absent(out) as scratch:  # the converter rewrites it
+        _converter(folder, model, head_dims).convert(
+            str(scratch), quantization=quantization, force=True
+        )
     return summary

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from sb_prune.core.atomic import complete_or_absent
 from sb_prune.core.structure import describe, read_record, restore
 from sb_prune.core.validation import check_int, check_number
 from sb_prune.families.whisper import whisper_stack
@@ -355,7 +356,8 @@ def export_whisper(
         The Hugging Face Whisper folder it was built from (e.g. written by
         :func:`sb_prune.importers.ctranslate2.convert_whisper`).
     out_folder : str or pathlib.Path
-        The folder to write (created if missing).
+        The folder to write, whole or not at all (an existing one is
+        replaced: see :func:`sb_prune.core.atomic.complete_or_absent`).
     beam_size, max_decode_ratio, normalized_transcripts
         The decoding: see :func:`whisper_asr_hparams`.
 
@@ -365,19 +367,59 @@ def export_whisper(
         ``encoder_params``, ``decoder_params`` (when exported), the pruned
         parts and the folder.
     """
+    out = Path(out_folder)
+    with complete_or_absent(out) as scratch:
+        summary = write_whisper_folder(
+            whisper,
+            dense_folder,
+            scratch,
+            out.resolve(),
+            beam_size=beam_size,
+            max_decode_ratio=max_decode_ratio,
+            normalized_transcripts=normalized_transcripts,
+        )
+    summary["folder"] = str(out)
+    return summary
+
+
+def write_whisper_folder(
+    whisper,
+    dense_folder,
+    out,
+    location,
+    beam_size=None,
+    max_decode_ratio=MAX_DECODE_RATIO,
+    normalized_transcripts=False,
+):
+    """Write :func:`export_whisper`'s files into an existing folder.
+
+    Arguments
+    ---------
+    whisper, dense_folder, beam_size, max_decode_ratio, normalized_transcripts
+        As for :func:`export_whisper`.
+    out : pathlib.Path
+        The folder written (a scratch folder of
+        :func:`sb_prune.core.atomic.complete_or_absent`).
+    location : pathlib.Path
+        Where the folder will be read from (``hyperparams.yaml`` names it).
+
+    Returns
+    -------
+    dict
+        As for :func:`export_whisper`.
+    """
     from safetensors.torch import load_file, save_file
 
-    dense, out = Path(dense_folder), Path(out_folder)
+    dense = Path(dense_folder)
     if not (dense / "config.json").is_file():
         raise FileNotFoundError(
             f"{dense} is not a Hugging Face Whisper folder (no config.json)"
         )
-    out.mkdir(parents=True, exist_ok=True)
     for path in dense.iterdir():
         if path.is_file() and path.suffix in (".json", ".txt"):
             shutil.copy(path, out / path.name)
     weights = load_file(dense / "model.safetensors")
-    summary, pruned = {"folder": str(out)}, []
+    summary, pruned = {}, []
     for part, stack in whisper_parts(whisper).items():
         # Adaptive-dropout layers are for training: removed from a copy.
         stack = strip_adaptive_dropout(copy.deepcopy(stack))
@@ -405,7 +447,7 @@ def export_whisper(
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     (out / "hyperparams.yaml").write_text(
         whisper_asr_hparams(
-            out.resolve(),
+            location,
             beam_size=beam_size,
             pruned=pruned,
             max_decode_ratio=max_decode_ratio,
