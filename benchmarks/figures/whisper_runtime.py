@@ -35,7 +35,7 @@ def main(results):
     faster = [
         r
         for r in compressed
-        if r["runtime"] != "pytorch" and r["method"] != control
+        if r["runtime"].startswith("faster-whisper") and r["method"] != control
     ]
     of_ideal = {
         (r["method"], r["runtime"]): r["e2e_speedup"] / r["ideal_e2e"]
