@@ -164,6 +164,20 @@ def tiny_whisper(seed=0, encoder_layers=2, max_source_positions=10):
 CODES = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
 
 
+def prune_by_magnitude(model, kept):
+    """Keep, of each member (criteria's ``find_members``) in ``kept``, its
+    ``kept[member]`` units of largest magnitude, in their order."""
+    from sb_prune.core.surgery import apply_plan
+    from sb_prune.methods.criteria.criteria import make_criterion
+
+    criterion = make_criterion("magnitude")
+    plan = {}
+    for member, count in kept.items():
+        order = criterion.score(member).argsort(descending=True)[:count]
+        plan[member.path] = member.plan(order.sort().values)
+    apply_plan(model, plan)
+
+
 def write_model_bin(path, variables, spec="WhisperSpec", version=6, code=None):
     """A model.bin in CTranslate2's layout (float arrays as float16).
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_whisper
+from helpers import prune_by_magnitude, tiny_whisper
 
 from sb_prune.core.surgery import apply_plan
 from sb_prune.deploy.whisper import export_whisper
 from sb_prune.families.whisper.faster_whisper import export_ctranslate2
 from sb_prune.importers.ctranslate2 import convert_whisper, read_model_bin
-from sb_prune.methods.criteria.criteria import find_members, make_criterion
+from sb_prune.methods.criteria.criteria import find_members
 from sb_prune.methods.low_rank.embedding import LowRankEmbedding
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
@@ -71,18 +71,13 @@ def prune(model, heads):
     """FFN units by magnitude, a different count in each layer; heads
     ``uniform`` (one of two in every block, and a layer cut in the encoder
     and the decoder) or ``different`` (one or two by block)."""
-    criterion = make_criterion("magnitude")
     kept = {}
     for index, member in enumerate(find_members(model, ["ffn"])):
         kept[member] = 9 + index
     for index, member in enumerate(find_members(model, ["heads"])):
         if heads == "uniform" or (heads == "different" and index % 2):
             kept[member] = 1
-    plan = {}
-    for member, count in kept.items():
-        order = criterion.score(member).argsort(descending=True)[:count]
-        plan[member.path] = member.plan(order.sort().values)
-    apply_plan(model, plan)
+    prune_by_magnitude(model, kept)
     if heads == "uniform":
         for part in ("encoder", "decoder"):
             stack = getattr(model.model, part)
@@ -253,13 +248,10 @@ def test_real_pruned_whisper_in_ctranslate2_and_faster_whisper(tmp_path):
     )
     asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
     lobe, searcher = asr.mods.whisper, asr.mods.decoder
-    criterion = make_criterion("magnitude")
-    plan = {}
-    for member in find_members(lobe, ["ffn"]):
-        order = criterion.score(member).argsort(descending=True)
-        kept = order[: member.count * 95 // 100].sort().values
-        plan[member.path] = member.plan(kept)
-    apply_plan(lobe, plan)
+    prune_by_magnitude(
+        lobe,
+        {m: m.count * 95 // 100 for m in find_members(lobe, ["ffn"])},
+    )
     export_whisper(lobe, dense, tmp_path / "pruned")
     for quantization in ("float32", "int8"):
         export_ctranslate2(

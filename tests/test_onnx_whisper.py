@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_whisper
+from helpers import prune_by_magnitude, tiny_whisper
 
 from sb_prune.core.surgery import apply_plan
-from sb_prune.methods.criteria.criteria import find_members, make_criterion
+from sb_prune.methods.criteria.criteria import find_members
 from sb_prune.methods.low_rank.embedding import LowRankEmbedding
 from sb_prune.methods.low_rank.layer import LowRankLinear
 
@@ -55,18 +55,13 @@ def compressed_whisper():
                 )
             elif name.endswith("bias"):
                 param.mul_(0.1)
-    criterion = make_criterion("magnitude")
     kept = {}
     for index, member in enumerate(find_members(model, ["ffn"])):
         kept[member] = 9 + index
     for index, member in enumerate(find_members(model, ["heads"])):
         if index in (0, 3, 6):
             kept[member] = 1
-    plan = {}
-    for member, count in kept.items():
-        order = criterion.score(member).argsort(descending=True)[:count]
-        plan[member.path] = member.plan(order.sort().values)
-    apply_plan(model, plan)
+    prune_by_magnitude(model, kept)
     encoder, decoder = model.model.encoder, model.model.decoder
     apply_plan(encoder, {"": {"layers": [0, 2]}})
     decoder.layers[1].fc1 = LowRankLinear.from_linear(decoder.layers[1].fc1, 4)
@@ -152,16 +147,11 @@ def test_pruned_real_whisper_transcribes_under_onnx_runtime(
     dense = whisper_tiny_en
     asr = WhisperASR.from_hparams(source=str(dense), savedir=str(dense))
     lobe = asr.mods.whisper
-    criterion = make_criterion("magnitude")
-    plan = {}
-    for member in find_members(lobe, ["ffn"]):
-        order = criterion.score(member).argsort(descending=True)
-        plan[member.path] = member.plan(order[: member.count * 95 // 100])
+    kept = {m: m.count * 95 // 100 for m in find_members(lobe, ["ffn"])}
     for index, member in enumerate(find_members(lobe, ["heads"])):
         if index in (0, 6, 9):  # encoder 0, decoder 1 self, 2 cross
-            order = criterion.score(member).argsort(descending=True)
-            plan[member.path] = member.plan(order[:-1].sort().values)
-    apply_plan(lobe, plan)
+            kept[member] = member.count - 1
+    prune_by_magnitude(lobe, kept)
     summary = export_asr_onnx(asr, tmp_path / "onnx")
     assert summary["encoder"]["heads"] == [5, 6, 6, 6]
     assert summary["decoder"]["self_heads"] == [6, 5, 6, 6]

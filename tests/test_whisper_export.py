@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_whisper
+from helpers import prune_by_magnitude, tiny_whisper
 
 from sb_prune.core.surgery import apply_plan
 from sb_prune.deploy.whisper import (
@@ -14,7 +14,7 @@ from sb_prune.deploy.whisper import (
     load_exported_encoder,
     rebuild_encoder,
 )
-from sb_prune.methods.criteria.criteria import find_members, make_criterion
+from sb_prune.methods.criteria.criteria import find_members
 
 transformers = pytest.importorskip("transformers")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -22,14 +22,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def prune_encoder(encoder, keep=0.75):
     """Magnitude pruning of FFN units and heads, then a layer cut."""
-    criterion = make_criterion("magnitude")
-    plan = {}
-    for member in find_members(encoder, ["ffn", "heads"]):
-        scores = criterion.score(member)
-        kept = max(1, int(member.count * keep))
-        order = scores.argsort(descending=True)[:kept].sort().values
-        plan[member.path] = member.plan(order)
-    apply_plan(encoder, plan)
+    members = find_members(encoder, ["ffn", "heads"])
+    prune_by_magnitude(
+        encoder, {m: max(1, int(m.count * keep)) for m in members}
+    )
     apply_plan(encoder, {"": {"layers": list(range(len(encoder.layers) - 1))}})
 
 
