@@ -248,6 +248,18 @@ def finished(folder):
     ]
 
 
+def dense_and_test_wavs(work, model, count):
+    """The dense zero-shot run's exported folder and the paths of its
+    first ``count`` test utterances."""
+    runs = work / model / "dense-zero-shot"
+    dense_folder = sorted(runs.glob("*/exported"))[0]
+    lines = (dense_folder.parent / "test.csv").read_text().splitlines()
+    return dense_folder, [
+        line.split(",")[2].replace("$data_root", str(SHARED))
+        for line in lines[1 : 1 + count]
+    ]
+
+
 def e2e_times(folders, wavs, repeats):
     """Median seconds to transcribe ``wavs`` one by one, per folder."""
     import torch
@@ -332,15 +344,9 @@ def main():
         )
     if args.train_only:
         return
-    dense_folder = args.work / args.model / "dense-zero-shot"
-    dense_folder = sorted(dense_folder.glob("*/exported"))[0]
-    test_csv = dense_folder.parent / "test.csv"
-    wavs = [
-        line.split(",")[2].replace("$data_root", str(SHARED))
-        for line in test_csv.read_text().splitlines()[
-            1 : 1 + args.speed_utterances
-        ]
-    ]
+    dense_folder, wavs = dense_and_test_wavs(
+        args.work, args.model, args.speed_utterances
+    )
     folders = {"dense": dense_folder}
     folders.update(
         {job: Path(r["export_folder"]) for job, r in results.items()}

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 from common import REPO, provenance, write_json
+from whisper_accuracy import dense_and_test_wavs
 
-SHARED = REPO.parent / "shared" / "data" / "librilight"
 MODEL = "tiny.en"
 #: compressed models: name -> run configuration of whisper_accuracy.py
 #: (its seed 1 export)
@@ -184,18 +184,6 @@ def agreement(reference, hypothesis):
     return 1 - stats["WER"] / 100
 
 
-def test_audio(work, count):
-    """The first ``count`` test utterances of the dense run."""
-    from speechbrain.dataio.dataio import read_audio
-
-    run = sorted((work / MODEL / "dense-zero-shot").glob("*/exported"))[0]
-    lines = (run.parent / "test.csv").read_text().splitlines()[1 : 1 + count]
-    wavs = [
-        line.split(",")[2].replace("$data_root", str(SHARED)) for line in lines
-    ]
-    return run, [read_audio(wav) for wav in wavs]
-
-
 def main():
     """Export, transcribe, time, count, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -220,9 +208,12 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     figures = {**provenance(), "note": args.note}
+    from speechbrain.dataio.dataio import read_audio
+
     from sb_prune.families.whisper.macs import transcription_macs
 
-    dense, audio = test_audio(args.work, args.utterances)
+    dense, wavs = dense_and_test_wavs(args.work, MODEL, args.utterances)
+    audio = [read_audio(str(wav)) for wav in wavs]
     # the dense model twice: how far apart equal models time here
     folders = {"dense": dense, CONTROL: dense}
     for name in COMPRESSED:
