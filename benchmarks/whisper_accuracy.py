@@ -109,6 +109,10 @@ CONFIGS = {
     "ours-lr1e-5": ("taylor-gradual-distil-lr1e-5", {**OURS, "lr": 1e-5}),
     "whole": ("whole-model", WHOLE),
     "ours-kd": ("taylor-gradual-kd-uniform", KD),
+    "ours-kd-ls": (
+        "taylor-gradual-kd-uniform-compensated",
+        {**KD, "compensate": True},
+    ),
     "whole-kd": (
         "whole-model-kd-uniform",
         {**KD, "decoder_layer_sparsity": 0.5, "embedding_rank": 192},

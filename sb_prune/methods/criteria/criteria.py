@@ -69,7 +69,8 @@ from sb_prune.methods.low_rank.layer import LowRankLinear
 OWN_PROJECTIONS = "applies_own_projections"
 
 
-def _applies_own_projections(module):
+def applies_own_projections(module):
+    """Whether attention applies its projections itself (see above)."""
     spec = spec_of(module)
     return spec is not None and spec.answers.get(OWN_PROJECTIONS, False)
 
@@ -186,7 +187,7 @@ def _layer_weights(path, layer):
                         f"groups: '{path}.{full}' is a low-rank factor; "
                         "prune its rank (LowRankCompression), not its weights"
                     )
-                owner = parent if _applies_own_projections(parent) else None
+                owner = parent if applies_own_projections(parent) else None
                 found.append(
                     Members(f"{path}.{full}", "weights", linear, owner)
                 )
@@ -468,7 +469,7 @@ class _ActivationCriterion(Criterion):
                 for index, layer in enumerate(item.module.layers):
                     hook = _LayerUpdateHook(self, item.path, index, item.count)
                     self._handles.append(layer.register_forward_hook(hook))
-            elif _applies_own_projections(item.module):
+            elif applies_own_projections(item.module):
                 relpos.setdefault(item.module, {})["heads"] = item.path
             elif item.owner is not None:
                 role = item.path.rpartition(".")[2]

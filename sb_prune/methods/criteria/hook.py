@@ -11,10 +11,15 @@ from speechbrain.utils.distributed import ddp_broadcast
 
 from sb_prune.core.registry import LAYER_GROUPS
 from sb_prune.core.validation import (
+    check_bool,
     check_choice,
     check_choices,
     check_int,
     check_strings,
+)
+from sb_prune.methods.criteria.compensation import (
+    COMPENSATED_GROUPS,
+    LeastSquaresCompensation,
 )
 from sb_prune.methods.criteria.criteria import (
     GROUPS,
@@ -79,6 +84,12 @@ class CriterionPruning(PruningHook):
     allocation : str
         ``uniform`` (every module loses the same fraction) or ``global``
         (see above).
+    compensate : bool
+        Before each step, refit the Linear that reads the pruned units or
+        heads so that its output on the training frames seen since the
+        previous step changes least (least squares,
+        :mod:`sb_prune.methods.criteria.compensation`); groups ``ffn`` and
+        ``heads`` only, and never at the start (it needs those frames).
 
     name : str, optional
         The key of the hook's state in checkpoints (default: the class
@@ -108,6 +119,7 @@ class CriterionPruning(PruningHook):
         min_units=1,
         scope=None,
         allocation="uniform",
+        compensate=False,
         name=None,
     ):
         super().__init__(name)
@@ -129,6 +141,15 @@ class CriterionPruning(PruningHook):
         if scope is not None:
             self.scope = check_strings("scope", scope)
         self.allocation = check_choice("allocation", allocation, ALLOCATIONS)
+        self.compensation = None
+        if check_bool("compensate", compensate):
+            others = [g for g in groups if g not in COMPENSATED_GROUPS]
+            if others:
+                raise ValueError(
+                    f"compensate: refits what reads pruned "
+                    f"{' or '.join(COMPENSATED_GROUPS)}, not {others}"
+                )
+            self.compensation = LeastSquaresCompensation()
         self.criterion = criterion
         self.schedule = checked_schedule(schedule)
         self.groups = groups
@@ -212,6 +233,8 @@ class CriterionPruning(PruningHook):
                 f"scope {self.scope}: the groups {outside} have no member there"
             )
         self.criterion.attach(self._members)
+        if self.compensation is not None:
+            self.compensation.attach(self._members)
 
     def on_fit_start(self, brain):
         """Check the model and schedule; attach the criterion; re-mask.
@@ -266,19 +289,25 @@ class CriterionPruning(PruningHook):
         if self.unstructured:
             self._mask_weights(step)
         else:
-            plan = {}
             # Layer cuts renumber the paths below them: apply them last.
-            for members in sorted(
+            ordered = sorted(
                 self._members, key=lambda m: m.group in LAYER_GROUPS
-            ):
-                kept = self._kept(members, step)
-                if kept is not None:
-                    plan[members.path] = members.plan(kept)
+            )
+            kept = {m.path: self._kept(m, step) for m in ordered}
+            if self.compensation is not None:
+                self._compensate(ordered, ddp_broadcast(kept))
+            plan = {
+                m.path: m.plan(kept[m.path])
+                for m in ordered
+                if kept[m.path] is not None
+            }
             prune_by_plan(brain, plan)
             self._renumber(plan)
         self.step = step
         dropped = self.criterion.non_finite
         self.criterion.reset()
+        if self.compensation is not None:
+            self.compensation.reset()
         self._find(brain)
         counts = {}
         for members in self._members:
@@ -300,6 +329,17 @@ class CriterionPruning(PruningHook):
             f"{self.schedule.steps} at {moment(when)}, kept {counts}; "
             f"{dropped} non-finite observations dropped"
         )
+
+    def _compensate(self, members, kept):
+        """Refit the consumers of the members that lose some.
+
+        Every process refits alike: the moments are summed over processes
+        and ``kept`` is the main process's choice.
+        """
+        self.compensation.all_reduce()
+        for item in members:
+            if kept[item.path] is not None:
+                self.compensation.compensate(item, kept[item.path])
 
     def _kept(self, members, step):
         """Indices a module keeps at this step, or None if it keeps all."""
