@@ -88,6 +88,20 @@ LITE_ASR_FT = {
     "train_utterances": 593,
     "number_of_epochs": 1 + BUDGET["number_of_epochs"],
 }
+#: No fine-tuning, as LiteASR: one Taylor step after a pass (at learning
+#: rate 0) over 50 training windows (about 100 utterances, LiteASR's
+#: calibration size), the gradients from the transcripts (the teacher's
+#: are zero while the student is the teacher).
+ZERO_SHOT = {
+    "number_of_epochs": 1,
+    "lr": 0.0,
+    "train_windows": 50,
+    "label_weight": 1.0,
+    "hidden_weight": 0.0,
+    "logits_weight": 0.0,
+    "prune_steps": 1,
+    "prune_span": "[1.0,1.0]",
+}
 #: name -> (method label of the row, overrides[, script, hparams file]);
 #: the script and hparams default to train.py and whisper_prune.yaml.
 CONFIGS = {
@@ -126,6 +140,11 @@ CONFIGS = {
     "ours-kd-4ep": (
         "taylor-gradual-kd-uniform-4-epochs",
         {**KD, "number_of_epochs": 4},
+    ),
+    "ours-zero-shot": ("taylor-one-shot-no-ft", ZERO_SHOT),
+    "ours-zero-shot-ls": (
+        "taylor-one-shot-no-ft-compensated",
+        {**ZERO_SHOT, "compensate": True},
     ),
     "lite-asr": (
         "lite-asr",

@@ -1,8 +1,11 @@
 """Least-squares compensation of pruned units and heads."""
 
+import sys
+
 import pytest
+import speechbrain as sb
 import torch
-from helpers import tiny_conformer, tiny_whisper
+from helpers import run_two_processes, tiny_conformer, tiny_whisper
 from toy_brain import build_brain, fit, toy_data
 
 from sb_prune import convert
@@ -58,15 +61,19 @@ def test_refit_is_the_least_squares_fit_of_the_dense_output(group):
     assert torch.equal(consumer.weight[:, removed].double(), weight[:, removed])
 
 
+def _ffn_hook(compensate=True):
+    return CriterionPruning(
+        "magnitude", OneShot(0.5), groups=["ffn"], compensate=compensate
+    )
+
+
 def _pruned_error(tmp_path, compensate):
     """Prune half the FFN units of a tiny Conformer after one epoch at
     learning rate 0 (the dense model stays); output error on its data."""
     torch.manual_seed(0)
     model = tiny_conformer(layers=2).train()
     dense = tiny_conformer(layers=2).eval()
-    hook = CriterionPruning(
-        "magnitude", OneShot(0.5), groups=["ffn"], compensate=compensate
-    )
+    hook = _ffn_hook(compensate)
     brain = build_brain(tmp_path / str(compensate), model, [hook], 1, lr=0.0)
     fit(brain, n_train=32)
     x = toy_data(n=32).tensors[0]
@@ -107,3 +114,39 @@ def test_bad_input(tmp_path):
     brain = build_brain(tmp_path / "heads", model, [hook], 1)
     with pytest.raises(ValueError, match="cannot refit its output projection"):
         fit(brain, n_train=16)
+
+
+class _RecordedRefit(LeastSquaresCompensation):
+    """Keeps each consumer's weights as refitted on this process."""
+
+    refits = []
+
+    def compensate(self, members, kept):
+        super().compensate(members, kept)
+        self.refits.append(members.consumer().weight.detach().clone())
+
+
+def test_ddp_processes_refit_alike(tmp_path):
+    """Each process sees its own data shard; the moments are summed, so
+    every process refits the same weights (with its own moments, each
+    would refit others)."""
+    refits0, refits1 = run_two_processes(__file__, tmp_path)
+    assert len(refits0) == len(refits1) == 4
+    for refit0, refit1 in zip(refits0, refits1):
+        assert torch.equal(refit0, refit1)
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    _, run_opts, _ = sb.parse_arguments(
+        ["x.yaml", "--noprogressbar", "--distributed_backend=gloo"]
+    )
+    sb.utils.distributed.ddp_init_group(run_opts)
+    torch.manual_seed(0)
+    model = tiny_conformer(layers=2).train()
+    hook = _ffn_hook()
+    hook.compensation = _RecordedRefit()
+    brain = build_brain(f"{out}/ckpt", model, [hook], 1, run_opts=run_opts)
+    fit(brain, n_train=32)
+    rank = torch.distributed.get_rank()
+    torch.save(_RecordedRefit.refits, f"{out}/rank{rank}.pt")
