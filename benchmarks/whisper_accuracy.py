@@ -131,6 +131,17 @@ CONFIGS = {
         "whole-model-kd-uniform",
         {**KD, "decoder_layer_sparsity": 0.5, "embedding_rank": 192},
     ),
+    # The whole model without a layer cut: the encoder as ours-kd-ls, half
+    # of each decoder FFN (both refitted) and a rank-192 token table.
+    "whole-kd-ls": (
+        "whole-model-kd-uniform-compensated",
+        {
+            **KD,
+            "compensate": True,
+            "decoder_ffn_sparsity": 0.5,
+            "embedding_rank": 192,
+        },
+    ),
     "whole-kd-layers": (
         "whole-model-kd-uniform-layers-only",
         {**KD, "decoder_layer_sparsity": 0.5},
@@ -141,10 +152,50 @@ CONFIGS = {
         "taylor-gradual-kd-uniform-4-epochs",
         {**KD, "number_of_epochs": 4},
     ),
+    # Compensated, the cut need not be gradual: all of it after 5% of the
+    # run, the rest of the budget to recover at the final size.
+    "ours-kd-ls-early": (
+        "taylor-early-one-shot-kd-uniform-compensated",
+        {
+            **KD,
+            "compensate": True,
+            "prune_steps": 1,
+            "prune_span": "[0.05,0.05]",
+        },
+    ),
+    # Which part of the whole-model cut costs what, before fine-tuning.
+    "decoder-ffn-zero-shot-ls": (
+        "decoder-ffn-one-shot-no-ft-compensated",
+        {
+            **ZERO_SHOT,
+            "compensate": True,
+            "decoder_ffn_sparsity": 0.5,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+        },
+    ),
+    "embedding-rank-zero-shot": (
+        "embedding-rank-192-no-ft",
+        {
+            **ZERO_SHOT,
+            "embedding_rank": 192,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+        },
+    ),
     "ours-zero-shot": ("taylor-one-shot-no-ft", ZERO_SHOT),
     "ours-zero-shot-ls": (
         "taylor-one-shot-no-ft-compensated",
         {**ZERO_SHOT, "compensate": True},
+    ),
+    "whole-zero-shot-ls": (
+        "whole-model-one-shot-no-ft-compensated",
+        {
+            **ZERO_SHOT,
+            "compensate": True,
+            "decoder_ffn_sparsity": 0.5,
+            "embedding_rank": 192,
+        },
     ),
     "lite-asr": (
         "lite-asr",

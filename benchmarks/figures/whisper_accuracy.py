@@ -8,7 +8,16 @@ Authors
 
 import statistics
 
-from .text import blocks, count, num, paragraph, percent, seeds, table
+from .text import (
+    blocks,
+    count,
+    holds,
+    num,
+    paragraph,
+    percent,
+    seeds,
+    table,
+)
 
 
 def _groups(rows):
@@ -100,7 +109,78 @@ def main(results):
         ),
         _targets(figures, groups),
         _why(figures, groups),
+        _compensation(figures, groups),
     )
+
+
+def _test_dev(rows):
+    """``13.30% (dev 11.74)``: mean test and dev WER of some rows."""
+    return f"{num(_mean(rows, 'wer'))}% (dev {num(_mean(rows, 'valid_wer'))})"
+
+
+def _compensation(figures, groups):
+    """What least-squares compensation does, without and with training."""
+    dense = figures["dense"]["tiny.en"]
+    plain = groups[("tiny.en", "taylor-one-shot-no-ft")]
+    refit = groups[("tiny.en", "taylor-one-shot-no-ft-compensated")]
+    lite = groups[("tiny.en", "lite-asr")]
+    gradual = groups[("tiny.en", "taylor-gradual-kd-uniform-compensated")]
+    without = [
+        r
+        for r in groups[("tiny.en", "taylor-gradual-kd-uniform")]
+        if r["seed"] in {g["seed"] for g in gradual}
+    ]
+    parts = [
+        "Least-squares compensation (`compensate: True`: before each "
+        "pruning step, the Linear that reads the pruned units or heads is "
+        "refitted to its output on the training frames seen since the "
+        "previous step). Without any fine-tuning, as LiteASR is used (one "
+        "Taylor step after a pass over 50 training windows, about 100 "
+        "utterances, at learning rate 0): "
+        f"{percent(_removed(refit, dense, ['encoder']))} fewer encoder "
+        f"parameters at {_test_dev(refit)} WER with it, "
+        f"{_test_dev(plain)} without it; LiteASR at "
+        f"{percent(_removed(lite, dense, ['encoder']))} "
+        f"{num(_mean(lite, 'wer'))}% ",
+        holds(
+            _mean(refit, "wer") < _mean(lite, "wer"),
+            "(ours ahead without training)",
+        ),
+        ". Fine-tuned, it did not help on dev: gradual with it "
+        f"{_test_dev(gradual)} against {_test_dev(without)} without it "
+        "(same seed)",
+    ]
+    early = groups[("tiny.en", "taylor-early-one-shot-kd-uniform-compensated")]
+    parts.append(
+        "; the whole cut at once after 5% of the run, compensated (the rest "
+        f"of the budget to recover at the final size): {_test_dev(early)} "
+    )
+    parts.append(
+        holds(
+            min(_mean(gradual, "valid_wer"), _mean(early, "valid_wer"))
+            > _mean(without, "valid_wer"),
+            "(both worse on dev)",
+        )
+    )
+    parts.append(
+        ": a better start is not a better end after 2 epochs of "
+        "distillation, and the setting stays off."
+    )
+    whole = groups[("tiny.en", "whole-model-one-shot-no-ft-compensated")]
+    ffn = groups[("tiny.en", "decoder-ffn-one-shot-no-ft-compensated")]
+    rank = groups[("tiny.en", "embedding-rank-192-no-ft")]
+    parts.append(
+        " Why the whole model fails, its parts before fine-tuning: the "
+        "encoder cut as above with half of each decoder FFN (compensated) "
+        f"and a rank-192 token table {_test_dev(whole)}; half of each "
+        f"decoder FFN alone ({percent(_removed(ffn, dense, ['decoder']))} of "
+        f"the decoder) {_test_dev(ffn)}; the rank-192 token table alone "
+        f"({percent(_removed(rank, dense, ['decoder']))} of the decoder) "
+        f"{_test_dev(rank)}. The token table is "
+        f"{percent(_table_share(dense))} of the whole model, so no 30% cut "
+        "leaves it alone, and its SVD at rank 192 breaks the decoder."
+    )
+    return paragraph(*parts)
 
 
 def _why(figures, groups):
@@ -134,10 +214,31 @@ def _why(figures, groups):
         f"without training ({percent(_removed(lite, dense, ['encoder']))} "
         f"fewer encoder parameters) loops to the token limit "
         f"({num(_mean(lite, 'wer'))}% WER; its dev WER is the recipe's "
-        "first 16 dev utterances); LiteASR with our fine-tuning at that "
-        "size was not run: compress.py trains on unpacked utterances (593 "
-        "encoder windows an epoch against our 345) after a calibration "
-        "epoch, about 2.5 times our CPU budget."
+        "first 16 dev utterances)",
+        _lite_asr_tuned(groups),
+    )
+
+
+def _table_share(dense):
+    """The token table's share of the whole model (tiny.en: 51,864 x 384)."""
+    return 51864 * 384 / (dense["encoder_params"] + dense["decoder_params"])
+
+
+def _lite_asr_tuned(groups):
+    """LiteASR with our fine-tuning, where it was run."""
+    tuned = groups.get(("tiny.en", "lite-asr+ft"))
+    if not tuned:
+        return (
+            "; LiteASR with our fine-tuning at that size was not run: "
+            "compress.py trains on unpacked utterances (593 encoder windows "
+            "an epoch against our 345) after a calibration epoch, about 2.5 "
+            "times our CPU budget."
+        )
+    return (
+        f"; with our fine-tuning (2 epochs of the 593 utterances unpacked, "
+        f"after its calibration epoch: "
+        f"{count(round(_budget(tuned, 'utterance_steps')))} "
+        f"utterance-steps) {_test_dev(tuned)}."
     )
 
 

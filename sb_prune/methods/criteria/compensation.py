@@ -12,11 +12,10 @@ frames) are::
     [W_K, b]' = [W, b] G[:, K'] (G[K', K'] + lambda I)^-1
 
 (``K'``: the kept columns and the constant; ``lambda``: ``damping`` times
-the mean of the diagonal of ``G[K', K']``). On Whisper tiny.en with 45% of
-the encoder's FFN units and 20% of its heads removed in one shot, this
-refit took the dev WER before any fine-tuning from 175% to 22%
-(``benchmarks/whisper_accuracy.py`` reports what it does after
-fine-tuning). Used by :class:`sb_prune.hooks.CriterionPruning` with
+the mean of the diagonal of ``G[K', K']``). Without fine-tuning, it is
+what makes a one-shot cut of a pretrained model usable (Whisper tiny.en,
+``benchmarks/results/whisper_accuracy.json``, README "Keeping the
+accuracy"). Used by :class:`sb_prune.hooks.CriterionPruning` with
 ``compensate: True``.
 
 Authors
