@@ -177,8 +177,10 @@ def _compensation(figures, groups):
         f"the decoder) {_test_dev(ffn)}; the rank-192 token table alone "
         f"({percent(_removed(rank, dense, ['decoder']))} of the decoder) "
         f"{_test_dev(rank)}. The token table is "
-        f"{percent(_table_share(dense))} of the whole model, so no 30% cut "
-        "leaves it alone, and its SVD at rank 192 breaks the decoder."
+        f"{percent(_table_share(dense))} of the whole model: a 30% cut "
+        "that leaves it alone removes "
+        f"{percent(0.3 / (1 - _table_share(dense)))} of everything else, "
+        "and its SVD at rank 192 breaks the decoder before any training."
     )
     return paragraph(*parts)
 
