@@ -82,6 +82,9 @@ def _pruned_error(tmp_path, compensate):
         pruned = model.eval()(x, tgt=None, wav_len=lens)[0]
         target = dense(x, tgt=None, wav_len=lens)[0]
     units = [m.count for m in find_members(model, ["ffn"])]
+    if compensate:  # no step to come: no moments summed any more
+        assert hook.compensation.moments == {}
+        assert hook.compensation._handles == []
     return (pruned - target).pow(2).mean().item(), units
 
 

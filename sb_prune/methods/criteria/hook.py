@@ -233,8 +233,14 @@ class CriterionPruning(PruningHook):
                 f"scope {self.scope}: the groups {outside} have no member there"
             )
         self.criterion.attach(self._members)
-        if self.compensation is not None:
+        if self.compensation is None:
+            return
+        # Summing moments costs a product per forward: only while a step
+        # that removes members is still to come.
+        if self.step < self.schedule.steps and self.schedule.target != 0:
             self.compensation.attach(self._members)
+        else:
+            self.compensation.detach()
 
     def on_fit_start(self, brain):
         """Check the model and schedule; attach the criterion; re-mask.
