@@ -101,22 +101,17 @@ class LeastSquaresCompensation:
         self._handles = []
 
     def attach(self, members):
-        """Start summing ``[x, 1]^T [x, 1]`` of the members' consumers.
+        """Sum ``[x, 1]^T [x, 1]`` of the members' consumers from zero.
 
         Arguments
         ---------
         members : list of sb_prune.core.importance.Members
-            Units or heads; their consumers must be ``torch.nn.Linear``
-            modules called as modules (their forward pre-hooks run).
+            Units or heads (``COMPENSATED_GROUPS``); their consumers must be
+            ``torch.nn.Linear`` modules called as modules (their forward
+            pre-hooks run).
         """
         self.detach()
         for item in members:
-            if item.group not in COMPENSATED_GROUPS:
-                raise ValueError(
-                    f"compensate: refits the Linear that reads pruned "
-                    f"{' or '.join(COMPENSATED_GROUPS)}; '{item.path}' has "
-                    f"{item.group}"
-                )
             consumer = item.consumer()
             if applies_own_projections(item.module):
                 raise ValueError(
@@ -130,13 +125,9 @@ class LeastSquaresCompensation:
                     f"{type(consumer).__name__}, which sb_prune cannot refit"
                 )
             size = consumer.in_features + 1
-            if item.path not in self.moments:
-                self.moments[item.path] = torch.zeros(
-                    size,
-                    size,
-                    dtype=torch.float64,
-                    device=consumer.weight.device,
-                )
+            self.moments[item.path] = torch.zeros(
+                size, size, dtype=torch.float64, device=consumer.weight.device
+            )
             self._handles.append(
                 consumer.register_forward_pre_hook(self._summer(item.path))
             )
@@ -152,13 +143,10 @@ class LeastSquaresCompensation:
         return add
 
     def detach(self):
-        """Remove the forward pre-hooks."""
+        """Remove the forward pre-hooks and forget the moments."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def reset(self):
-        """Forget the moments (after a pruning step)."""
         self.moments = {}
 
     def all_reduce(self):

@@ -235,8 +235,8 @@ class CriterionPruning(PruningHook):
         self.criterion.attach(self._members)
         if self.compensation is None:
             return
-        # Summing moments costs a product per forward: only while a step
-        # that removes members is still to come.
+        # From zero after each step; summing moments costs a product per
+        # forward: only while a step that removes members is still to come.
         if self.step < self.schedule.steps and self.schedule.target != 0:
             self.compensation.attach(self._members)
         else:
@@ -312,8 +312,6 @@ class CriterionPruning(PruningHook):
         self.step = step
         dropped = self.criterion.non_finite
         self.criterion.reset()
-        if self.compensation is not None:
-            self.compensation.reset()
         self._find(brain)
         counts = {}
         for members in self._members:
