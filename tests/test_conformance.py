@@ -19,6 +19,7 @@ the Conformer.
 """
 
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -70,6 +71,7 @@ from sb_prune.hooks import (
     CriterionPruning,
     LayerCut,
     LowRankCompression,
+    TokenTableLowRank,
 )
 from sb_prune.methods.adaptive_dropout.convert import (
     ADAPTIVE_DROPOUT_POINTS,
@@ -390,9 +392,18 @@ def check_low_rank(case, model, points=LOW_RANK_POINTS):
 
 
 def check_low_rank_embedding(case, model, rank=4):
-    """Refused by every family row (SpeechBrain's lobe, which takes it, is
-    checked on the real tiny.en in tests/test_whisper_export.py)."""
-    convert(model, low_rank_embedding={"rank": rank})
+    """Refused by every family row, by the hook as by the conversion, with
+    the same message (SpeechBrain's lobe, which takes both, is checked in
+    tests/test_token_table.py and on the real tiny.en in
+    tests/test_whisper_export.py)."""
+    brain = SimpleNamespace(
+        unwrapped_modules=lambda: model, hparams=SimpleNamespace()
+    )
+    with pytest.raises(ValueError) as by_hook:
+        TokenTableLowRank(rank).on_fit_start(brain)
+    with pytest.raises(ValueError, match=re.escape(str(by_hook.value))):
+        convert(model, low_rank_embedding={"rank": rank})
+    raise by_hook.value
 
 
 def _project_output(low):
@@ -584,7 +595,7 @@ EXERCISES = {
     "criteria_layers": {"criteria", "layers", "decoder_layers"},
     "layer_cut": {"convexity_layer_cut", "LayerCut"},
     "low_rank": {"low_rank", "LowRankCompression"},
-    "low_rank_embedding": {"low_rank_embedding"},
+    "low_rank_embedding": {"low_rank_embedding", "TokenTableLowRank"},
     "activation_low_rank": {"low_rank", "ActivationLowRank"},
     "dynamic_depth": {"i3d", "dynamic_depth"},
     "conv_norm": {"layer_importance", "conv_norm"},

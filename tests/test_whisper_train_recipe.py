@@ -2,7 +2,8 @@
 
 Runs ``recipes/LibriSpeech/whisper/train.py`` (the whole tiny.en: encoder
 and decoder) on a few packed windows: an epoch in which the encoder loses
-FFN units and heads and the decoder half its layers (Gradual steps after
+FFN units and heads, the decoder half its layers and its token table
+becomes rank 128, fit to the batches before it (Gradual steps after
 optimizer steps, distilled from the dense teacher), then one more epoch by
 resuming the same folder. The exported folder, loaded by SpeechBrain's
 ``WhisperASR``, decodes the test utterances as the recipe did. Skips
@@ -47,6 +48,8 @@ def train(output, epochs):
         "--prune_steps=1",
         "--prune_span=[0.1,0.1]",
         "--decoder_layer_at=0.1",
+        "--embedding_rank=128",
+        "--embedding_at=0.1",
         "--noprogressbar",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="2")
@@ -64,6 +67,7 @@ def test_prune_encoder_and_decoder_resume_and_export(tmp_path):
     from speechbrain.utils.metric_stats import ErrorRateStats
 
     from sb_prune.data.real_speech import plain_words
+    from sb_prune.nn import LowRankEmbedding
 
     first = train(tmp_path, epochs=1)
     assert first["encoder_params"] < 0.85 * TINY_EN_ENCODER
@@ -79,6 +83,10 @@ def test_prune_encoder_and_decoder_resume_and_export(tmp_path):
     decoder = asr.mods.whisper.model.decoder
     assert len(decoder.layers) == TINY_EN_DECODER_LAYERS // 2
     assert [layer.self_attn.layer_idx for layer in decoder.layers] == [0, 1]
+    assert isinstance(decoder.embed_tokens, LowRankEmbedding)
+    assert decoder.embed_tokens.rank == 128
+    log = (tmp_path / "log.txt").read_text()
+    assert "token tables at rank 128 at step 1 (calibrated)" in log
     stats = ErrorRateStats()
     with open(tmp_path / "test.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))[:2]

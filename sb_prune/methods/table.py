@@ -170,6 +170,7 @@ METHODS = {
     "low_rank_embedding": Method(
         convert="low_rank_embedding",
         converter=f"{_M}.low_rank.convert.add_low_rank_embedding",
+        hooks=(f"{_M}.low_rank.token_table.TokenTableLowRank",),
         modules=(
             f"{_M}.low_rank.embedding.LowRankEmbedding",
             # The Hugging Face Whisper family's lobe that uses the factors.

@@ -37,6 +37,7 @@ from sb_prune.methods.adaptive_dropout.points import (
     masks_by_label,
 )
 from sb_prune.methods.low_rank.embedding import LowRankEmbedding
+from sb_prune.methods.low_rank.token_table import TokenStatistics
 
 FAMILY = Family("Hugging Face Whisper")
 MODULE = "transformers.models.whisper.modeling_whisper."
@@ -56,12 +57,13 @@ NO_FACTORED_SCORES = (
 )
 
 
-def _factorise_embedding(lobe, rank):
+def _factorise_embedding(lobe, rank, row_weights=None, state_moment=None):
     """The ``low_rank_embedding`` answer of the lobe: a low-rank table.
 
     The decoder embeds its tokens with ``embed_tokens``; the lobe scores
     the vocabulary with the same table, through its factors only in
-    :class:`~sb_prune.families.whisper.lobe.WhisperLobe`.
+    :class:`~sb_prune.families.whisper.lobe.WhisperLobe`. The statistics
+    of a calibration (``token_statistics``) weight the fit.
     """
     if not getattr(lobe, "scores_through_factors", False):
         raise ValueError(
@@ -72,8 +74,18 @@ def _factorise_embedding(lobe, rank):
         )
     decoder = lobe.model.decoder
     decoder.embed_tokens = LowRankEmbedding.from_embedding(
-        decoder.embed_tokens, rank
+        decoder.embed_tokens, rank, row_weights, state_moment
     )
+
+
+def _token_statistics(lobe):
+    """The ``token_statistics`` answer of the lobe: its decoder watched.
+
+    The decoder is called with ``input_ids`` and returns its final states
+    first.
+    """
+    decoder = lobe.model.decoder
+    return TokenStatistics(decoder, decoder.embed_tokens.num_embeddings)
 
 
 def _sync_encoder_layers(encoder):
@@ -152,7 +164,13 @@ FAMILY.register(MODULE + "WhisperAttention", whole_head_attention_spec())
 # SpeechBrain's Whisper lobe (and sb_prune's, which subclasses it).
 FAMILY.register(
     "speechbrain.integrations.huggingface.whisper.Whisper",
-    ModuleSpec(groups=(), answers={"low_rank_embedding": _factorise_embedding}),
+    ModuleSpec(
+        groups=(),
+        answers={
+            "low_rank_embedding": _factorise_embedding,
+            "token_statistics": _token_statistics,
+        },
+    ),
 )
 
 

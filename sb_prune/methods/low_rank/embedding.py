@@ -6,9 +6,20 @@ the vocabulary at each step (Whisper ties the two), spends most of its
 parameters and much of its per-token time on ``E``: 20 million of Whisper
 tiny.en's 38 million parameters, and a 20 million multiply-accumulate
 product per decoded token. :class:`LowRankEmbedding` holds ``E ~ C B``
-(``C``: vocabulary x ``R`` codes, ``B``: ``R`` x width basis), from a
-truncated SVD, so both uses cost ``R`` / width of the dense ones:
-embedding ``C[ids] B`` and scores ``(h B^T) C^T`` (:meth:`logits`).
+(``C``: vocabulary x ``R`` codes, ``B``: ``R`` x width basis), so both
+uses cost ``R`` / width of the dense ones: embedding ``C[ids] B`` and
+scores ``(h B^T) C^T`` (:meth:`logits`).
+
+The factors come from a truncated SVD (:meth:`~LowRankEmbedding.
+from_embedding`): of the table itself, which keeps the directions of
+largest weight whatever the decoder reads and writes (on Whisper tiny.en
+at rank 256 of 384 the decoder then loops), or, calibrated, of the table
+weighted on both sides by what the model does with it: each token's row by
+how often the decoder reads that token (:class:`~sb_prune.methods.low_rank.
+token_table.TokenStatistics`), its columns by the second moment ``M`` of
+the decoder states that score it. Then the factors minimise
+``sum_t w_t ||(E_t - C_t B) M^1/2||^2``: the score error where the decoder
+states lie, on the tokens that occur.
 
 The rank is part of the structure record (``{"rank": R}``) and can be
 lowered like a :class:`~sb_prune.nn.LowRankLinear`'s; a structure record
@@ -66,8 +77,14 @@ class LowRankEmbedding(nn.Module):
         self.basis = nn.Parameter(torch.eye(rank, embedding_dim))
 
     @classmethod
-    def from_embedding(cls, embedding, rank):
+    def from_embedding(
+        cls, embedding, rank, row_weights=None, state_moment=None
+    ):
         """The best rank-``rank`` factorisation of a trained embedding.
+
+        Best for the squared error of the table, or, given the statistics
+        of a calibration, of the scores: ``sum_t w_t ||(E_t - E'_t)
+        M^1/2||^2`` (row weights ``w``, state second moment ``M``).
 
         Arguments
         ---------
@@ -75,20 +92,51 @@ class LowRankEmbedding(nn.Module):
             The dense table.
         rank : int
             The inner width.
+        row_weights : torch.Tensor, optional
+            ``[num_embeddings]``, positive: how much each row's error
+            counts (default: all alike).
+        state_moment : torch.Tensor, optional
+            ``[embedding_dim, embedding_dim]``: second moment of the states
+            that score the table (default: the identity). Its eigenvalues
+            below 1e-6 of the largest are raised to that.
 
         Returns
         -------
         LowRankEmbedding
-            ``U_R S_R^1/2`` and ``S_R^1/2 V_R^T`` of the table's SVD, on
-            its device and dtype.
+            On the table's device and dtype; at full rank equal to it.
+
+        Example
+        -------
+        >>> _ = torch.manual_seed(0)
+        >>> dense = nn.Embedding(6, 4)
+        >>> weights = torch.tensor([1e6, 1.0, 1.0, 1.0, 1.0, 1.0])
+        >>> moment = torch.diag(torch.tensor([4.0, 1.0, 1.0, 0.1]))
+        >>> low = LowRankEmbedding.from_embedding(dense, 1, weights, moment)
+        >>> error = (low.weight - dense.weight)[0].abs().max()
+        >>> plain = LowRankEmbedding.from_embedding(dense, 1)
+        >>> bool(error < 1e-3 < (plain.weight - dense.weight)[0].abs().max())
+        True
         """
         weight = embedding.weight.detach()
         low = cls(*weight.shape, rank, padding_idx=embedding.padding_idx)
-        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-        root = s[:rank].sqrt()
+        rows = torch.ones(weight.shape[0], 1, dtype=torch.float64)
+        if row_weights is not None:
+            row_weights = row_weights.detach().double().cpu()
+            if row_weights.shape != (weight.shape[0],) or not bool(
+                (row_weights > 0).all()
+            ):
+                raise ValueError(
+                    f"row_weights must be {weight.shape[0]} positive "
+                    f"numbers, got shape {tuple(row_weights.shape)}"
+                )
+            rows = row_weights.sqrt()[:, None]
+        root, inverse_root = _roots(state_moment, weight.shape[1])
+        target = rows * (weight.double().cpu() @ root)
+        u, s, vh = torch.linalg.svd(target, full_matrices=False)
+        half = s[:rank].sqrt()
         with torch.no_grad():
-            low.codes.copy_(u[:, :rank] * root)
-            low.basis.copy_(root[:, None] * vh[:rank])
+            low.codes.copy_(u[:, :rank] * half / rows)
+            low.basis.copy_(half[:, None] * vh[:rank] @ inverse_root)
         return low.to(device=weight.device, dtype=weight.dtype)
 
     @property
@@ -154,3 +202,22 @@ class LowRankEmbedding(nn.Module):
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
+
+
+def _roots(moment, width):
+    """``M^1/2`` and ``M^-1/2`` of a second moment (float64, CPU).
+
+    The identity for None.
+    """
+    if moment is None:
+        eye = torch.eye(width, dtype=torch.float64)
+        return eye, eye
+    moment = moment.detach().double().cpu()
+    if moment.shape != (width, width):
+        raise ValueError(
+            f"state_moment must be {width} x {width}, got shape "
+            f"{tuple(moment.shape)}"
+        )
+    values, vectors = torch.linalg.eigh((moment + moment.T) / 2)
+    values = values.clamp_min(values.max().clamp_min(1e-300) * 1e-6).sqrt()
+    return (vectors * values) @ vectors.T, (vectors / values) @ vectors.T
