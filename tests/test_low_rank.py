@@ -24,7 +24,7 @@ from sb_prune.methods.low_rank.layer import (
     set_compression,
 )
 from sb_prune.nn import LowRankLinear
-from sb_prune.training.schedules import Incremental
+from sb_prune.training.schedules import Gradual, Incremental
 
 
 def _linear(inputs=24, outputs=40, seed=0):
@@ -357,6 +357,18 @@ def test_activation_low_rank_hook_converts_and_resumes(tmp_path):
     assert resumed.prune_hooks[0].done
     resumed.modules.eval()
     assert torch.equal(encode(resumed.modules.model, x, lens), trained)
+
+
+def test_activation_low_rank_after_a_placed_optimizer_step(tmp_path):
+    """A one-step Gradual span is placed on the run (the base hook's
+    on_batch_start) and factorises after that optimizer step."""
+    torch.manual_seed(0)
+    span = Gradual(steps=1, span=[0.5, 0.5])
+    hook = ActivationLowRank(0.5, points=["ffn"], schedule=span)
+    brain = build_brain(tmp_path, tiny_conformer().train(), [hook], epochs=2)
+    fit(brain, n_train=16)  # 2 optimizer steps an epoch
+    assert hook.done and span.epoch_of(1) == 2
+    assert any(isinstance(m, LowRankLinear) for m in brain.modules.modules())
 
 
 def _known_spectrum(variances, out_features, seed=0):

@@ -60,7 +60,15 @@ class PruningHook:
         return False
 
     def on_batch_start(self, brain):
-        """Called before each training batch."""
+        """Called before each training batch.
+
+        Places the hook's ``schedule``, if it has one, on this run (a
+        ``Gradual`` given as a span of training needs the run's optimizer
+        steps); a hook that overrides this calls it too.
+        """
+        schedule = getattr(self, "schedule", None)
+        if schedule is not None:
+            schedule.place(brain.total_optimizer_steps)
 
     def on_gradients(self, brain):
         """Called before each optimizer step, gradients still in ``.grad``.

@@ -137,6 +137,7 @@ class AdaptiveDropoutPruning(PruningHook):
 
     def on_batch_start(self, brain):
         """Set the regulariser's weight and current target."""
+        super().on_batch_start(brain)
         target = self.target(brain.epoch_progress or 0.0)
         for layer in self._layers(brain):
             layer.regularization_weight = self.regularization_weight

@@ -265,10 +265,6 @@ class CriterionPruning(PruningHook):
             self._members, brain.scaler.get_scale()
         )
 
-    def on_batch_start(self, brain):
-        """Place a schedule given as a span of training on this run."""
-        self.schedule.place(brain.total_optimizer_steps)
-
     def on_optimizer_step(self, brain):
         """Keep masked weights at zero; take a step due after this one."""
         for weight, mask in self._masks.items():

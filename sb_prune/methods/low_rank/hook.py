@@ -143,10 +143,6 @@ class LowRankCompression(PruningHook):
         """Export the current stage, then cut the ranks, if a step is due."""
         return self._take_due(brain, self.schedule.due(self.step, epoch), epoch)
 
-    def on_batch_start(self, brain):
-        """Place a schedule given as a span of training on this run."""
-        self.schedule.place(brain.total_optimizer_steps)
-
     def on_optimizer_step(self, brain):
         """The same after an optimizer step, for a schedule in steps."""
         step = brain.optimizer_step

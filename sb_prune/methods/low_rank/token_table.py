@@ -183,10 +183,6 @@ class TokenTableLowRank(PruningHook):
             for path, lobe, factorise in tables
         ]
 
-    def on_batch_start(self, brain):
-        """Place a schedule given as a span of training on this run."""
-        self.schedule.place(brain.total_optimizer_steps)
-
     def on_train_epoch_end(self, brain, epoch):
         """Factorise after this epoch if the schedule says so."""
         due = self.schedule.due(int(self.done), epoch)
