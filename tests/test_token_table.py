@@ -6,11 +6,12 @@ and writes in training forwards, the calibrated factors reach the optimum
 of the weighted score error, and the hook replaces the table once.
 """
 
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import tiny_whisper
+from helpers import run_two_processes, tiny_whisper
 from torch import nn
 
 from sb_prune.hooks import TokenTableLowRank
@@ -90,13 +91,18 @@ def test_statistics_are_the_decoder_tokens_and_final_states():
     assert torch.allclose(stats.moment(), flat.T @ flat / len(flat))
 
 
+def bare_brain(lobe, **more):
+    """What the hook reads of a Brain."""
+    return SimpleNamespace(
+        unwrapped_modules=lambda: lobe, hparams=SimpleNamespace(), **more
+    )
+
+
 def hook_run(calibrated):
     model = tiny_whisper()
     dense = model.model.decoder.embed_tokens.weight.detach().clone()
     lobe = lobe_of(model.model)
-    brain = SimpleNamespace(
-        unwrapped_modules=lambda: lobe, hparams=SimpleNamespace()
-    )
+    brain = bare_brain(lobe)
     hook = TokenTableLowRank(4, calibrated=calibrated)
     hook.on_fit_start(brain)
     watcher = TokenStatistics(model.model.decoder, vocabulary=60)
@@ -124,11 +130,7 @@ def test_hook_factorises_the_table_once(calibrated):
 def test_a_span_schedule_factorises_after_its_optimizer_step():
     model = tiny_whisper()
     lobe = lobe_of(model.model)
-    brain = SimpleNamespace(
-        unwrapped_modules=lambda: lobe,
-        hparams=SimpleNamespace(),
-        total_optimizer_steps=4,
-    )
+    brain = bare_brain(lobe, total_optimizer_steps=4)
     hook = TokenTableLowRank(4, schedule=Gradual(steps=1, span=[0.5, 0.5]))
     hook.on_fit_start(brain)
     done = []
@@ -143,18 +145,13 @@ def test_a_span_schedule_factorises_after_its_optimizer_step():
 
 def test_hook_needs_training_batches_and_a_table():
     lobe = lobe_of(tiny_whisper().model)
-    brain = SimpleNamespace(
-        unwrapped_modules=lambda: lobe, hparams=SimpleNamespace()
-    )
+    brain = bare_brain(lobe)
     hook = TokenTableLowRank(4)
     hook.on_fit_start(brain)
     with pytest.raises(ValueError, match="no training batch reached"):
         hook.on_train_epoch_end(brain, 1)
-    bare = SimpleNamespace(
-        unwrapped_modules=lambda: nn.Linear(2, 2), hparams=SimpleNamespace()
-    )
     with pytest.raises(ValueError, match="low_rank_embedding"):
-        TokenTableLowRank(4).on_fit_start(bare)
+        TokenTableLowRank(4).on_fit_start(bare_brain(nn.Linear(2, 2)))
     untouched = TokenTableLowRank(None)
     untouched.on_fit_start(brain)
     assert not untouched.on_train_epoch_end(brain, 1)
@@ -178,3 +175,41 @@ def test_bad_statistics_are_refused():
         LowRankEmbedding.from_embedding(dense, 2, torch.zeros(5))
     with pytest.raises(ValueError, match="state_moment must be 3 x 3"):
         LowRankEmbedding.from_embedding(dense, 2, None, torch.eye(2))
+
+
+def test_ddp_processes_factorise_alike_on_all_their_batches(tmp_path):
+    """Each process trains on its own batch; the statistics are summed, so
+    both get the factors of the two batches together (each alone would
+    get others)."""
+    table0, table1 = run_two_processes(__file__, tmp_path)
+    assert torch.equal(table0, table1)
+    model = tiny_whisper()
+    dense = nn.Embedding.from_pretrained(
+        model.model.decoder.embed_tokens.weight.detach().clone()
+    )
+    stats = TokenStatistics(model.model.decoder, vocabulary=60)
+    for rank in (0, 1):
+        training_forward(model, seed=10 + rank)
+    stats.remove()
+    both = LowRankEmbedding.from_embedding(
+        dense, 4, stats.row_weights(), stats.moment()
+    )
+    assert torch.allclose(table0, both.weight, atol=1e-5)
+
+
+if __name__ == "__main__":
+    import speechbrain as sb
+
+    _, run_opts, _ = sb.parse_arguments(
+        ["x.yaml", "--noprogressbar", "--distributed_backend=gloo"]
+    )
+    sb.utils.distributed.ddp_init_group(run_opts)
+    rank = torch.distributed.get_rank()
+    model = tiny_whisper()
+    lobe = lobe_of(model.model)
+    hook = TokenTableLowRank(4)
+    hook.on_fit_start(bare_brain(lobe))
+    training_forward(model, seed=10 + rank)
+    hook.on_train_epoch_end(bare_brain(lobe), 1)
+    table = model.model.decoder.embed_tokens.weight.detach()
+    torch.save(table, f"{sys.argv[1]}/rank{rank}.pt")
