@@ -158,6 +158,19 @@ CONFIGS = {
             "embedding_at": 0.5,
         },
     ),
+    # The whole model, 32.2% of tiny.en, encoder untouched: half of each
+    # decoder FFN and a rank-192 token table fit on the first epoch.
+    "decoder-kd-table": (
+        "decoder-kd-uniform-calibrated-table-192",
+        {
+            **KD,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+            "decoder_ffn_sparsity": 0.5,
+            "embedding_rank": 192,
+            "embedding_at": 0.5,
+        },
+    ),
     "whole-kd-layers": (
         "whole-model-kd-uniform-layers-only",
         {**KD, "decoder_layer_sparsity": 0.5},
@@ -195,6 +208,30 @@ CONFIGS = {
         {
             **ZERO_SHOT,
             **PLAIN_TABLE,
+            "embedding_at": 1.0,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+        },
+    ),
+    "embedding-plain-256-zero-shot": (
+        "embedding-rank-256-no-ft",
+        {
+            **ZERO_SHOT,
+            **PLAIN_TABLE,
+            "embedding_rank": 256,
+            "embedding_at": 1.0,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+        },
+    ),
+    # The same fit on every training window (345, all 593 utterances):
+    # more tokens counted.
+    "embedding-calibrated-all-zero-shot": (
+        "embedding-rank-256-calibrated-all-windows-no-ft",
+        {
+            **ZERO_SHOT,
+            "train_windows": "null",
+            "embedding_rank": 256,
             "embedding_at": 1.0,
             "encoder_ffn_sparsity": 0.0,
             "encoder_head_sparsity": 0.0,
