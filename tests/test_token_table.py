@@ -161,7 +161,7 @@ def test_hook_needs_training_batches_and_a_table():
     "options, match",
     [
         ({"rank": 0}, "rank must be"),
-        ({"rank": 4, "calibrated": "yes"}, "calibrated must be a bool"),
+        ({"rank": 4, "calibrated": "yes"}, "calibrated must be true or false"),
     ],
 )
 def test_bad_options_name_the_key(options, match):

@@ -23,7 +23,7 @@ import torch
 from speechbrain.utils.distributed import ddp_all_reduce
 
 from sb_prune.core.registry import answers_under
-from sb_prune.core.validation import check_int
+from sb_prune.core.validation import check_bool, check_int
 from sb_prune.training.hooks import PruningHook, check_epochs, moment_schedule
 from sb_prune.training.schedules import OneShot
 
@@ -155,9 +155,7 @@ class TokenTableLowRank(PruningHook):
                 "schedule: TokenTableLowRank calibrates on training batches, "
                 "so it cannot factorise when training starts"
             )
-        if not isinstance(calibrated, bool):
-            raise ValueError(f"calibrated must be a bool, got {calibrated!r}")
-        self.calibrated = calibrated
+        self.calibrated = check_bool("calibrated", calibrated)
         self.done = False
         self._tables = []
 
