@@ -53,6 +53,12 @@ def _removed(rows, dense, parts):
     return 1 - after / before
 
 
+def _same_seeds(rows, like):
+    """The ``rows`` of the seeds that ``like`` was run with."""
+    wanted = {row["seed"] for row in like}
+    return [row for row in rows if row["seed"] in wanted]
+
+
 def _seeds(n):
     return f"{n} seed{'s' if n > 1 else ''}"
 
@@ -126,11 +132,9 @@ def _compensation(figures, groups):
     refit = groups[("tiny.en", "taylor-one-shot-no-ft-compensated")]
     lite = groups[("tiny.en", "lite-asr")]
     gradual = groups[("tiny.en", "taylor-gradual-kd-uniform-compensated")]
-    without = [
-        r
-        for r in groups[("tiny.en", "taylor-gradual-kd-uniform")]
-        if r["seed"] in {g["seed"] for g in gradual}
-    ]
+    without = _same_seeds(
+        groups[("tiny.en", "taylor-gradual-kd-uniform")], gradual
+    )
     parts = [
         "Least-squares compensation (`compensate: True`: before each "
         "pruning step, the Linear that reads the pruned units or heads is "
@@ -198,7 +202,7 @@ def _token_table(figures, groups):
     whole = groups[("tiny.en", "whole-model-kd-uniform-calibrated-table")]
     decoder = groups[("tiny.en", "decoder-kd-uniform-calibrated-table-192")]
     encoder = groups[("tiny.en", "taylor-gradual-kd-uniform")]
-    same = [r for r in encoder if r["seed"] in {w["seed"] for w in whole}]
+    same = _same_seeds(encoder, whole)
     return paragraph(
         "The token table fit to what the decoder does with it "
         "(`TokenTableLowRank`: each token's row weighted by how often the "
@@ -239,7 +243,7 @@ def _why(figures, groups):
     whole = groups[("tiny.en", "whole-model-kd-uniform")]
     lite = groups[("tiny.en", "lite-asr")]
     longer = groups[("tiny.en", "taylor-gradual-kd-uniform-4-epochs")]
-    shorter = [r for r in teacher if r["seed"] == longer[0]["seed"]]
+    shorter = _same_seeds(teacher, longer)
     return paragraph(
         "Why: with 2 epochs of 2 hours of speech, a 30% cut of tiny.en's "
         "encoder does not recover, and twice the epochs (4, the pruning "
