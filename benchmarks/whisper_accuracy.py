@@ -175,6 +175,20 @@ CONFIGS = {
             "embedding_at": 0.5,
         },
     ),
+    # decoder-kd-table with each FFN step refitting what reads the FFN
+    # (least squares, as ours-kd-ls in the encoder).
+    "decoder-kd-table-ls": (
+        "decoder-kd-uniform-compensated-calibrated-table-192",
+        {
+            **KD,
+            "compensate": True,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+            "decoder_ffn_sparsity": 0.5,
+            "embedding_rank": 192,
+            "embedding_at": 0.5,
+        },
+    ),
     "whole-kd-layers": (
         "whole-model-kd-uniform-layers-only",
         {**KD, "decoder_layer_sparsity": 0.5},
@@ -246,6 +260,21 @@ CONFIGS = {
         {
             **ZERO_SHOT,
             "embedding_rank": 256,
+            "embedding_at": 1.0,
+            "encoder_ffn_sparsity": 0.0,
+            "encoder_head_sparsity": 0.0,
+        },
+    ),
+    # decoder-kd-table's cut without fine-tuning: half of each decoder FFN
+    # (refitted) and the rank-192 table fit on every training window.
+    "decoder-table-zero-shot-ls": (
+        "decoder-ffn-table-192-no-ft-compensated",
+        {
+            **ZERO_SHOT,
+            "compensate": True,
+            "train_windows": "null",
+            "decoder_ffn_sparsity": 0.5,
+            "embedding_rank": 192,
             "embedding_at": 1.0,
             "encoder_ffn_sparsity": 0.0,
             "encoder_head_sparsity": 0.0,
