@@ -322,9 +322,9 @@ def test_scoring_is_deterministic_and_cut_reads_cached_scores(
     assert brain.modules.training  # left in training mode
     scoring.history = [{"when": "start", "scores": SCORES}]
     cut = LayerCut("peak", scoring)
-    assert cut.cut(brain, "start")
+    assert cut.act(brain, "start")
     assert len(brain.modules.model.encoder.layers) == 2
-    assert not cut.cut(brain, "start")  # once only
+    assert not cut.act(brain, "start")  # once only
 
 
 @pytest.fixture(scope="module")

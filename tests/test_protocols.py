@@ -267,7 +267,7 @@ def test_activation_low_rank_epoch_is_a_schedule():
     assert hook.schedule.due(0, 2) == [] and hook.schedule.due(0, 3) == [1]
     with pytest.raises(ValueError, match="give epoch or schedule"):
         ActivationLowRank(0.5, epoch=2, schedule=OneShot(epoch=2))
-    with pytest.raises(ValueError, match="cannot factorise when training"):
+    with pytest.raises(ValueError, match="cannot act when training"):
         ActivationLowRank(0.5, schedule=AtStart())
 
 

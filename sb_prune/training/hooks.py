@@ -100,6 +100,76 @@ class PruningHook:
         """Restore the state returned by :meth:`state_dict`."""
 
 
+class OnceHook(PruningHook):
+    """Base class of hooks that change the model once.
+
+    At the one moment of ``schedule`` (an epoch's end, an optimizer step;
+    at the start too where the subclass's ``on_fit_start`` asks) it calls
+    :meth:`act`, unless ``done`` (which the subclass keeps: whether it
+    has acted). A layer cut, a factorisation.
+
+    Arguments
+    ---------
+    schedule : sb_prune.training.schedules.Schedule
+        One step, no target (:func:`moment_schedule`).
+    calibrates : bool
+        The hook learns from training batches before it acts, so a
+        schedule due when training starts is refused.
+    name : str, optional
+        The key of the hook's state in checkpoints.
+
+    Example
+    -------
+    >>> from sb_prune.training.schedules import AtStart, OneShot
+    >>> class Report(OnceHook):
+    ...     done = False
+    ...     def act(self, brain, when):
+    ...         self.done = True
+    ...         return print(f"acting at {when}") or True
+    >>> hook = Report(OneShot(epoch=2))
+    >>> hook.on_train_epoch_end(None, 1), hook.on_train_epoch_end(None, 2)
+    acting at epoch 2
+    (False, True)
+    >>> Report(AtStart(), calibrates=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: schedule: Report calibrates on training batches, so it ...
+    """
+
+    def __init__(self, schedule, calibrates=False, name=None):
+        super().__init__(name)
+        hook = type(self).__name__
+        self.schedule = moment_schedule(schedule, hook)
+        if calibrates and self.schedule.due_at_start(0):
+            raise ValueError(
+                f"schedule: {hook} calibrates on training batches, so it "
+                "cannot act when training starts"
+            )
+
+    def act(self, brain, when):
+        """Change the model; return whether it changed.
+
+        Arguments
+        ---------
+        brain : sb_prune.PruningBrain
+            The Brain whose modules change.
+        when : str
+            ``start``, ``epoch <n>`` or ``step <n>``, for the log.
+        """
+        raise NotImplementedError
+
+    def on_optimizer_step(self, brain):
+        """Act after this optimizer step if the schedule says so."""
+        step = brain.optimizer_step
+        due = self.schedule.due_at_step(int(self.done), step)
+        return bool(due) and self.act(brain, f"step {step}")
+
+    def on_train_epoch_end(self, brain, epoch):
+        """Act after this epoch if the schedule says so."""
+        due = self.schedule.due(int(self.done), epoch)
+        return bool(due) and self.act(brain, f"epoch {epoch}")
+
+
 def prune_by_plan(brain, plan):
     """Apply a plan made on the main process identically on every process.
 

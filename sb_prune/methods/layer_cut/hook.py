@@ -17,18 +17,13 @@ from sb_prune.methods.layer_cut.rules import (
     choose_layers,
     scored_depth,
 )
-from sb_prune.training.hooks import (
-    PruningHook,
-    check_epochs,
-    moment_schedule,
-    prune_by_plan,
-)
+from sb_prune.training.hooks import OnceHook, check_epochs, prune_by_plan
 from sb_prune.training.schedules import AtStart, OneShot
 
 logger = logging.getLogger(__name__)
 
 
-class LayerCut(PruningHook):
+class LayerCut(OnceHook):
     """Remove encoder layers once, as a rule chooses; fine-tuning goes on.
 
     The cut happens when its schedule's one step is due: when training
@@ -109,7 +104,6 @@ class LayerCut(PruningHook):
         schedule=None,
         name=None,
     ):
-        super().__init__(name)
         check_rule(rule, n_layers, fraction, tolerance)
         needed = rule in SCORED_RULES or scoring is not None
         if needed and not isinstance(scoring, Importance):
@@ -126,7 +120,7 @@ class LayerCut(PruningHook):
             schedule = OneShot(epoch=at_epoch) if at_epoch else AtStart()
         elif at_epoch is not None:
             raise ValueError("give at_epoch or schedule, not both")
-        self.schedule = moment_schedule(schedule, "LayerCut")
+        super().__init__(schedule, name=name)
         self.rule = rule
         self.scoring = scoring
         self.n_layers = n_layers
@@ -154,9 +148,8 @@ class LayerCut(PruningHook):
         if self.scoring is not None and self.decision is None:
             self._members = [Members(path, "layers", encoder)]
             self.scoring.attach(self._members)
-        return self._cut_if(
-            self.schedule.due_at_start(self.done), brain, "start"
-        )
+        due = self.schedule.due_at_start(self.done)
+        return bool(due) and self.act(brain, "start")
 
     def on_gradients(self, brain):
         """Let a data-driven scoring read the gradients."""
@@ -165,21 +158,7 @@ class LayerCut(PruningHook):
                 self._members, brain.scaler.get_scale()
             )
 
-    def on_optimizer_step(self, brain):
-        """Cut after this optimizer step if the schedule says so."""
-        step = brain.optimizer_step
-        due = self.schedule.due_at_step(self.done, step)
-        return self._cut_if(due, brain, f"step {step}")
-
-    def on_train_epoch_end(self, brain, epoch):
-        """Cut after this epoch if the schedule says so."""
-        due = self.schedule.due(self.done, epoch)
-        return self._cut_if(due, brain, f"epoch {epoch}")
-
-    def _cut_if(self, due, brain, when):
-        return bool(due) and self.cut(brain, when)
-
-    def cut(self, brain, when):
+    def act(self, brain, when):
         """Choose the layers and remove the others (once).
 
         Arguments

@@ -32,11 +32,11 @@ from sb_prune.methods.low_rank.speed import (
     load_cost_table,
 )
 from sb_prune.training.hooks import (
+    OnceHook,
     PruningHook,
     check_epochs,
     checked_schedule,
     moment,
-    moment_schedule,
     prune_by_plan,
 )
 from sb_prune.training.schedules import OneShot
@@ -219,7 +219,7 @@ class LowRankCompression(PruningHook):
         self.history = list(state["history"])
 
 
-class ActivationLowRank(PruningHook):
+class ActivationLowRank(OnceHook):
     """Factorise Linear layers on their calibration outputs (LiteASR).
 
     During the training batches up to epoch ``epoch``, the outputs of every
@@ -287,7 +287,6 @@ class ActivationLowRank(PruningHook):
         rank_multiple=16,
         name=None,
     ):
-        super().__init__(name)
         if (compression is None) == (variance is None):
             raise ValueError(
                 "ActivationLowRank: give compression or variance (exactly "
@@ -309,12 +308,7 @@ class ActivationLowRank(PruningHook):
             schedule = OneShot(epoch=1 if epoch is None else epoch)
         elif epoch is not None:
             raise ValueError("give epoch or schedule, not both")
-        self.schedule = moment_schedule(schedule, "ActivationLowRank")
-        if self.schedule.due_at_start(0):
-            raise ValueError(
-                "schedule: ActivationLowRank calibrates on training batches, "
-                "so it cannot factorise when training starts"
-            )
+        super().__init__(schedule, calibrates=True, name=name)
         self.done = False
         self.ranks = {}
         self._observed = []
@@ -333,18 +327,7 @@ class ActivationLowRank(PruningHook):
             )
         ]
 
-    def on_train_epoch_end(self, brain, epoch):
-        """Factorise after this epoch if the schedule says so."""
-        due = self.schedule.due(int(self.done), epoch)
-        return bool(due) and self.factorise(brain, f"epoch {epoch}")
-
-    def on_optimizer_step(self, brain):
-        """Factorise after this optimizer step if the schedule says so."""
-        step = brain.optimizer_step
-        due = self.schedule.due_at_step(int(self.done), step)
-        return bool(due) and self.factorise(brain, f"step {step}")
-
-    def factorise(self, brain, when):
+    def act(self, brain, when):
         """Replace the observed layers by their factors.
 
         A layer whose outputs no calibration batch showed is refused,

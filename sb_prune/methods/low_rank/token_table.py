@@ -24,7 +24,7 @@ from speechbrain.utils.distributed import ddp_all_reduce
 
 from sb_prune.core.registry import answers_under
 from sb_prune.core.validation import check_bool, check_int
-from sb_prune.training.hooks import PruningHook, check_epochs, moment_schedule
+from sb_prune.training.hooks import OnceHook, check_epochs
 from sb_prune.training.schedules import OneShot
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class TokenStatistics:
         self._handle.remove()
 
 
-class TokenTableLowRank(PruningHook):
+class TokenTableLowRank(OnceHook):
     """Factorise the token tables of a model's decoders, calibrated.
 
     During the training batches before its schedule's one step, each table
@@ -146,15 +146,9 @@ class TokenTableLowRank(PruningHook):
     """
 
     def __init__(self, rank, schedule=None, calibrated=True, name=None):
-        super().__init__(name)
-        self.rank = None if rank is None else check_int("rank", rank, 1)
         schedule = OneShot(epoch=1) if schedule is None else schedule
-        self.schedule = moment_schedule(schedule, "TokenTableLowRank")
-        if self.schedule.due_at_start(0):
-            raise ValueError(
-                "schedule: TokenTableLowRank calibrates on training batches, "
-                "so it cannot factorise when training starts"
-            )
+        super().__init__(schedule, calibrates=True, name=name)
+        self.rank = None if rank is None else check_int("rank", rank, 1)
         self.calibrated = check_bool("calibrated", calibrated)
         self.done = False
         self._tables = []
@@ -181,22 +175,13 @@ class TokenTableLowRank(PruningHook):
             for path, lobe, factorise in tables
         ]
 
-    def on_train_epoch_end(self, brain, epoch):
-        """Factorise after this epoch if the schedule says so."""
-        due = self.schedule.due(int(self.done), epoch)
-        return bool(due) and self.factorise(f"epoch {epoch}")
-
-    def on_optimizer_step(self, brain):
-        """Factorise after this optimizer step if the schedule says so."""
-        step = brain.optimizer_step
-        due = self.schedule.due_at_step(int(self.done), step)
-        return bool(due) and self.factorise(f"step {step}")
-
-    def factorise(self, when):
+    def act(self, brain, when):
         """Replace every watched table by its factors.
 
         Arguments
         ---------
+        brain : sb_prune.PruningBrain
+            The Brain whose tables are factorised.
         when : str
             The moment, for the log and the message.
 
