@@ -68,20 +68,6 @@ CONTROL = "dense (control)"
 OF_IDEAL = 0.8
 
 
-def dense_table(model):
-    """``model`` (Hugging Face Whisper) with a low-rank token table
-    multiplied back into a dense one, which CTranslate2 holds."""
-    decoder = model.model.decoder
-    table = decoder.embed_tokens
-    if hasattr(table, "logits"):  # LowRankEmbedding
-        dense = torch.nn.Embedding(*table.weight.shape, table.padding_idx)
-        with torch.no_grad():
-            dense.weight.copy_(table.weight)
-        decoder.embed_tokens = dense
-        model.proj_out.weight = dense.weight
-    return model
-
-
 def pytorch_runner(folder, work, threads):
     """SpeechBrain's ``WhisperASR`` on an exported folder."""
     from speechbrain.inference.ASR import WhisperASR
@@ -104,12 +90,16 @@ def faster_whisper_runner(folder, work, threads, compute_type):
     from faster_whisper import WhisperModel
 
     from sb_prune.deploy.whisper import load_exported_whisper
-    from sb_prune.families.whisper.faster_whisper import export_ctranslate2
+    from sb_prune.families.whisper.faster_whisper import (
+        dense_table_,
+        export_ctranslate2,
+    )
 
-    model = dense_table(load_exported_whisper(folder))
+    model = load_exported_whisper(folder)
+    dense_table_(model.model.decoder)  # what CTranslate2 holds and runs
     out = work / "ctranslate2"
     if not out.exists():
-        export_ctranslate2(folder, out, whisper=model)
+        export_ctranslate2(folder, out, dense_table=True)
     runtime = WhisperModel(
         str(out), device="cpu", compute_type=compute_type, cpu_threads=threads
     )

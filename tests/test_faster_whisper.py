@@ -195,6 +195,44 @@ def test_structures_ctranslate2_cannot_hold_are_refused(tmp_path):
     assert not any((tmp_path / n).exists() for n in ("heads", "low", "table"))
 
 
+def test_low_rank_table_multiplied_back_decodes_as_in_pytorch(tmp_path):
+    """With dense_table, a rank-4 token table exports as the product of
+    its factors: CTranslate2's greedy tokens and scores are those of the
+    factorised model in PyTorch (not of the dense table it replaced), and
+    the model in memory keeps its factors."""
+    model = peaked_whisper()
+    dense = dense_folder(model, tmp_path / "dense")
+    decoder = model.model.decoder
+    before = decoder.embed_tokens.weight.detach().clone()
+    decoder.embed_tokens = LowRankEmbedding.from_embedding(
+        decoder.embed_tokens, 4
+    )
+    product = decoder.embed_tokens.weight.detach()
+    assert not torch.allclose(product, before, atol=1e-3)
+    model.proj_out.weight = torch.nn.Parameter(product.clone())  # scores
+    summary = export_ctranslate2(
+        dense, tmp_path / "ct2", whisper=model, dense_table=True
+    )
+    assert summary["decoder"]["table_rank"] == 4
+    assert isinstance(decoder.embed_tokens, LowRankEmbedding)
+    ct2 = ctranslate2.models.Whisper(str(tmp_path / "ct2"), device="cpu")
+    torch.manual_seed(4)
+    features = torch.randn(1, 8, 20)
+    result = ct2.generate(
+        storage(features),
+        [PROMPT],
+        beam_size=1,
+        max_length=len(PROMPT) + 4,
+        suppress_blank=False,
+        suppress_tokens=[],
+        return_logits_vocab=True,
+    )
+    tokens, scores = greedy(model, features, 4)
+    assert result[0].sequences_ids[0] == tokens
+    got = [torch.from_numpy(np.array(s)) for s in result[0].logits]
+    assert torch.allclose(torch.stack(got), scores, atol=1e-5)
+
+
 def transcripts(folder, audio, compute_type):
     """faster-whisper's greedy transcripts, without timestamps."""
     from faster_whisper import WhisperModel

@@ -54,6 +54,13 @@ def add_arguments(parser):
         "the largest (exact; CTranslate2 holds one count per stack)",
     )
     parser.add_argument(
+        "--dense-table",
+        action="store_true",
+        help="with --ctranslate2: a low-rank token table is multiplied "
+        "back into a dense one (the same scores; CTranslate2 holds one "
+        "dense table, so its saving is lost there)",
+    )
+    parser.add_argument(
         "--search",
         default=None,
         help="encoder-decoder runs: the hparams key of the beam searcher "
@@ -79,7 +86,15 @@ def main(args):
 def _ctranslate2_options(args):
     """``export_ctranslate2``'s options from the command line, or None."""
     if args.ctranslate2 is None:
-        if args.pad_heads:
-            raise ValueError("export: --pad-heads goes with --ctranslate2")
+        for given, option in (
+            (args.pad_heads, "--pad-heads"),
+            (args.dense_table, "--dense-table"),
+        ):
+            if given:
+                raise ValueError(f"export: {option} goes with --ctranslate2")
         return None
-    return {"quantization": args.ctranslate2, "pad_heads": args.pad_heads}
+    return {
+        "quantization": args.ctranslate2,
+        "pad_heads": args.pad_heads,
+        "dense_table": args.dense_table,
+    }

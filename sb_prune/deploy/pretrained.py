@@ -173,7 +173,7 @@ def export_pretrained(
         ``ctranslate2/``, for CTranslate2 and faster-whisper, with these
         options of
         :func:`sb_prune.families.whisper.faster_whisper.export_ctranslate2`
-        (``quantization``, ``pad_heads``).
+        (``quantization``, ``pad_heads``, ``dense_table``).
 
     Returns
     -------

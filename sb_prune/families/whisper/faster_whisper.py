@@ -21,7 +21,10 @@ count). Different counts (``CriterionPruning``'s ``allocation: global``)
 are refused, or with ``pad_heads`` padded with zero heads up to the
 stack's largest count (:func:`pad_heads_`: exact, but computed). Low-rank
 factors (``LowRankLinear``, ``LowRankEmbedding``) are refused, as is any
-layer CTranslate2's Whisper does not have (:data:`DENSE_WHISPER_MODULES`).
+layer CTranslate2's Whisper does not have (:data:`DENSE_WHISPER_MODULES`);
+with ``dense_table`` a low-rank token table is multiplied back into the
+one dense table CTranslate2 holds (:func:`dense_table_`: the same scores,
+none of the table's saving).
 
 Authors
  * sb_prune developers
@@ -42,6 +45,7 @@ from sb_prune.families.whisper.folders import (
     whisper_parts,
 )
 from sb_prune.methods.adaptive_dropout.strip import strip_adaptive_dropout
+from sb_prune.methods.low_rank.embedding import LowRankEmbedding
 
 #: The module types of a Whisper encoder and decoder that CTranslate2's
 #: Whisper holds, by qualified name.
@@ -72,7 +76,9 @@ _INSTEAD = {
     "would give up what they save)",
     "LowRankEmbedding": "CTranslate2's Whisper embeds and scores tokens "
     "with one dense table: compress this model without "
-    "low_rank_embedding",
+    "low_rank_embedding, or multiply the factors back (dense_table: "
+    "sb-prune export --dense-table), which keeps the scores and gives up "
+    "the table's saving",
 }
 #: Files of the source folder copied to the CTranslate2 folder, for
 #: faster-whisper's tokenizer and feature extractor.
@@ -119,6 +125,48 @@ def pad_heads_(attention, heads):
                 value.copy_(old[name])
             else:
                 value[:kept] = old[name]
+
+
+def dense_table_(decoder):
+    """Multiply a decoder's low-rank token table back into a dense one.
+
+    In place; the decoder embeds (and its model scores) with the product
+    of the factors, as before.
+
+    Arguments
+    ---------
+    decoder : torch.nn.Module
+        A Hugging Face ``WhisperDecoder``.
+
+    Returns
+    -------
+    int or None
+        The table's rank (None: it was dense already).
+
+    Example
+    -------
+    >>> decoder = torch.nn.Module()  # a WhisperDecoder's table alone
+    >>> decoder.embed_tokens = LowRankEmbedding.from_embedding(
+    ...     torch.nn.Embedding(12, 8), 3
+    ... )
+    >>> product = decoder.embed_tokens.weight.detach().clone()
+    >>> dense_table_(decoder), dense_table_(decoder)
+    (3, None)
+    >>> type(decoder.embed_tokens).__name__
+    'Embedding'
+    >>> torch.equal(decoder.embed_tokens.weight, product)
+    True
+    """
+    table = decoder.embed_tokens
+    if not isinstance(table, LowRankEmbedding):
+        return None
+    dense = torch.nn.Embedding(
+        table.num_embeddings, table.embedding_dim, table.padding_idx
+    )
+    with torch.no_grad():
+        dense.weight.copy_(table.weight)
+    decoder.embed_tokens = dense.to(table.codes)
+    return table.rank
 
 
 def ctranslate2_heads(part, stack, pad=False):
@@ -252,7 +300,12 @@ def _converter(folder, model, head_dims):
 
 
 def export_ctranslate2(
-    folder, out_folder, whisper=None, quantization=None, pad_heads=False
+    folder,
+    out_folder,
+    whisper=None,
+    quantization=None,
+    pad_heads=False,
+    dense_table=False,
 ):
     """Write a (pruned) Whisper as a CTranslate2 folder for faster-whisper.
 
@@ -278,11 +331,16 @@ def export_ctranslate2(
         Where a stack's attention blocks keep different head counts, give
         each zero heads up to the largest count (exact, but CTranslate2
         computes them); default: refuse.
+    dense_table : bool
+        A low-rank token table is multiplied back into a dense one
+        (:func:`dense_table_`: the same scores, none of its saving);
+        default: refuse.
 
     Returns
     -------
     dict
-        Per part, the layers, heads, head width and zero heads added; the
+        Per part, the layers, heads, head width and zero heads added (the
+        decoder's ``table_rank``: the rank multiplied back, or None); the
         folder.
 
     Raises
@@ -318,6 +376,7 @@ def export_ctranslate2(
             stack = strip_adaptive_dropout(copy.deepcopy(stack)).eval()
             setattr(model.model, part, stack)
     summary = {"folder": str(out)}
+    table_rank = dense_table_(model.model.decoder) if dense_table else None
     head_dims = {}
     for part in PARTS:
         stack = getattr(model.model, part)
@@ -333,6 +392,7 @@ def export_ctranslate2(
             "zero_heads": added,
         }
     decoder = summary["decoder"]
+    decoder["table_rank"] = table_rank
     if decoder["zero_heads"] or (decoder["layers"], decoder["heads"]) != (
         original["decoder_layers"],
         original["decoder_attention_heads"],
