@@ -13,10 +13,11 @@ Authors
 from sb_prune.core.names import lazy_namespace
 from sb_prune.methods.table import public_classes
 
-#: The methods' hooks, and the base every hook extends.
+#: The methods' hooks, and the bases hooks extend.
 _HOOKS = {
     **public_classes("hooks"),
     "PruningHook": "sb_prune.training.hooks.PruningHook",
+    "OnceHook": "sb_prune.training.hooks.OnceHook",
     "prune_by_plan": "sb_prune.training.hooks.prune_by_plan",
 }
 __all__ = sorted(_HOOKS)

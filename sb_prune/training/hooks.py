@@ -155,6 +155,11 @@ class OnceHook(PruningHook):
             The Brain whose modules change.
         when : str
             ``start``, ``epoch <n>`` or ``step <n>``, for the log.
+
+        Returns
+        -------
+        bool
+            Whether the model's structure changed.
         """
         raise NotImplementedError
 
