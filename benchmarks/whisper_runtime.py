@@ -97,6 +97,7 @@ def faster_whisper_runner(folder, work, threads, compute_type):
 
     model = load_exported_whisper(folder)
     dense_table_(model.model.decoder)  # what CTranslate2 holds and runs
+    model.proj_out.weight = model.model.decoder.embed_tokens.weight
     out = work / "ctranslate2"
     if not out.exists():
         export_ctranslate2(folder, out, dense_table=True)

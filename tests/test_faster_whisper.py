@@ -339,6 +339,12 @@ def test_export_refuses_ctranslate2_for_runs_of_other_models(tmp_path, capsys):
         main([*argv, "--ctranslate2", "int8"])
     assert raised.value.code == 2
     assert "--ctranslate2 writes Whisper models" in capsys.readouterr().err
+    for option in ("--pad-heads", "--dense-table"):
+        with pytest.raises(SystemExit) as raised:
+            main([*argv, option])
+        assert raised.value.code == 2
+        error = capsys.readouterr().err
+        assert f"{option} goes with --ctranslate2" in error
 
 
 @pytest.mark.slow

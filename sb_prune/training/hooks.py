@@ -105,8 +105,8 @@ class OnceHook(PruningHook):
 
     At the one moment of ``schedule`` (an epoch's end, an optimizer step;
     at the start too where the subclass's ``on_fit_start`` asks) it calls
-    :meth:`act`, unless ``done`` (which the subclass keeps: whether it
-    has acted). A layer cut, a factorisation.
+    :meth:`act`, unless ``done`` (whether it has acted, which the
+    subclass sets). A layer cut, a factorisation.
 
     Arguments
     ---------
@@ -122,7 +122,6 @@ class OnceHook(PruningHook):
     -------
     >>> from sb_prune.training.schedules import AtStart, OneShot
     >>> class Report(OnceHook):
-    ...     done = False
     ...     def act(self, brain, when):
     ...         self.done = True
     ...         return print(f"acting at {when}") or True
@@ -135,6 +134,9 @@ class OnceHook(PruningHook):
     ...
     ValueError: schedule: Report calibrates on training batches, so it ...
     """
+
+    #: Whether the hook has acted (a subclass sets it, or overrides it).
+    done = False
 
     def __init__(self, schedule, calibrates=False, name=None):
         super().__init__(name)

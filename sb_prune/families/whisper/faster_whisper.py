@@ -130,8 +130,9 @@ def pad_heads_(attention, heads):
 def dense_table_(decoder):
     """Multiply a decoder's low-rank token table back into a dense one.
 
-    In place; the decoder embeds (and its model scores) with the product
-    of the factors, as before.
+    In place: the decoder embeds with the product of the factors, as
+    before; a model that scores with the table (a Hugging Face Whisper's
+    ``proj_out``) must be tied to the new one.
 
     Arguments
     ---------
