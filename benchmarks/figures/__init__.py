@@ -30,6 +30,7 @@ BLOCKS = {
     "whisper_compress": whisper.compress,
     "whisper_recipe": whisper.recipe,
     "whisper_accuracy": whisper_accuracy.main,
+    "whisper_accuracy_decoder": whisper_accuracy.decoder,
     "whisper_runtime": whisper_runtime.main,
     "speed_cpu": speed.cpu,
     "ad_compress": adaptive_dropout.compress,
