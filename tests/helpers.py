@@ -64,7 +64,10 @@ def run_two_processes(script, folder):
     """
     # The checkout's sb_prune, not an installed copy of another checkout.
     path = os.pathsep.join([str(HERE), str(HERE.parent)])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    # torch.distributed.run's log folders go with the test's, not in /tmp.
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, TMPDIR=str(folder)
+    )
     subprocess.run(
         [
             sys.executable,

@@ -252,8 +252,7 @@ def read_record(path):
 
     Example
     -------
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "structure.json"
+    >>> path = Path(getfixture("tmp_path")) / "structure.json"
     >>> _ = path.write_text('{"ffn": {"type": "FFN", "hidden": 3}}')
     >>> read_record(path)
     {'ffn': {'type': 'FFN', 'hidden': 3}}

@@ -102,8 +102,7 @@ def prepare_lm_text(
 
     Example
     -------
-    >>> import tempfile
-    >>> paths = prepare_lm_text(tempfile.mkdtemp(), 50, 10, 10)
+    >>> paths = prepare_lm_text(getfixture("tmp_path"), 50, 10, 10)
     >>> sorted(paths)
     ['test', 'train', 'valid']
     """

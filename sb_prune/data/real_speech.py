@@ -111,8 +111,7 @@ def find_librispeech_trees(root):
 
     Example
     -------
-    >>> import tempfile
-    >>> root = Path(tempfile.mkdtemp())
+    >>> root = Path(getfixture("tmp_path"))
     >>> chapter = root / "1h" / "0" / "clean" / "19" / "198"
     >>> chapter.mkdir(parents=True)
     >>> _ = (chapter / "19-198.trans.txt").write_text("19-198-0000 HI\n")

@@ -99,8 +99,7 @@ def whisper_source(hparams_file):
 
     Example
     -------
-    >>> import tempfile
-    >>> run = Path(tempfile.mkdtemp())
+    >>> run = Path(getfixture("tmp_path"))
     >>> _ = (run / "hyperparams.yaml").write_text(
     ...     "modules:\n  whisper: !new:speechbrain.integrations.huggingface"
     ...     f".whisper.Whisper\n    source: openai/whisper-tiny\n"

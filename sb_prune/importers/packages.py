@@ -90,8 +90,7 @@ def join_model_parts(parts, files, folder):
 
     Example
     -------
-    >>> import tempfile
-    >>> tmp = Path(tempfile.mkdtemp())
+    >>> tmp = Path(getfixture("tmp_path"))
     >>> out = join_model_parts(
     ...     [("sb_prune", "hooks.py"), ("sb_prune", "schedules.py")],
     ...     [("sb_prune", "rescoring.py")],

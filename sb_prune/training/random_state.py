@@ -89,9 +89,10 @@ class RandomState:
 
     Example
     -------
-    >>> import tempfile
     >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> checkpointer = Checkpointer(tempfile.mkdtemp(), {"rng": RandomState()})
+    >>> checkpointer = Checkpointer(
+    ...     getfixture("tmp_path"), {"rng": RandomState()}
+    ... )
     >>> _ = checkpointer.save_checkpoint()
     >>> drawn = torch.rand(2)
     >>> _ = checkpointer.recover_if_possible()

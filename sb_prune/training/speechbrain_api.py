@@ -151,8 +151,8 @@ def write_meta_last(checkpointer):
 
     Example
     -------
-    >>> import tempfile, torch
-    >>> checkpointer = Checkpointer(tempfile.mkdtemp())
+    >>> import torch
+    >>> checkpointer = Checkpointer(getfixture("tmp_path"))
     >>> checkpointer.add_recoverable("model", torch.nn.Linear(1, 1))
     >>> write_meta_last(checkpointer)
     >>> def crash(obj, path):
