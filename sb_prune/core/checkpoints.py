@@ -101,9 +101,9 @@ class StructureGuard:
 
     Example
     -------
-    >>> import tempfile, torch
+    >>> import torch
     >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> folder = tempfile.mkdtemp()
+    >>> folder = getfixture("tmp_path")
     >>> checkpointer = Checkpointer(folder, {"model": torch.nn.Linear(1, 1)})
     >>> guard = StructureGuard(checkpointer, lambda: False)
     >>> _ = checkpointer.save_checkpoint(meta={"WER": 3.0})

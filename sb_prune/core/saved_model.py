@@ -40,12 +40,11 @@ def export_model(model, folder):
 
     Example
     -------
-    >>> import tempfile
     >>> from speechbrain.nnet.attention import PositionalwiseFeedForward
     >>> from sb_prune.core.surgery import apply_plan
     >>> ffn = PositionalwiseFeedForward(d_ffn=8, input_size=4)
     >>> apply_plan(ffn, {"": {"hidden": torch.tensor([1, 5])}})
-    >>> folder = export_model(ffn, tempfile.mkdtemp())
+    >>> folder = export_model(ffn, getfixture("tmp_path"))
     >>> fresh = load_exported(
     ...     PositionalwiseFeedForward(d_ffn=8, input_size=4), folder
     ... )
