@@ -11,7 +11,8 @@ def pytest_configure(config):
     ``make test`` runs as many workers as the machine has cores; a worker
     (or a recipe it runs) with a thread per core as well oversubscribes
     them, and torch's threads then wait on each other: two Whisper recipe
-    tests side by side took 103 s at 2 threads each, 77 s at 1.
+    tests side by side took 103 s at 2 threads each, 77 s at 1 (both
+    beside a 1-thread training run).
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
