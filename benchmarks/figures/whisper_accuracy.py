@@ -161,9 +161,7 @@ def decoder(results):
             f"({_seeds(len(tuned))}). The same shapes time at "
             f"{num(_mean(tuned, 'e2e_speedup'))}x here and "
             f"{num(_mean(earlier, 'e2e_speedup'))}x in the first pass "
-            "(decoder-kd-uniform-calibrated-table-192, uncompensated): "
-            "the decoder cut's speed-up does not carry from one install "
-            "to another, and ",
+            "(decoder-kd-uniform-calibrated-table-192, uncompensated); ",
             holds(
                 max(_mean(r, "e2e_speedup") for r in (tuned, earlier)) < 1.5,
                 "neither reaches 1.5",
