@@ -106,6 +106,24 @@ def greedy(model, features, steps):
     return tokens[len(PROMPT) :], torch.stack(scores)
 
 
+def decodes_as_in_pytorch(ct2, model, features, steps=4):
+    """CTranslate2's greedy tokens and per-step scores for one utterance's
+    features are those of ``model`` in PyTorch (:func:`greedy`)."""
+    result = ct2.generate(
+        storage(features),
+        [PROMPT],
+        beam_size=1,
+        max_length=len(PROMPT) + steps,
+        suppress_blank=False,
+        suppress_tokens=[],
+        return_logits_vocab=True,
+    )
+    tokens, scores = greedy(model, features, steps)
+    assert result[0].sequences_ids[0] == tokens
+    got = [torch.from_numpy(np.array(s)) for s in result[0].logits]
+    assert torch.allclose(torch.stack(got), scores, atol=1e-5)
+
+
 @pytest.mark.parametrize("heads", ["dense", "uniform", "different"])
 def test_pruned_whisper_computes_in_ctranslate2_as_in_pytorch(tmp_path, heads):
     """FFN units pruned to a different width in each layer; heads dense,
@@ -156,19 +174,7 @@ def test_pruned_whisper_computes_in_ctranslate2_as_in_pytorch(tmp_path, heads):
         if folder == "int8":
             continue
         for index in range(2):
-            result = ct2.generate(
-                storage(features[index : index + 1]),
-                [PROMPT],
-                beam_size=1,
-                max_length=len(PROMPT) + 4,
-                suppress_blank=False,
-                suppress_tokens=[],
-                return_logits_vocab=True,
-            )
-            tokens, scores = greedy(model, features[index : index + 1], 4)
-            assert result[0].sequences_ids[0] == tokens
-            got = [torch.from_numpy(np.array(s)) for s in result[0].logits]
-            assert torch.allclose(torch.stack(got), scores, atol=1e-5)
+            decodes_as_in_pytorch(ct2, model, features[index : index + 1])
 
 
 def test_structures_ctranslate2_cannot_hold_are_refused(tmp_path):
@@ -218,19 +224,7 @@ def test_low_rank_table_multiplied_back_decodes_as_in_pytorch(tmp_path):
     ct2 = ctranslate2.models.Whisper(str(tmp_path / "ct2"), device="cpu")
     torch.manual_seed(4)
     features = torch.randn(1, 8, 20)
-    result = ct2.generate(
-        storage(features),
-        [PROMPT],
-        beam_size=1,
-        max_length=len(PROMPT) + 4,
-        suppress_blank=False,
-        suppress_tokens=[],
-        return_logits_vocab=True,
-    )
-    tokens, scores = greedy(model, features, 4)
-    assert result[0].sequences_ids[0] == tokens
-    got = [torch.from_numpy(np.array(s)) for s in result[0].logits]
-    assert torch.allclose(torch.stack(got), scores, atol=1e-5)
+    decodes_as_in_pytorch(ct2, model, features)
 
 
 def transcripts(folder, audio, compute_type):
